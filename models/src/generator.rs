@@ -1,0 +1,175 @@
+//! The interface between generator families and the harness.
+//!
+//! A generator turns class labels into uint8 NHWC images. While it works it reports every
+//! network forward (and the tokenizer decode) to a [`StepObserver`]: that is where per-step
+//! wall time and FLOPs come from, for every family alike.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// What kind of network pass a step is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// A transformer forward (with CFG: over the doubled batch, or both passes).
+    Transformer,
+    /// The diffusion-MLP denoising of one AR step (MAR).
+    DiffusionMlp,
+    /// The tokenizer / VAE decode to pixels.
+    Decode,
+}
+
+/// One observed step. FLOPs are analytic (2 x MACs, attention counted with the cache length),
+/// for the whole batch as executed, CFG duplication included.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// 0-based index of the generation step this pass belongs to.
+    pub step: usize,
+    pub kind: StepKind,
+    /// Images in the batch (before CFG doubling).
+    pub batch: usize,
+    /// New tokens produced (or predicted) per image in this pass.
+    pub tokens_decoded: usize,
+    /// Keys attended per query (cache length, or sequence length for bidirectional passes).
+    pub tokens_attended: usize,
+    /// Wall time with device synchronisation before and after.
+    pub wall: Duration,
+    /// FLOPs of this pass for the whole batch.
+    pub flops: f64,
+}
+
+pub trait StepObserver {
+    fn on_step(&mut self, record: &StepRecord);
+}
+
+/// Observer that ignores everything.
+pub struct NoObserver;
+impl StepObserver for NoObserver {
+    fn on_step(&mut self, _: &StepRecord) {}
+}
+
+/// Observer that keeps every record (profiling, tests).
+#[derive(Default)]
+pub struct StepLog {
+    pub records: Vec<StepRecord>,
+}
+impl StepObserver for StepLog {
+    fn on_step(&mut self, record: &StepRecord) {
+        self.records.push(record.clone());
+    }
+}
+
+/// Sampler settings shared by all families. Each family reads the fields it understands,
+/// applies its published default to the ones left `None`, and refuses settings it cannot
+/// honour (for example `top_k` for MAR) with a message naming the setting.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSettings {
+    /// Classifier-free guidance scale (family-specific formula and schedule).
+    pub cfg: Option<f64>,
+    /// `linear` or `constant` (MAR; VAR always ramps linearly).
+    pub cfg_schedule: Option<String>,
+    /// LlamaGen: apply CFG only for the first N tokens (-1 = always).
+    pub cfg_interval: Option<i64>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub temperature: Option<f64>,
+    /// VAR: Gumbel-softmax smoothing (visualisation only).
+    pub more_smooth: Option<bool>,
+    /// MAR / AutoNAT / MaskGIT: number of generation steps.
+    pub num_iter: Option<usize>,
+    /// MAR: diffusion steps of the MLP head.
+    pub num_sampling_steps: Option<usize>,
+    /// AutoNAT: path of a strategy YAML (or a built-in name such as `maskgit-cosine`).
+    pub strategy: Option<String>,
+}
+
+/// Images produced by a generator.
+#[derive(Clone, Debug)]
+pub struct Samples {
+    /// uint8 RGB, NHWC.
+    pub images: Vec<u8>,
+    pub n: usize,
+    pub height: usize,
+    pub width: usize,
+    /// The sampled token ids (discrete families) flattened per image, when available.
+    pub token_ids: Option<Vec<u32>>,
+    /// The sampled continuous latents (MAR) flattened per image, when available.
+    pub latents: Option<Vec<f32>>,
+}
+
+/// Analytic FLOPs per image, split by part (2 x MACs).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FlopsPerImage {
+    pub transformer: f64,
+    pub diffusion_mlp: f64,
+    pub decoder: f64,
+    /// Per generation step (transformer + MLP), in step order.
+    pub per_step: Vec<f64>,
+}
+
+impl FlopsPerImage {
+    pub fn total(&self) -> f64 {
+        self.transformer + self.diffusion_mlp + self.decoder
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Var,
+    RasterAr,
+    Mar,
+    AutoNat,
+}
+
+pub trait Generator {
+    /// Model name, e.g. `var-d16`.
+    fn name(&self) -> &str;
+    fn family(&self) -> Family;
+    /// Output image side in pixels.
+    fn image_size(&self) -> usize;
+    /// Number of valid class labels (0..num_classes).
+    fn num_classes(&self) -> usize;
+    /// The settings actually used (defaults applied), for manifests.
+    fn settings(&self) -> serde_json::Value;
+    /// Analytic FLOPs per image with the current settings.
+    fn flops_per_image(&self) -> FlopsPerImage;
+    /// Samples one image per label. The same (labels, seed) gives the same images.
+    fn sample(&mut self, labels: &[u32], seed: u64, observer: &mut dyn StepObserver) -> Result<Samples>;
+}
+
+/// Converts images in [-1, 1] (NCHW f32) to uint8 NHWC the way ADM samplers do:
+/// `((x + 1) * 127.5).clamp(0, 255)` truncated to uint8.
+pub fn to_uint8_nhwc_from_signed(x: &candle_core::Tensor) -> Result<(Vec<u8>, usize, usize, usize)> {
+    let (n, c, h, w) = x.dims4()?;
+    anyhow::ensure!(c == 3, "expected 3 channels, got {c}");
+    let v = ((x.permute((0, 2, 3, 1))?.to_dtype(candle_core::DType::F32)? + 1.0)? * 127.5)?
+        .clamp(0f32, 255f32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok((v.into_iter().map(|f| f as u8).collect(), n, h, w))
+}
+
+/// Converts images in [0, 1] (NCHW f32) to uint8 NHWC: `(x * 255).clamp(0, 255)` truncated.
+pub fn to_uint8_nhwc_from_unit(x: &candle_core::Tensor) -> Result<(Vec<u8>, usize, usize, usize)> {
+    to_uint8_nhwc_from_signed(&((x * 2.0)? - 1.0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    #[test]
+    fn uint8_conversion_truncates_like_adm() {
+        let x = Tensor::new(&[-1.0f32, -0.5, 0.0, 0.999, 1.0, 2.0], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 3, 1, 2))
+            .unwrap();
+        let (v, n, h, w) = to_uint8_nhwc_from_signed(&x).unwrap();
+        assert_eq!((n, h, w), (1, 1, 2));
+        // NHWC: pixel 0 = channels (-1, 0, 1), pixel 1 = (-0.5, 0.999, 2.0)
+        assert_eq!(v, vec![0, 127, 255, 63, 254, 255]);
+    }
+}

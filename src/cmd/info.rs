@@ -1,0 +1,8 @@
+//! `genbench info`: what this binary is and what machine it runs on.
+
+pub fn run() -> anyhow::Result<()> {
+    let info = genbench_runtime::info::runtime_info();
+    println!("genbench {}", env!("CARGO_PKG_VERSION"));
+    println!("{}", serde_json::to_string_pretty(&info)?);
+    Ok(())
+}
