@@ -22,6 +22,24 @@ struct Cli {
 enum Command {
     /// Print versions, machine facts and the compiled features.
     Info,
+    /// Evaluate samples against a reference: FID, sFID, IS, precision/recall (ADM), KID.
+    Eval(cmd::eval::EvalArgs),
+    /// FID/sFID statistics (mu, sigma, mu_s, sigma_s) of an image set, written as an .npz.
+    Stats(cmd::eval::StatsArgs),
+    /// Micro-benchmarks: `bench inception` prints the FID Inception's img/s.
+    Bench(cmd::bench::BenchArgs),
+    /// AutoNAT strategy search: finite-difference SGD on FID over the per-step strategy.
+    AutonatSearch(cmd::autonat_search::AutonatSearchArgs),
+    /// Sample class-conditional images into an ADM-format .npz (resumable).
+    Sample(Box<cmd::sample::SampleArgs>),
+    /// Per-step wall time, FLOPs and GFLOP/s of a generator (CSV + summary).
+    Profile(Box<cmd::profile::ProfileArgs>),
+    /// Fit L = (beta X)^alpha to a sweep or training log (CSV / JSON lines), or to its compute frontier.
+    Fit(cmd::fit::FitArgs),
+    /// Run a suite file: every run in order, cached, with a report; `--dry-run` plans it.
+    Suite(cmd::suite::SuiteArgs),
+    /// The main job: profile every family at a matched small size, fit cost exponents, self-check metrics.
+    Quickstart(cmd::quickstart::QuickstartArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +47,15 @@ fn main() -> ExitCode {
     genbench_runtime::threads::configure(cli.threads);
     let result = match cli.command {
         Command::Info => cmd::info::run(),
+        Command::Eval(args) => cmd::eval::run_eval(args),
+        Command::Stats(args) => cmd::eval::run_stats(args),
+        Command::Bench(args) => cmd::bench::run(args),
+        Command::AutonatSearch(args) => cmd::autonat_search::run(args),
+        Command::Sample(args) => cmd::sample::run(*args),
+        Command::Profile(args) => cmd::profile::run(*args),
+        Command::Fit(args) => cmd::fit::run_fit(args),
+        Command::Suite(args) => cmd::suite::run(args),
+        Command::Quickstart(args) => cmd::quickstart::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -152,6 +152,20 @@ pub fn to_uint8_nhwc_from_signed(x: &candle_core::Tensor) -> Result<(Vec<u8>, us
     Ok((v.into_iter().map(|f| f as u8).collect(), n, h, w))
 }
 
+/// Converts images in [-1, 1] (NCHW) to uint8 NHWC the way MAR's `engine_mar.py` writes its
+/// PNGs: `round(clip((x + 1) / 2 * 255, 0, 255))` in float32 with NumPy's half-to-even rounding
+/// (not truncation as ADM does).
+pub fn to_uint8_nhwc_rounded_from_signed(x: &candle_core::Tensor) -> Result<(Vec<u8>, usize, usize, usize)> {
+    let (n, c, h, w) = x.dims4()?;
+    anyhow::ensure!(c == 3, "expected 3 channels, got {c}");
+    let v = x.permute((0, 2, 3, 1))?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let px = v
+        .into_iter()
+        .map(|f| ((((f + 1.0) / 2.0) * 255.0).clamp(0.0, 255.0)).round_ties_even() as u8)
+        .collect();
+    Ok((px, n, h, w))
+}
+
 /// Converts images in [0, 1] (NCHW f32) to uint8 NHWC: `(x * 255).clamp(0, 255)` truncated.
 pub fn to_uint8_nhwc_from_unit(x: &candle_core::Tensor) -> Result<(Vec<u8>, usize, usize, usize)> {
     to_uint8_nhwc_from_signed(&((x * 2.0)? - 1.0)?)
@@ -171,5 +185,8 @@ mod tests {
         assert_eq!((n, h, w), (1, 1, 2));
         // NHWC: pixel 0 = channels (-1, 0, 1), pixel 1 = (-0.5, 0.999, 2.0)
         assert_eq!(v, vec![0, 127, 255, 63, 254, 255]);
+        // MAR rounds half to even: 0 -> 127.5 -> 128, 0.999 -> 254.87 -> 255, -0.5 -> 63.75 -> 64.
+        let (v, ..) = to_uint8_nhwc_rounded_from_signed(&x).unwrap();
+        assert_eq!(v, vec![0, 128, 255, 64, 255, 255]);
     }
 }

@@ -9,3 +9,8 @@
 //! * [`generator`]: the `Generator` trait the harness drives, and the per-step observer.
 
 pub mod generator;
+pub mod generators;
+pub mod checkpoint;
+pub mod flops;
+pub mod nn;
+pub mod tokenizers;

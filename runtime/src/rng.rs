@@ -166,6 +166,11 @@ pub struct ReplaySource {
     /// draws rather than the drawn indices is replayed through the port's own probabilities.
     pub categorical_uniforms: VecDeque<f32>,
     pub betas: VecDeque<f32>,
+    /// When set, the size of every `normal` call, in order: a call of another size (or one
+    /// more call than recorded) is an error naming the call, so a port that draws the same
+    /// total in differently shaped pieces is caught at the first wrong call.
+    pub normal_call_sizes: Option<VecDeque<usize>>,
+    normal_calls_made: usize,
 }
 
 fn take<T: Copy>(q: &mut VecDeque<T>, n: usize, what: &str) -> Result<Vec<T>> {
@@ -179,9 +184,18 @@ impl ReplaySource {
     pub fn new() -> Self {
         Self::default()
     }
+    /// Normal draws to be handed back in calls of exactly the recorded sizes (see
+    /// [`normal_call_sizes`](Self::normal_call_sizes)).
+    pub fn with_normal_calls(mut self, values: impl IntoIterator<Item = f32>, call_sizes: impl IntoIterator<Item = usize>) -> Self {
+        self.normals.extend(values);
+        self.normal_call_sizes.get_or_insert_with(VecDeque::new).extend(call_sizes);
+        self
+    }
+
     /// True when every recorded draw has been consumed (tests assert this at the end).
     pub fn is_exhausted(&self) -> bool {
-        self.normals.is_empty()
+        self.normal_call_sizes.as_ref().is_none_or(|c| c.is_empty())
+            && self.normals.is_empty()
             && self.uniforms.is_empty()
             && self.gumbels.is_empty()
             && self.permutations.is_empty()
@@ -193,6 +207,15 @@ impl ReplaySource {
 
 impl RandomSource for ReplaySource {
     fn normal(&mut self, numel: usize) -> Result<Vec<f32>> {
+        let call = self.normal_calls_made;
+        self.normal_calls_made += 1;
+        if let Some(sizes) = self.normal_call_sizes.as_mut() {
+            match sizes.pop_front() {
+                Some(n) if n == numel => {}
+                Some(n) => bail!("replay: normal call #{call} asks for {numel} values but the recording's call #{call} drew {n}"),
+                None => bail!("replay: normal call #{call} ({numel} values) is one more than the recording holds"),
+            }
+        }
         take(&mut self.normals, numel, "normal")
     }
     fn uniform(&mut self, numel: usize) -> Result<Vec<f32>> {
@@ -311,5 +334,19 @@ mod tests {
         assert!(r.permutation(4).is_err());
         assert!(r.normal(1).is_ok());
         assert!(r.is_exhausted());
+    }
+
+    #[test]
+    fn replay_checks_call_sizes_when_recorded() {
+        let mut r = ReplaySource::new().with_normal_calls([1.0, 2.0, 3.0, 4.0], [1, 3]);
+        assert!(!r.is_exhausted());
+        assert_eq!(r.normal(1).unwrap(), vec![1.0]);
+        // Same total, different piece: refused although enough values remain.
+        let err = r.normal(2).unwrap_err().to_string();
+        assert!(err.contains("call #1") && err.contains("drew 3"), "{err}");
+        let mut r = ReplaySource::new().with_normal_calls([1.0, 2.0], [2]);
+        assert_eq!(r.normal(2).unwrap(), vec![1.0, 2.0]);
+        assert!(r.is_exhausted());
+        assert!(r.normal(0).is_err(), "a call beyond the recording must fail");
     }
 }

@@ -1,2 +1,11 @@
 //! One module per subcommand.
+pub mod autonat_search;
+pub mod bench;
+pub mod eval;
+pub mod fit;
 pub mod info;
+pub mod model_registry;
+pub mod profile;
+pub mod quickstart;
+pub mod sample;
+pub mod suite;

@@ -1,0 +1,921 @@
+//! The suite runner: executes the runs of a [`Suite`] in order and writes
+//! `results/<suite>/<timestamp>/` (manifest, metrics.csv, steps.csv, profile.csv, report.md,
+//! plots/).
+//!
+//! Work that does not depend on the moment is cached under `results/<suite>/cache/`, keyed by the
+//! settings that produced it ([`Run::sample_cache_key`], [`Run::feature_cache_key`], or the image
+//! files' content for metric checks), and written atomically: samples per batch (an interrupted
+//! run resumes at the first missing batch), Inception features per sample set (adding a metric
+//! reuses them). Timings are never cached: a profile measures this machine now.
+//!
+//! A run whose inputs are missing is reported as skipped with the reason, in the console and in
+//! the report; a run that fails is reported as failed and the suite goes on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device};
+use genbench_metrics::features::{ExtractorOptions, Features, InceptionExtractor};
+use genbench_models::generator::{Generator, StepKind, StepLog};
+
+use crate::fit::format_sig;
+use crate::manifest::{git_state, results_dir, Machine, Manifest};
+use crate::model_registry::{resolve, ModelRequest};
+use crate::plots::{per_step_chart, resolution_chart, write_atomically, write_chart, ResolutionPoint, StepQuantity};
+use crate::records::{RunResult, RunStatus, StepRecord};
+use crate::report::{derive_relative_metrics, write_results, Comparison};
+use crate::suite::{family_name, Dtype, Evaluator, Metric, ModelSpec, ProfileSettings, Run, Suite, Task, Weights};
+
+/// How the runner is asked to run a suite.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// `results/`: the suite writes `<root>/<suite>/<timestamp>/` and caches in `<root>/<suite>/cache/`.
+    pub results_root: PathBuf,
+    /// Run ids to run (`--only`); empty = all.
+    pub only: Vec<String>,
+    /// Inception weights and their own feature cache (None = the metrics crate's default).
+    pub inception_cache: Option<PathBuf>,
+    /// Print progress lines to stderr.
+    pub verbose: bool,
+}
+
+impl RunnerOptions {
+    pub fn new(results_root: impl Into<PathBuf>) -> Self {
+        Self { results_root: results_root.into(), only: Vec::new(), inception_cache: None, verbose: true }
+    }
+}
+
+/// Time of one (run, resolution, batch) profile cell.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ProfilePoint {
+    pub run: String,
+    pub family: String,
+    pub model: String,
+    pub resolution: u32,
+    pub batch: u32,
+    /// Mean over the timed repeats of wall clock / batch.
+    pub sec_per_image: f64,
+    /// Analytic GFLOP per image at this resolution (sampler settings included, e.g. CFG).
+    pub gflop_per_image: f64,
+    /// Generation steps per image (network passes before the decode).
+    pub steps_per_image: usize,
+    /// Wall clock of the sampling steps alone (tokenizer / VAE decode excluded) per image: the
+    /// part whose growth with resolution the families' cost claims are about; at small sizes the
+    /// convolutional decoder would otherwise dominate every family alike.
+    pub sampling_sec_per_image: f64,
+    /// Analytic GFLOP of the sampling steps alone (decode excluded) per image.
+    pub sampling_gflop_per_image: f64,
+}
+
+/// What a cache lookup did, per kind of cached work; tests and the console read these.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    pub sample_batches_generated: usize,
+    pub sample_batches_reused: usize,
+    pub feature_sets_extracted: usize,
+    pub feature_sets_reused: usize,
+}
+
+/// Everything a suite run produced.
+#[derive(Debug)]
+pub struct SuiteOutcome {
+    /// `results/<suite>/<timestamp>/`.
+    pub dir: PathBuf,
+    pub results: Vec<RunResult>,
+    pub comparisons: Vec<Comparison>,
+    pub profile: Vec<ProfilePoint>,
+    pub cache: CacheCounts,
+    /// (title, path relative to `dir`) of each plot written.
+    pub plots: Vec<(String, PathBuf)>,
+}
+
+fn log(opts: &RunnerOptions, msg: impl AsRef<str>) {
+    if opts.verbose {
+        eprintln!("{}", msg.as_ref());
+    }
+}
+
+fn candle_dtype(d: Dtype) -> DType {
+    match d {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::Bf16 => DType::BF16,
+    }
+}
+
+/// The registry request for a model spec, at `resolution`. `model` is a published name, or a
+/// reference `config.json` (a fixture's, or one written by hand; relative to the suite file's
+/// directory `suite_dir`) for shapes that have no name.
+pub fn model_request(model: &ModelSpec, resolution: u32, suite_dir: &Path) -> ModelRequest {
+    let (ckpt, vae) = match &model.weights {
+        Weights::Checkpoint { checkpoint, tokenizer } => (
+            checkpoint.resolved.clone().ok(),
+            tokenizer.as_ref().and_then(|t| t.resolved.clone().ok()),
+        ),
+        Weights::Random => (None, None),
+    };
+    let config = model.model.ends_with(".json").then(|| suite_dir.join(&model.model));
+    ModelRequest {
+        model: config.is_none().then(|| model.model.clone()),
+        config,
+        ckpt,
+        vae,
+        random_init: matches!(model.weights, Weights::Random),
+        settings: model.sampler.clone(),
+        arch: model.arch.clone(),
+        resolution: Some(resolution as usize),
+    }
+}
+
+fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device: &Device) -> Result<Box<dyn Generator>> {
+    let resolved = resolve(&model_request(model, resolution, suite_dir))?;
+    // The suite names the family for its tables; a model of another family is a suite mistake.
+    ensure!(
+        resolved.family == model.family,
+        "`{}` is a {} model, but the run says family = \"{}\"",
+        model.model,
+        family_name(resolved.family),
+        family_name(model.family)
+    );
+    resolved.build(device, candle_dtype(model.dtype))
+}
+
+/// Converts the generator's step records into the report's, for one batch.
+fn step_records(family: &str, model: &str, batch: u32, log: &StepLog) -> Vec<StepRecord> {
+    log.records
+        .iter()
+        .map(|r| StepRecord {
+            family: family.to_string(),
+            model: model.to_string(),
+            batch,
+            step: r.step as u32,
+            kind: match r.kind {
+                StepKind::Transformer => "transformer",
+                StepKind::DiffusionMlp => "diffusion_mlp",
+                StepKind::Decode => "decoder",
+            }
+            .to_string(),
+            tokens: r.tokens_decoded as u64,
+            attended: r.tokens_attended as u64,
+            ms: r.wall.as_secs_f64() * 1e3,
+            gflop: r.flops / 1e9,
+        })
+        .collect()
+}
+
+/// Class labels of a batch: classes in turn, as ADM-style evaluation batches are class balanced.
+fn labels_for(start: usize, n: usize, num_classes: usize) -> Vec<u32> {
+    (start..start + n).map(|i| (i % num_classes.max(1)) as u32).collect()
+}
+
+fn profile_resolutions(model: &ModelSpec, profile: &ProfileSettings) -> Vec<u32> {
+    if profile.resolutions.is_empty() {
+        vec![model.resolution]
+    } else {
+        profile.resolutions.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Profile runs
+// ---------------------------------------------------------------------------------------------
+
+struct ProfileOutput {
+    metrics: BTreeMap<Metric, f64>,
+    steps: Vec<StepRecord>,
+    points: Vec<ProfilePoint>,
+    images: u64,
+    settings: serde_json::Value,
+}
+
+fn run_profile(run: &Run, model: &ModelSpec, seeds: &[u64], profile: &ProfileSettings, suite_dir: &Path, device: &Device, opts: &RunnerOptions) -> Result<ProfileOutput> {
+    let family = family_name(model.family).to_string();
+    let seed = seeds.first().copied().unwrap_or(0);
+    let mut points = Vec::new();
+    let mut steps = Vec::new();
+    let mut images = 0u64;
+    let mut generator_settings = BTreeMap::new();
+    let resolutions = profile_resolutions(model, profile);
+    for &px in &resolutions {
+        let mut generator = build_generator(model, px, suite_dir, device).with_context(|| format!("building {} at {px} px", model.model))?;
+        generator_settings.insert(px.to_string(), generator.settings());
+        let flops = generator.flops_per_image();
+        for &batch in &profile.batches {
+            let labels = labels_for(0, batch as usize, generator.num_classes());
+            for w in 0..profile.warmup {
+                generator.sample(&labels, seed + u64::from(w), &mut genbench_models::generator::NoObserver)?;
+            }
+            let mut total = 0.0;
+            let mut sampling_total = 0.0;
+            let mut last_log = StepLog::default();
+            let mut n_steps = 0;
+            for r in 0..profile.repeats.max(1) {
+                let mut step_log = StepLog::default();
+                let t = Instant::now();
+                let s = generator.sample(&labels, seed + 1000 + u64::from(r), &mut step_log)?;
+                total += t.elapsed().as_secs_f64();
+                sampling_total += step_log.records.iter().filter(|r| r.kind != StepKind::Decode).map(|r| r.wall.as_secs_f64()).sum::<f64>();
+                ensure!(s.n == batch as usize, "{}: asked for {batch} images, got {}", model.model, s.n);
+                images += s.n as u64;
+                n_steps = step_log.records.iter().filter(|r| r.kind != StepKind::Decode).map(|r| r.step + 1).max().unwrap_or(0);
+                last_log = step_log;
+            }
+            let sec_per_image = total / f64::from(profile.repeats.max(1)) / f64::from(batch);
+            let sampling_sec_per_image = sampling_total / f64::from(profile.repeats.max(1)) / f64::from(batch);
+            log(
+                opts,
+                format!(
+                    "  {} {px} px batch {batch}: {} s/image ({} s sampling steps), {} GFLOP/image",
+                    run.id,
+                    format_sig(sec_per_image, 3),
+                    format_sig(sampling_sec_per_image, 3),
+                    format_sig(flops.total() / 1e9, 3)
+                ),
+            );
+            // Steps of the last timed repeat (warm caches), one set per (resolution, batch);
+            // the base resolution's only, so the per-step plot compares like with like.
+            if profile.record_steps && px == *resolutions.iter().find(|&&r| r == model.resolution).unwrap_or(&resolutions[resolutions.len() - 1]) {
+                steps.extend(step_records(&family, &model.model, batch, &last_log));
+            }
+            points.push(ProfilePoint {
+                run: run.id.clone(),
+                family: family.clone(),
+                model: model.model.clone(),
+                resolution: px,
+                batch,
+                sec_per_image,
+                gflop_per_image: flops.total() / 1e9,
+                steps_per_image: n_steps,
+                sampling_sec_per_image,
+                sampling_gflop_per_image: (flops.total() - flops.decoder) / 1e9,
+            });
+        }
+    }
+    // The run's headline numbers: at the model's own resolution when it was measured, else the
+    // last resolution; at the largest batch (the throughput a user would run at).
+    let base_px = if resolutions.contains(&model.resolution) { model.resolution } else { resolutions[resolutions.len() - 1] };
+    let headline = points
+        .iter()
+        .filter(|p| p.resolution == base_px)
+        .max_by_key(|p| p.batch)
+        .context("no profile measurement")?;
+    let mut metrics = BTreeMap::new();
+    for m in &run.metrics {
+        match m {
+            Metric::SecPerImage => {
+                metrics.insert(*m, headline.sec_per_image);
+            }
+            Metric::GflopPerImage => {
+                metrics.insert(*m, headline.gflop_per_image);
+            }
+            // Relative metrics are derived once every run is done.
+            Metric::RelTime | Metric::RelGflop => {}
+            other => bail!("a profile run cannot measure `{other}` (it generates no images to score)"),
+        }
+    }
+    let settings = serde_json::json!({
+        "task": run.settings_json(),
+        "generator": generator_settings,
+        "headline": { "resolution": base_px, "batch": headline.batch },
+    });
+    Ok(ProfileOutput { metrics, steps, points, images, settings })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inception features, cached
+// ---------------------------------------------------------------------------------------------
+
+/// Lazily built extractor: suites without image metrics never load Inception.
+struct Extractors {
+    cache_dir: Option<PathBuf>,
+    adm: Option<InceptionExtractor>,
+}
+
+impl Extractors {
+    fn get(&mut self, evaluator: Evaluator) -> Result<&InceptionExtractor> {
+        if evaluator != Evaluator::Adm {
+            bail!("evaluator `{evaluator:?}` is not implemented by the runner; use evaluator = \"adm\"");
+        }
+        if self.adm.is_none() {
+            let opts = ExtractorOptions::default();
+            self.adm = Some(match &self.cache_dir {
+                Some(dir) => InceptionExtractor::new_in(opts, dir)?,
+                None => InceptionExtractor::new(opts)?,
+            });
+        }
+        Ok(self.adm.as_ref().expect("just built"))
+    }
+}
+
+/// Features of `images` from `path` if present, else extracted and written there atomically.
+fn cached_features(
+    path: &Path,
+    extractors: &mut Extractors,
+    evaluator: Evaluator,
+    images: impl FnOnce() -> Result<(Vec<u8>, usize, usize, usize)>,
+    counts: &mut CacheCounts,
+) -> Result<Features> {
+    if path.is_file() {
+        if let Ok(f) = Features::load(path) {
+            counts.feature_sets_reused += 1;
+            return Ok(f);
+        }
+    }
+    let (px, n, h, w) = images()?;
+    let f = extractors.get(evaluator)?.extract(&px, n, h, w)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    f.save(path)?;
+    counts.feature_sets_extracted += 1;
+    Ok(f)
+}
+
+/// Image metrics of `samples` against `reference` (pool3 / spatial / logits), ADM formulas.
+fn image_metrics(metrics: &[Metric], samples: &Features, reference: Option<&Features>) -> Result<BTreeMap<Metric, f64>> {
+    use genbench_metrics::stats::FeatureStats;
+    const POOL: usize = 2048;
+    const SPATIAL: usize = 2023;
+    let mut out = BTreeMap::new();
+    for &m in metrics.iter().filter(|m| m.is_image_metric()) {
+        let reference = || reference.with_context(|| format!("`{m}` needs a reference set"));
+        let value = match m {
+            Metric::Fid => {
+                let (s, r) = (FeatureStats::from_features(&samples.pool3, POOL)?, FeatureStats::from_features(&reference()?.pool3, POOL)?);
+                genbench_metrics::fid::frechet_distance(&s, &r)?.value
+            }
+            Metric::Sfid => {
+                let (s, r) = (
+                    FeatureStats::from_features(&samples.spatial, SPATIAL)?,
+                    FeatureStats::from_features(&reference()?.spatial, SPATIAL)?,
+                );
+                genbench_metrics::fid::spatial_frechet_distance(&s, &r)?.value
+            }
+            Metric::Is => {
+                let logits = samples.logits.as_ref().context("IS needs the Inception classifier logits, which these weights lack")?;
+                // ADM's evaluator scores splits of 5000 images.
+                genbench_metrics::inception_score::inception_score_adm(logits, 1008, 5000)?.mean
+            }
+            Metric::Precision | Metric::Recall => {
+                let pr = genbench_metrics::precision_recall::precision_recall(
+                    &reference()?.pool3,
+                    &samples.pool3,
+                    POOL,
+                    &genbench_metrics::precision_recall::PrConfig::default(),
+                )?;
+                if m == Metric::Precision {
+                    pr.precision
+                } else {
+                    pr.recall
+                }
+            }
+            Metric::Kid => {
+                let cfg = genbench_metrics::kid::KidConfig::default();
+                genbench_metrics::kid::kernel_inception_distance(&samples.pool3, &reference()?.pool3, POOL, &cfg)?.mean
+            }
+            _ => unreachable!("filtered to image metrics"),
+        };
+        out.insert(m, value);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metric checks
+// ---------------------------------------------------------------------------------------------
+
+struct CheckOutput {
+    metrics: BTreeMap<Metric, f64>,
+    images: u64,
+    settings: serde_json::Value,
+}
+
+fn run_metric_check(
+    run: &Run,
+    images: &[crate::suite::PathSpec],
+    split_at: usize,
+    evaluator: Evaluator,
+    cache_root: &Path,
+    extractors: &mut Extractors,
+    counts: &mut CacheCounts,
+) -> Result<CheckOutput> {
+    let mut parts = Vec::new();
+    let mut pool3_check = serde_json::Map::new();
+    for spec in images {
+        let path = spec.resolved.clone().map_err(anyhow::Error::msg)?;
+        // Keyed by content, so an edited fixture is re-extracted.
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let key = genbench_runtime::hash::sha256_bytes(&bytes)[..16].to_string();
+        let feat_path = cache_root.join(format!("features-{key}-{evaluator:?}.safetensors").to_lowercase());
+        let f = cached_features(
+            &feat_path,
+            extractors,
+            evaluator,
+            || {
+                let (px, info) = genbench_metrics::npz::read_npy_images(&path)?;
+                Ok((px, info.n, info.h, info.w))
+            },
+            counts,
+        )?;
+        // A `<name>_pool3.npy` beside `<name>_images.npy` holds the reference network's own
+        // features: the extractor must agree with it, not only the metrics downstream.
+        if let Some(stem) = path.file_name().and_then(|s| s.to_str()).and_then(|s| s.strip_suffix("_images.npy")) {
+            let expected = path.with_file_name(format!("{stem}_pool3.npy"));
+            if expected.is_file() {
+                let (want, _) = genbench_metrics::npz::read_npy_f32(&expected)?;
+                ensure!(want.len() == f.pool3.len(), "{}: {} values, extracted {}", expected.display(), want.len(), f.pool3.len());
+                let max_diff = want.iter().zip(&f.pool3).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                pool3_check.insert(stem.to_string(), serde_json::json!(max_diff));
+                ensure!(
+                    max_diff <= 1e-3,
+                    "{}: extracted pool3 differs from the reference features by {max_diff} (> 1e-3)",
+                    path.display()
+                );
+            }
+        }
+        parts.push(f);
+    }
+    let all = Features::concat(parts)?;
+    ensure!(split_at > 0 && split_at < all.n, "split_at {split_at} must leave images on both sides of {}", all.n);
+    let reference = all.slice(0, split_at);
+    let samples = all.slice(split_at, all.n);
+    let metrics = image_metrics(&run.metrics, &samples, Some(&reference))?;
+    Ok(CheckOutput {
+        metrics,
+        images: all.n as u64,
+        settings: serde_json::json!({ "task": run.settings_json(), "pool3_max_abs_diff": pool3_check }),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generate runs
+// ---------------------------------------------------------------------------------------------
+
+struct GenerateOutput {
+    metrics: BTreeMap<Metric, f64>,
+    images: u64,
+    steps: Vec<StepRecord>,
+    settings: serde_json::Value,
+    weight_hashes: BTreeMap<String, String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_generate(
+    run: &Run,
+    model: &ModelSpec,
+    samples: u64,
+    batch: u32,
+    seeds: &[u64],
+    reference: Option<&crate::suite::PathSpec>,
+    evaluator: Evaluator,
+    eval_resolution: Option<u32>,
+    cache_root: &Path,
+    suite_dir: &Path,
+    device: &Device,
+    extractors: &mut Extractors,
+    counts: &mut CacheCounts,
+    opts: &RunnerOptions,
+) -> Result<GenerateOutput> {
+    ensure!(eval_resolution.is_none(), "eval_resolution (resizing before scoring) is not implemented by the runner");
+    let mut weight_hashes = BTreeMap::new();
+    if let Weights::Checkpoint { checkpoint, tokenizer } = &model.weights {
+        for (role, spec) in std::iter::once(("checkpoint", checkpoint)).chain(tokenizer.iter().map(|t| ("tokenizer", t))) {
+            let p = spec.resolved.clone().map_err(anyhow::Error::msg)?;
+            weight_hashes.insert(role.to_string(), genbench_runtime::hash::sha256_file(&p)?);
+        }
+    }
+    let sample_key = run.sample_cache_key(&weight_hashes).context("generate runs have a sample key")?;
+    let sample_dir = cache_root.join(&sample_key);
+    std::fs::create_dir_all(&sample_dir).with_context(|| format!("creating {}", sample_dir.display()))?;
+    let feature_key = run.feature_cache_key(&sample_key).context("generate runs have a feature key")?;
+    let feature_path = cache_root.join(&feature_key).join("features.safetensors");
+
+    // The generator is built only if some batch is missing: a finished run re-scores from cache.
+    let mut generator: Option<Box<dyn Generator>> = None;
+    let family = family_name(model.family).to_string();
+    let mut steps = Vec::new();
+    let batches = samples.div_ceil(u64::from(batch.max(1))) as usize;
+    let seed = seeds.first().copied().unwrap_or(0);
+    let mut batch_files = Vec::new();
+    for b in 0..batches {
+        let path = sample_dir.join(format!("batch-{b:05}.npz"));
+        batch_files.push(path.clone());
+        if path.is_file() {
+            counts.sample_batches_reused += 1;
+            continue;
+        }
+        if generator.is_none() {
+            generator = Some(build_generator(model, model.resolution, suite_dir, device)?);
+        }
+        let g = generator.as_mut().expect("built above");
+        let start = b * batch as usize;
+        let n = (samples as usize - start).min(batch as usize);
+        let labels = labels_for(start, n, g.num_classes());
+        let mut step_log = StepLog::default();
+        // One seed per batch, derived from the run's seed, so batches are independent of order.
+        let s = g.sample(&labels, seed.wrapping_mul(1_000_003).wrapping_add(b as u64), &mut step_log)?;
+        if b == 0 {
+            steps.extend(step_records(&family, &model.model, batch, &step_log));
+        }
+        let labels_i64: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+        let shape = [n as u64];
+        genbench_metrics::npz::write_images_npz(
+            &path,
+            &s.images,
+            s.n,
+            s.height,
+            s.width,
+            &[genbench_metrics::npz::NpyArray::I64 { name: "arr_1", shape: &shape, data: &labels_i64 }],
+        )?;
+        counts.sample_batches_generated += 1;
+        log(opts, format!("  {}: batch {}/{batches} sampled", run.id, b + 1));
+    }
+    let image_metrics_wanted: Vec<Metric> = run.metrics.iter().copied().filter(|m| m.is_image_metric()).collect();
+    let mut metrics = BTreeMap::new();
+    if !image_metrics_wanted.is_empty() {
+        let sample_features = cached_features(
+            &feature_path,
+            extractors,
+            evaluator,
+            || {
+                let mut all = Vec::new();
+                let (mut n, mut h, mut w) = (0, 0, 0);
+                for f in &batch_files {
+                    let (px, info) = genbench_metrics::npz::read_images(f)?;
+                    all.extend(px);
+                    n += info.n;
+                    (h, w) = (info.h, info.w);
+                }
+                Ok((all, n, h, w))
+            },
+            counts,
+        )?;
+        let reference_features = match reference {
+            Some(spec) => {
+                let path = spec.resolved.clone().map_err(anyhow::Error::msg)?;
+                let key = genbench_runtime::hash::sha256_file(&path)?[..16].to_string();
+                Some(cached_features(
+                    &cache_root.join(format!("reference-{key}.safetensors")),
+                    extractors,
+                    evaluator,
+                    || {
+                        let (px, info) = genbench_metrics::npz::read_images(&path)
+                            .with_context(|| format!("{}: the runner scores against the reference batch's images (arr_0)", path.display()))?;
+                        Ok((px, info.n, info.h, info.w))
+                    },
+                    counts,
+                )?)
+            }
+            None => None,
+        };
+        metrics = image_metrics(&image_metrics_wanted, &sample_features, reference_features.as_ref())?;
+    }
+    if run.metrics.contains(&Metric::GflopPerImage) {
+        let g = match generator.as_ref() {
+            Some(g) => g,
+            None => {
+                generator = Some(build_generator(model, model.resolution, suite_dir, device)?);
+                generator.as_ref().expect("built")
+            }
+        };
+        metrics.insert(Metric::GflopPerImage, g.flops_per_image().total() / 1e9);
+    }
+    if run.metrics.contains(&Metric::SecPerImage) && !steps.is_empty() {
+        let secs: f64 = steps.iter().map(|s| s.ms).sum::<f64>() / 1e3;
+        metrics.insert(Metric::SecPerImage, secs / f64::from(batch));
+    }
+    Ok(GenerateOutput {
+        metrics,
+        images: samples,
+        steps,
+        settings: serde_json::json!({ "task": run.settings_json(), "sample_cache": sample_key, "feature_cache": feature_key }),
+        weight_hashes,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the selected runs of `suite` and writes the results directory.
+pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
+    let selected = suite.select(&opts.only).map_err(anyhow::Error::msg)?;
+    let started = SystemTime::now();
+    let dir = results_dir(&opts.results_root, &suite.name, started);
+    let cache_root = opts.results_root.join(&suite.name).join("cache");
+    let device = Device::Cpu;
+    let suite_dir = suite.path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut extractors = Extractors { cache_dir: opts.inception_cache.clone(), adm: None };
+    let mut counts = CacheCounts::default();
+    let mut results = Vec::new();
+    let mut profile_points = Vec::new();
+
+    for (i, run) in selected.iter().enumerate() {
+        let (family, model) = run.family_and_model();
+        log(opts, format!("[{}/{}] {} ({family} / {model})", i + 1, selected.len(), run.id));
+        let missing = run.missing_inputs();
+        if !missing.is_empty() {
+            let reason = missing.join("; ");
+            log(opts, format!("  skipped: {reason}"));
+            results.push(RunResult::skipped(&run.id, &family, &model, reason));
+            continue;
+        }
+        let t0 = Instant::now();
+        let mut result = RunResult::skipped(&run.id, &family, &model, "");
+        let outcome: Result<()> = (|| {
+            match &run.task {
+                Task::Profile { model: spec, seeds, profile } => {
+                    let out = run_profile(run, spec, seeds, profile, &suite_dir, &device, opts)?;
+                    result.metrics = out.metrics;
+                    result.steps = out.steps;
+                    result.images = out.images;
+                    result.settings = out.settings;
+                    result.seeds = seeds.clone();
+                    profile_points.extend(out.points);
+                }
+                Task::MetricCheck { images, split_at, evaluator } => {
+                    let out = run_metric_check(run, images, *split_at, *evaluator, &cache_root, &mut extractors, &mut counts)?;
+                    result.metrics = out.metrics;
+                    result.images = out.images;
+                    result.settings = out.settings;
+                }
+                Task::Generate { model: spec, samples, batch, seeds, reference, evaluator, eval_resolution } => {
+                    let out = run_generate(
+                        run,
+                        spec,
+                        *samples,
+                        *batch,
+                        seeds,
+                        reference.as_ref(),
+                        *evaluator,
+                        *eval_resolution,
+                        &cache_root,
+                        &suite_dir,
+                        &device,
+                        &mut extractors,
+                        &mut counts,
+                        opts,
+                    )?;
+                    result.metrics = out.metrics;
+                    result.images = out.images;
+                    result.steps = out.steps;
+                    result.settings = out.settings;
+                    result.weight_hashes = out.weight_hashes;
+                    result.seeds = seeds.clone();
+                }
+            }
+            Ok(())
+        })();
+        result.wall_seconds = t0.elapsed().as_secs_f64();
+        result.status = match outcome {
+            Ok(()) => RunStatus::Completed,
+            Err(e) => {
+                log(opts, format!("  failed: {e:#}"));
+                RunStatus::Failed { error: format!("{e:#}") }
+            }
+        };
+        if result.status == RunStatus::Completed {
+            let shown: Vec<String> = result.metrics.iter().map(|(m, v)| format!("{m} {}", format_sig(*v, 4))).collect();
+            log(opts, format!("  done in {} s: {}", format_sig(result.wall_seconds, 3), shown.join(", ")));
+        }
+        results.push(result);
+    }
+    derive_relative_metrics(&selected, &mut results);
+
+    std::fs::create_dir_all(dir.join("plots")).with_context(|| format!("creating {}", dir.join("plots").display()))?;
+    let plots = write_plots(&dir, &results, &profile_points)?;
+    write_profile_csv(&dir.join("profile.csv"), &profile_points)?;
+    let finished = SystemTime::now();
+    let manifest = Manifest::new(
+        suite,
+        &results,
+        Machine::detect(),
+        suite.path.parent().and_then(git_state),
+        &genbench_runtime::device::describe(&device),
+        started,
+        finished,
+    );
+    let comparisons = write_results(&dir, suite, &manifest, &results, &plots)?;
+    Ok(SuiteOutcome { dir, results, comparisons, profile: profile_points, cache: counts, plots })
+}
+
+fn write_profile_csv(path: &Path, points: &[ProfilePoint]) -> Result<()> {
+    let mut text = String::from(
+        "run,family,model,resolution,batch,sec_per_image,gflop_per_image,steps_per_image,sampling_sec_per_image,sampling_gflop_per_image\n",
+    );
+    for p in points {
+        text.push_str(&format!(
+            "{},{},{},{},{},{:e},{:e},{},{:e},{:e}\n",
+            p.run,
+            p.family,
+            p.model,
+            p.resolution,
+            p.batch,
+            p.sec_per_image,
+            p.gflop_per_image,
+            p.steps_per_image,
+            p.sampling_sec_per_image,
+            p.sampling_gflop_per_image
+        ));
+    }
+    write_atomically(path, |tmp| std::fs::write(tmp, &text).with_context(|| format!("writing {}", tmp.display())))
+}
+
+/// Per-step time and FLOPs of every run that recorded steps, and wall clock vs resolution of
+/// every run that swept resolutions (one line per run).
+fn write_plots(dir: &Path, results: &[RunResult], points: &[ProfilePoint]) -> Result<Vec<(String, PathBuf)>> {
+    let mut plots = Vec::new();
+    // One line per model at its smallest batch (eight lines of four models in two batches are
+    // unreadable; steps.csv keeps them all), decode excluded: it is not a sampling step, and
+    // summed into the last step it would hide that step's own cost.
+    // A model profiled by several runs (a profile and a sweep) is drawn from its first run only:
+    // the chart keys lines by model and batch and would add the runs' steps together.
+    let mut steps: Vec<StepRecord> = Vec::new();
+    let mut drawn: Vec<&str> = Vec::new();
+    for r in results {
+        if drawn.contains(&r.model.as_str()) {
+            continue;
+        }
+        let Some(batch) = r.steps.iter().map(|s| s.batch).min() else { continue };
+        drawn.push(&r.model);
+        steps.extend(r.steps.iter().filter(|s| s.batch == batch && s.kind != "decoder").cloned());
+    }
+    if !steps.is_empty() {
+        for (stem, q) in [("step_time", StepQuantity::Milliseconds), ("step_gflop", StepQuantity::Gflop)] {
+            let mut chart = per_step_chart(&steps, q);
+            chart.title = format!("{} (decode excluded)", chart.title);
+            write_chart(&chart, &dir.join("plots").join(stem))?;
+            plots.push((chart.title.clone(), PathBuf::from("plots").join(format!("{stem}.png"))));
+        }
+    }
+    let sweep = resolution_points(points);
+    if !sweep.is_empty() {
+        let chart = resolution_chart("Wall clock per image vs resolution", &sweep);
+        write_chart(&chart, &dir.join("plots").join("resolution"))?;
+        plots.push((chart.title.clone(), PathBuf::from("plots").join("resolution.png")));
+    }
+    Ok(plots)
+}
+
+/// Resolution sweeps (runs measured at two or more resolutions), at the smallest batch measured
+/// (batch 1: latency), labelled by model.
+pub fn resolution_points(points: &[ProfilePoint]) -> Vec<ResolutionPoint> {
+    let mut out = Vec::new();
+    // Distinct runs in first-seen order (points of different runs may interleave).
+    let mut runs: Vec<&str> = Vec::new();
+    for p in points {
+        if !runs.contains(&p.run.as_str()) {
+            runs.push(&p.run);
+        }
+    }
+    for run in runs {
+        let rows: Vec<&ProfilePoint> = points.iter().filter(|p| p.run == run).collect();
+        let mut resolutions: Vec<u32> = rows.iter().map(|p| p.resolution).collect();
+        resolutions.sort_unstable();
+        resolutions.dedup();
+        if resolutions.len() < 2 {
+            continue;
+        }
+        let batch = rows.iter().map(|p| p.batch).min().unwrap_or(1);
+        // Sampling steps alone (what the cost claims are about) and the whole image with its
+        // decode, so the decoder's share is visible.
+        for p in rows.iter().filter(|p| p.batch == batch) {
+            out.push(ResolutionPoint { family: format!("{}, sampling steps", p.model), resolution: f64::from(p.resolution), seconds: p.sampling_sec_per_image });
+        }
+        for p in rows.iter().filter(|p| p.batch == batch) {
+            out.push(ResolutionPoint { family: format!("{}, with decode", p.model), resolution: f64::from(p.resolution), seconds: p.sec_per_image });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dry run
+// ---------------------------------------------------------------------------------------------
+
+/// Dense f32 matmul throughput of this machine (GFLOP/s), from a short probe: the calibration of
+/// `--dry-run`'s time estimates. Generators spend most of their FLOPs in such matmuls; attention
+/// at small sizes, sampling and decoding overheads run slower, so estimates are lower bounds.
+pub fn matmul_gflops_probe(device: &Device) -> Result<f64> {
+    let n = 512;
+    let a = candle_core::Tensor::randn(0f32, 1.0, (n, n), device)?;
+    let b = candle_core::Tensor::randn(0f32, 1.0, (n, n), device)?;
+    let _ = a.matmul(&b)?; // warm-up: thread pool, caches
+    let reps = 8;
+    let t = Instant::now();
+    for _ in 0..reps {
+        let c = a.matmul(&b)?;
+        device.synchronize()?;
+        drop(c);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok(2.0 * (n * n * n) as f64 * f64::from(reps) / secs / 1e9)
+}
+
+/// One line of the dry-run plan.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanRow {
+    pub id: String,
+    pub kind: &'static str,
+    pub model: String,
+    /// Images sampled (profile: warm-up + timed, over batches and resolutions).
+    pub images: u64,
+    /// Analytic GFLOP per image at the model's resolution (None when it cannot be built).
+    pub gflop_per_image: Option<f64>,
+    /// Total TFLOP of the run's sampling.
+    pub tflop_total: Option<f64>,
+    pub estimated_seconds: Option<f64>,
+    /// Skipped (missing inputs) or why FLOPs are unknown.
+    pub note: String,
+}
+
+/// The plan of `--dry-run`: per run, analytic FLOPs (built with random weights: the FLOP count
+/// depends on shapes only) and an estimated time = FLOPs / the probed matmul throughput.
+pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64) -> Result<Vec<PlanRow>> {
+    let device = Device::Cpu;
+    let suite_dir = suite.path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut rows = Vec::new();
+    for run in suite.select(only).map_err(anyhow::Error::msg)? {
+        let missing = run.missing_inputs();
+        let (kind, images_by_px): (&'static str, Vec<(u32, u64)>) = match &run.task {
+            Task::Profile { model, profile, .. } => {
+                let per_px: u64 = profile.batches.iter().map(|&b| u64::from(b) * u64::from(profile.warmup + profile.repeats.max(1))).sum();
+                ("profile", profile_resolutions(model, profile).into_iter().map(|px| (px, per_px)).collect())
+            }
+            Task::Generate { model, samples, .. } => ("generate", vec![(model.resolution, *samples)]),
+            Task::MetricCheck { .. } => ("metric_check", vec![]),
+        };
+        let mut row = PlanRow {
+            id: run.id.clone(),
+            kind,
+            model: run.family_and_model().1,
+            images: images_by_px.iter().map(|(_, n)| n).sum(),
+            gflop_per_image: None,
+            tflop_total: None,
+            estimated_seconds: None,
+            note: if missing.is_empty() { String::new() } else { format!("skipped: {}", missing.join("; ")) },
+        };
+        if let Some(spec) = run.model_spec() {
+            // FLOPs need only the shapes: count them on a random-weight build of the same shape.
+            let mut random = spec.clone();
+            random.weights = Weights::Random;
+            let mut total = 0.0;
+            let mut ok = true;
+            for (px, n) in &images_by_px {
+                match build_generator(&random, *px, &suite_dir, &device) {
+                    Ok(g) => {
+                        let gflop = g.flops_per_image().total() / 1e9;
+                        if *px == spec.resolution || row.gflop_per_image.is_none() {
+                            row.gflop_per_image = Some(gflop);
+                        }
+                        total += gflop * *n as f64;
+                    }
+                    Err(e) => {
+                        ok = false;
+                        if row.note.is_empty() {
+                            row.note = format!("cannot build: {e:#}");
+                        }
+                    }
+                }
+            }
+            if ok {
+                row.tflop_total = Some(total / 1e3);
+                row.estimated_seconds = Some(total / gflops_per_s);
+            }
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The plan as a table for the console.
+pub fn format_plan(suite: &Suite, rows: &[PlanRow], gflops_per_s: f64) -> String {
+    let mut s = format!("Plan for suite `{}` ({} runs)\n", suite.name, rows.len());
+    s.push_str(&format!(
+        "{:<22} {:<12} {:<14} {:>7} {:>12} {:>10} {:>10}  note\n",
+        "run", "kind", "model", "images", "GFLOP/image", "TFLOP", "est. time"
+    ));
+    let opt = |v: Option<f64>| v.map(|x| format_sig(x, 3)).unwrap_or_else(|| "-".into());
+    for r in rows {
+        s.push_str(&format!(
+            "{:<22} {:<12} {:<14} {:>7} {:>12} {:>10} {:>10}  {}\n",
+            r.id,
+            r.kind,
+            r.model,
+            r.images,
+            opt(r.gflop_per_image),
+            opt(r.tflop_total),
+            r.estimated_seconds.map(|x| format!("{} s", format_sig(x, 2))).unwrap_or_else(|| "-".into()),
+            r.note
+        ));
+    }
+    let total: f64 = rows.iter().filter(|r| r.note.is_empty()).filter_map(|r| r.estimated_seconds).sum();
+    s.push_str(&format!(
+        "Estimated sampling time {} s: analytic FLOPs / {} GFLOP/s (a 512x512 f32 matmul probe on this machine just now); a lower bound, as attention, sampling and decoding overheads run below matmul peak. Metric checks and Inception feature extraction are not included.\n",
+        format_sig(total, 3),
+        format_sig(gflops_per_s, 3)
+    ));
+    s
+}

@@ -1,0 +1,203 @@
+//! The suite runner end to end on fixture-size models: results files, caching across re-runs,
+//! skipped runs with their reason, `--only`, and the dry-run plan.
+
+use std::path::{Path, PathBuf};
+
+use genbench_harness::records::RunStatus;
+use genbench_harness::runner::{format_plan, plan, run_suite, RunnerOptions};
+use genbench_harness::suite::{Metric, Suite};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// A suite of the tiny VAR fixture: a profile with a two-point resolution sweep, a generate
+/// run with the fixture's real (tiny) weights scored against a synthetic reference batch, and a
+/// generate run whose checkpoint directory variable is unset. `metrics` are the generate run's.
+fn tiny_suite(dir: &Path, metrics: &str) -> Suite {
+    let var = fixtures().join("models/var");
+    // 8 reference images of 64 px: any fixed images will do, the test checks caching, not FID.
+    let reference = dir.join("reference.npz");
+    if !reference.exists() {
+        let px: Vec<u8> = (0..8 * 64 * 64 * 3).map(|i| ((i * 2_654_435_761usize) >> 13) as u8).collect();
+        genbench_metrics::npz::write_images_npz(&reference, &px, 8, 64, 64, &[]).unwrap();
+    }
+    let text = format!(
+        r#"
+[suite]
+name = "tiny"
+description = "fixture-size runner test"
+
+[defaults]
+family = "var"
+model = "{config}"
+resolution = 64
+dtype = "f32"
+seeds = [3]
+
+[[run]]
+id = "profile-var"
+kind = "profile"
+random_weights = true
+metrics = ["sec_per_image", "gflop_per_image"]
+profile = {{ warmup = 0, repeats = 1, batches = [1, 2], resolutions = [32, 64], record_steps = true }}
+
+[[run]]
+id = "generate-var"
+kind = "generate"
+checkpoint = "{ckpt}"
+tokenizer = "{vae}"
+samples = 4
+batch = 2
+reference = "reference.npz"
+metrics = {metrics}
+
+[[run]]
+id = "missing-checkpoint"
+kind = "generate"
+checkpoint = "${{GENBENCH_TEST_CKPT_DIR}}/var_d16.pth"
+tokenizer = "${{GENBENCH_TEST_CKPT_DIR}}/vae_ch160v4096z32.pth"
+samples = 4
+batch = 2
+reference = "reference.npz"
+metrics = ["fid"]
+"#,
+        config = var.join("config.json").display(),
+        ckpt = var.join("var.pth").display(),
+        vae = var.join("vae.pth").display(),
+    );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, &text).unwrap();
+    // No environment: `${GENBENCH_TEST_CKPT_DIR}` is unset whatever the machine has.
+    Suite::parse(&path, &text, &|_| None).unwrap()
+}
+
+fn options(dir: &Path, only: &[&str]) -> RunnerOptions {
+    RunnerOptions {
+        results_root: dir.join("results"),
+        only: only.iter().map(|s| s.to_string()).collect(),
+        inception_cache: None,
+        verbose: false,
+    }
+}
+
+#[test]
+fn tiny_suite_runs_caches_and_skips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = tiny_suite(tmp.path(), r#"["fid"]"#);
+    let first = run_suite(&suite, &options(tmp.path(), &[])).unwrap();
+
+    // Every run is accounted for, in suite order.
+    let ids: Vec<&str> = first.results.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["profile-var", "generate-var", "missing-checkpoint"]);
+    for r in &first.results[..2] {
+        assert_eq!(r.status, RunStatus::Completed, "{}: {:?}", r.id, r.status);
+    }
+    let RunStatus::Skipped { reason } = &first.results[2].status else {
+        panic!("missing checkpoint not skipped: {:?}", first.results[2].status)
+    };
+    assert!(reason.contains("GENBENCH_TEST_CKPT_DIR"), "{reason}");
+
+    // Profile: both resolutions and batches measured; FLOPs grow with resolution.
+    assert_eq!(first.profile.len(), 4);
+    let gflop = |px| first.profile.iter().find(|p| p.resolution == px).unwrap().gflop_per_image;
+    assert!(gflop(64) > gflop(32), "{} vs {}", gflop(64), gflop(32));
+    let profile = &first.results[0];
+    assert!(profile.metrics[&Metric::SecPerImage] > 0.0);
+    assert!(!profile.steps.is_empty());
+    let fid = first.results[1].metrics[&Metric::Fid];
+    assert!(fid.is_finite() && fid > 0.0, "{fid}");
+
+    // First run: everything computed.
+    assert_eq!(first.cache.sample_batches_generated, 2);
+    assert_eq!(first.cache.sample_batches_reused, 0);
+    assert_eq!(first.cache.feature_sets_extracted, 2, "samples + reference");
+
+    // Result files.
+    for f in ["manifest.json", "metrics.csv", "steps.csv", "profile.csv", "report.md", "plots/step_time.png", "plots/resolution.png"] {
+        assert!(first.dir.join(f).is_file(), "{f} missing in {}", first.dir.display());
+    }
+    let report = std::fs::read_to_string(first.dir.join("report.md")).unwrap();
+    assert!(report.contains("Skipped:") && report.contains("GENBENCH_TEST_CKPT_DIR"), "{report}");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(first.dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["runs"][1]["weight_hashes"]["checkpoint"].as_str().unwrap().len(), 64);
+    let steps = std::fs::read_to_string(first.dir.join("steps.csv")).unwrap();
+    assert!(steps.lines().count() > 4, "{steps}");
+
+    // Re-run with one more metric, only the generate run: samples and features come from the
+    // cache, and the new metric is computed from the cached features.
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a new timestamped directory
+    let suite = tiny_suite(tmp.path(), r#"["fid", "kid"]"#);
+    let second = run_suite(&suite, &options(tmp.path(), &["generate-var"])).unwrap();
+    assert_eq!(second.results.len(), 1, "--only selects");
+    assert_eq!(second.cache.sample_batches_generated, 0, "no sampling redone");
+    assert_eq!(second.cache.sample_batches_reused, 2);
+    assert_eq!(second.cache.feature_sets_extracted, 0, "no features re-extracted");
+    assert_eq!(second.cache.feature_sets_reused, 2);
+    let r = &second.results[0];
+    assert_eq!(r.metrics[&Metric::Fid], fid, "same cached samples, same FID");
+    assert!(r.metrics.contains_key(&Metric::Kid));
+    assert_ne!(second.dir, first.dir);
+
+    // Unknown ids are refused with the list of ids.
+    let err = run_suite(&suite, &options(tmp.path(), &["nope"])).unwrap_err().to_string();
+    assert!(err.contains("nope") && err.contains("generate-var"), "{err}");
+}
+
+#[test]
+fn dry_run_plans_with_flops_and_skips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = tiny_suite(tmp.path(), r#"["fid"]"#);
+    let rows = plan(&suite, &[], 10.0).unwrap();
+    assert_eq!(rows.len(), 3);
+    let profile = &rows[0];
+    // 2 resolutions x (1 + 2) images x 1 repeat.
+    assert_eq!(profile.images, 6);
+    let gflop = profile.gflop_per_image.unwrap();
+    assert!(gflop > 0.0);
+    // At 10 GFLOP/s the estimate is FLOPs / 10.
+    let total = profile.tflop_total.unwrap() * 1e3;
+    assert!((profile.estimated_seconds.unwrap() - total / 10.0).abs() < 1e-9 * total.max(1.0));
+    assert!(rows[2].note.starts_with("skipped:"), "{}", rows[2].note);
+    let text = format_plan(&suite, &rows, 10.0);
+    assert!(text.contains("profile-var") && text.contains("GFLOP/s"), "{text}");
+}
+
+#[test]
+fn quickstart_ratios_and_exponents_from_profile_points() {
+    use genbench_harness::quickstart::{cost_exponents, speed_ratios};
+    use genbench_harness::runner::ProfilePoint;
+    let point = |run: &str, family: &str, model: &str, px: u32, secs: f64, gflop: f64| ProfilePoint {
+        run: run.into(),
+        family: family.into(),
+        model: model.into(),
+        resolution: px,
+        batch: 1,
+        sec_per_image: secs + 1.0,
+        gflop_per_image: gflop + 10.0,
+        steps_per_image: 1,
+        sampling_sec_per_image: secs,
+        sampling_gflop_per_image: gflop,
+    };
+    // Sampling cost exactly proportional to px^4 (VAR) and px^6 (raster AR): the fits recover them.
+    let mut points = Vec::new();
+    for px in [64u32, 128, 256] {
+        let r = f64::from(px) / 64.0;
+        points.push(point("res-var", "var", "v", px, 0.01 * r.powi(4), 2.0 * r.powi(4)));
+        points.push(point("res-ar", "raster_ar", "a", px, 0.02 * r.powi(6), 3.0 * r.powi(6)));
+    }
+    let fits = cost_exponents(&points);
+    assert_eq!(fits.len(), 2);
+    assert!((fits[0].time_fit.alpha - 4.0).abs() < 1e-9 && (fits[0].flop_fit.alpha - 4.0).abs() < 1e-9);
+    assert!((fits[1].time_fit.alpha - 6.0).abs() < 1e-9);
+    // Two resolutions give no exponent.
+    assert!(cost_exponents(&points[..4]).is_empty());
+
+    // Speed-ups are relative to the raster AR model at the same batch and resolution.
+    let at_64: Vec<&ProfilePoint> = points.iter().filter(|p| p.resolution == 64).collect();
+    let (baseline, ratios) = speed_ratios(&at_64);
+    assert_eq!(baseline, "a");
+    let var = ratios.iter().find(|r| r.model == "v").unwrap();
+    assert!((var.sampling_speedup - 2.0).abs() < 1e-12, "{}", var.sampling_speedup);
+    assert!((var.speedup - 1.02 / 1.01).abs() < 1e-12);
+}

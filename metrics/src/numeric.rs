@@ -1,0 +1,113 @@
+//! Small numeric helpers shared by the metrics: numpy-compatible float32 summation and
+//! row-major GEMM wrappers over faer.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// Block size below which numpy's pairwise summation switches to an 8-way unrolled loop.
+const NUMPY_PAIRWISE_BLOCK: usize = 128;
+
+/// Sum of a contiguous f32 slice exactly as numpy's `add.reduce` does it (pairwise summation
+/// with 8 accumulators, in float32). numpy uses this for reductions along a contiguous axis,
+/// e.g. `np.sum(x, axis=1)` on a C-order matrix or `np.mean` of a 1-d array; matching it keeps
+/// float32 metrics (ADM's IS) bit-compatible where the order of additions matters.
+pub fn numpy_sum_f32(values: &[f32]) -> f32 {
+    let n = values.len();
+    if n < 8 {
+        // numpy starts from -0.0 in its scalar tail; the sign only matters for an all -0.0 input.
+        return values.iter().fold(-0.0f32, |acc, &v| acc + v);
+    }
+    if n <= NUMPY_PAIRWISE_BLOCK {
+        let mut lanes = [0f32; 8];
+        lanes.copy_from_slice(&values[..8]);
+        let unrolled_end = n - n % 8;
+        for chunk in values[8..unrolled_end].chunks_exact(8) {
+            for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                *lane += v;
+            }
+        }
+        let mut total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+            + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        for &v in &values[unrolled_end..] {
+            total += v;
+        }
+        return total;
+    }
+    let mut half = n / 2;
+    half -= half % 8;
+    numpy_sum_f32(&values[..half]) + numpy_sum_f32(&values[half..])
+}
+
+/// faer view of a row-major `rows x cols` slice.
+pub fn row_major<T>(data: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(data, rows, cols)
+}
+
+/// faer mutable view of a row-major `rows x cols` slice.
+pub fn row_major_mut<T>(data: &mut [T], rows: usize, cols: usize) -> MatMut<'_, T> {
+    MatMut::from_row_major_slice_mut(data, rows, cols)
+}
+
+/// `dst = a * b^T` for row-major `a` [m, k] and `b` [n, k]; `dst` is row-major [m, n].
+/// This is the Gram block every pairwise-distance and kernel computation needs.
+pub fn gemm_abt_f32(dst: &mut [f32], a: &[f32], m: usize, b: &[f32], n: usize, k: usize, par: Par) {
+    debug_assert_eq!(a.len(), m * k);
+    debug_assert_eq!(b.len(), n * k);
+    let out = row_major_mut(&mut dst[..m * n], m, n);
+    matmul(out, Accum::Replace, row_major(a, m, k), row_major(b, n, k).transpose(), 1.0f32, par);
+}
+
+/// f64 version of [`gemm_abt_f32`].
+pub fn gemm_abt_f64(dst: &mut [f64], a: &[f64], m: usize, b: &[f64], n: usize, k: usize, par: Par) {
+    debug_assert_eq!(a.len(), m * k);
+    debug_assert_eq!(b.len(), n * k);
+    let out = row_major_mut(&mut dst[..m * n], m, n);
+    matmul(out, Accum::Replace, row_major(a, m, k), row_major(b, n, k).transpose(), 1.0f64, par);
+}
+
+/// Parallelism used for the dense linear algebra: all rayon threads.
+pub fn default_par() -> Par {
+    Par::rayon(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numpy_sum_matches_plain_sum_on_exact_values() {
+        // Small integers are exact in f32, so every summation order gives the same answer.
+        for n in [0usize, 1, 7, 8, 9, 127, 128, 129, 1000, 1008] {
+            let v: Vec<f32> = (0..n).map(|i| (i % 17) as f32).collect();
+            let expected: f32 = v.iter().sum();
+            assert_eq!(numpy_sum_f32(&v), expected, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn numpy_sum_is_pairwise_not_sequential() {
+        // 1 followed by many tiny values: sequential f32 summation loses every tiny value,
+        // pairwise summation adds them up in blocks first.
+        let mut v = vec![1e-8f32; 4096];
+        v[0] = 1.0;
+        let sequential = v.iter().fold(0f32, |a, &b| a + b);
+        let pairwise = numpy_sum_f32(&v);
+        assert_eq!(sequential, 1.0);
+        assert!((pairwise as f64 - (1.0 + 4095e-8)).abs() < 1e-6, "{pairwise}");
+    }
+
+    #[test]
+    fn gemm_abt_matches_naive() {
+        let (m, n, k) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32).sin()).collect();
+        let mut out = vec![0f32; m * n];
+        gemm_abt_f32(&mut out, &a, m, &b, n, k, Par::Seq);
+        for i in 0..m {
+            for j in 0..n {
+                let naive: f32 = (0..k).map(|t| a[i * k + t] * b[j * k + t]).sum();
+                assert!((out[i * n + j] - naive).abs() < 1e-5);
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! LlamaGen's VQ tokenizer (`tokenizer/tokenizer_image/vq_model.py`, `VQ_16`): the shared
+//! conv autoencoder in LlamaGen's module layout (`conv_blocks.{i}.res.{j}`, `mid.{0,1,2}`,
+//! decoder `conv_blocks.0` = lowest resolution), 1x1 `quant_conv` / `post_quant_conv`, and a
+//! codebook whose rows (and the queries) are L2-normalised at use time (`codebook_l2_norm`).
+//! The stored rows are not unit-norm: a port that gathered the raw rows would decode wrongly.
+
+use crate::nn::conv_ae::{ConvAeConfig, Decoder, DecoderTrace, Encoder, EncoderTrace, NormSpec};
+use crate::nn::vq::Codebook;
+use anyhow::{ensure, Context, Result};
+use candle_core::{Module, Tensor};
+use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Size of LlamaGen's `quantize.codebook_used` buffer (a fixed 65536-entry usage histogram,
+/// whatever the codebook size; unused at inference but present in every checkpoint).
+const CODEBOOK_USED_LEN: usize = 65536;
+
+/// `VQModel`'s constructor arguments plus the Encoder/Decoder widths.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlamaGenVqConfig {
+    pub codebook_size: usize,
+    pub codebook_embed_dim: usize,
+    pub codebook_l2_norm: bool,
+    /// The checkpoint carries `quantize.codebook_used` (codebook_show_usage).
+    pub codebook_show_usage: bool,
+    pub z_channels: usize,
+    pub ch: usize,
+    pub ch_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub norm_groups: usize,
+    pub norm_eps: f64,
+}
+
+impl LlamaGenVqConfig {
+    /// The published VQ-16 (`vq_ds16_c2i.pt`): 16384 x 8 codebook, ch 128, ch_mult (1,1,2,2,4),
+    /// z 256, 2 res blocks, GroupNorm(32, 1e-6).
+    pub fn vq_16() -> Self {
+        Self {
+            codebook_size: 16384,
+            codebook_embed_dim: 8,
+            codebook_l2_norm: true,
+            codebook_show_usage: true,
+            z_channels: 256,
+            ch: 128,
+            ch_mult: vec![1, 1, 2, 2, 4],
+            num_res_blocks: 2,
+            in_channels: 3,
+            out_channels: 3,
+            norm_groups: 32,
+            norm_eps: 1e-6,
+        }
+    }
+
+    /// Reads the fixture-format `vq` section (`ModelArgs`, `encoder`, `decoder`, `groupnorm`).
+    pub fn from_reference_json(v: &serde_json::Value) -> Result<Self> {
+        let args = v.get("ModelArgs").context("vq section has no ModelArgs")?;
+        let enc = v.get("encoder").context("vq section has no encoder")?;
+        let dec = v.get("decoder").context("vq section has no decoder")?;
+        let u = |o: &serde_json::Value, k: &str| -> Result<usize> {
+            o.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).with_context(|| format!("vq: {k} missing or not an integer"))
+        };
+        let list = |o: &serde_json::Value, k: &str| -> Result<Vec<usize>> {
+            o.get(k)
+                .and_then(|x| x.as_array())
+                .with_context(|| format!("vq: {k} missing"))?
+                .iter()
+                .map(|x| x.as_u64().map(|x| x as usize).with_context(|| format!("vq: {k} holds a non-integer")))
+                .collect()
+        };
+        let enc_mult = list(enc, "ch_mult")?;
+        let dec_mult = list(dec, "ch_mult")?;
+        ensure!(enc_mult == dec_mult, "vq: encoder ch_mult {enc_mult:?} differs from decoder ch_mult {dec_mult:?}");
+        ensure!(u(enc, "ch")? == u(dec, "ch")?, "vq: encoder and decoder ch differ");
+        ensure!(u(enc, "num_res_blocks")? == u(dec, "num_res_blocks")?, "vq: encoder and decoder num_res_blocks differ");
+        let gn = v.get("groupnorm");
+        let cfg = Self {
+            codebook_size: u(args, "codebook_size")?,
+            codebook_embed_dim: u(args, "codebook_embed_dim")?,
+            codebook_l2_norm: args.get("codebook_l2_norm").and_then(|x| x.as_bool()).unwrap_or(true),
+            codebook_show_usage: args.get("codebook_show_usage").and_then(|x| x.as_bool()).unwrap_or(true),
+            z_channels: u(args, "z_channels")?,
+            ch: u(enc, "ch")?,
+            ch_mult: enc_mult,
+            num_res_blocks: u(enc, "num_res_blocks")?,
+            in_channels: enc.get("in_channels").and_then(|x| x.as_u64()).unwrap_or(3) as usize,
+            out_channels: dec.get("out_channels").and_then(|x| x.as_u64()).unwrap_or(3) as usize,
+            norm_groups: gn.and_then(|g| g.get("num_groups")).and_then(|x| x.as_u64()).unwrap_or(32) as usize,
+            norm_eps: gn.and_then(|g| g.get("eps")).and_then(|x| x.as_f64()).unwrap_or(1e-6),
+        };
+        ensure!(u(enc, "z_channels")? == cfg.z_channels && u(dec, "z_channels")? == cfg.z_channels, "vq: z_channels disagree between ModelArgs, encoder and decoder");
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.ch_mult.is_empty(), "vq: ch_mult is empty");
+        ensure!(self.codebook_size > 0 && self.codebook_embed_dim > 0, "vq: empty codebook");
+        ensure!(self.in_channels == self.out_channels, "vq: in_channels {} != out_channels {}", self.in_channels, self.out_channels);
+        Ok(())
+    }
+
+    /// Spatial downsampling factor (16 for VQ-16).
+    pub fn downsample_factor(&self) -> usize {
+        1 << (self.ch_mult.len() - 1)
+    }
+
+    /// The shared conv-autoencoder layout: LlamaGen naming, separate q/k/v attention convs,
+    /// attention after every res block of the lowest-resolution level and in the middle,
+    /// `num_res_blocks + 1` res blocks per decoder level.
+    pub fn conv_ae(&self) -> ConvAeConfig {
+        let n = self.ch_mult.len();
+        ConvAeConfig {
+            image_channels: self.in_channels,
+            ch: self.ch,
+            ch_mult: self.ch_mult.clone(),
+            encoder_res_blocks: self.num_res_blocks,
+            decoder_res_blocks: self.num_res_blocks + 1,
+            z_channels: self.z_channels,
+            double_z: false,
+            encoder_attn: ConvAeConfig::lowest_level_only(n, true),
+            decoder_attn: ConvAeConfig::lowest_level_only(n, true),
+            norm: NormSpec { groups: self.norm_groups, eps: self.norm_eps },
+            ..ConvAeConfig::llamagen_vq16()
+        }
+    }
+}
+
+/// The VQ-16 model.
+pub struct LlamaGenVq {
+    cfg: LlamaGenVqConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+    quant_conv: Conv2d,
+    post_quant_conv: Conv2d,
+    codebook: Codebook,
+}
+
+impl LlamaGenVq {
+    /// `vb` addresses `vq_ds16_c2i.pt["model"]` (`encoder.*`, `decoder.*`, `quantize.*`, ...).
+    pub fn new(cfg: &LlamaGenVqConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let ae = cfg.conv_ae();
+        let e = cfg.codebook_embed_dim;
+        let one = Conv2dConfig::default();
+        let codebook = Codebook::load(vb.pp("quantize").pp("embedding"), cfg.codebook_size, e, cfg.codebook_l2_norm)?;
+        if cfg.codebook_show_usage {
+            // Read (and drop) so the strict loader accounts for it and a wrong file is caught.
+            let _ = vb.pp("quantize").get(CODEBOOK_USED_LEN, "codebook_used")?;
+        }
+        Ok(Self {
+            encoder: Encoder::load(&ae, vb.pp("encoder"))?,
+            decoder: Decoder::load(&ae, vb.pp("decoder"))?,
+            quant_conv: conv2d(cfg.z_channels, e, 1, one, vb.pp("quant_conv"))?,
+            post_quant_conv: conv2d(e, cfg.z_channels, 1, one, vb.pp("post_quant_conv"))?,
+            codebook,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &LlamaGenVqConfig {
+        &self.cfg
+    }
+    /// The codebook as used (rows L2-normalised when `codebook_l2_norm`).
+    pub fn codebook(&self) -> &Codebook {
+        &self.codebook
+    }
+
+    pub fn encoder_forward(&self, image: &Tensor) -> Result<Tensor> {
+        Ok(self.encoder.forward(image)?)
+    }
+    pub fn encoder_forward_traced(&self, image: &Tensor) -> Result<EncoderTrace> {
+        Ok(self.encoder.forward_traced(image)?)
+    }
+    pub fn quant_conv_forward(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self.quant_conv.forward(h)?)
+    }
+
+    /// `VQModel.encode`: image `(B, 3, H, W)` in [-1, 1] -> (quantised map `(B, e, h, w)`,
+    /// indices `(B, h*w)` u32 row-major). The map is the codebook entries themselves (the
+    /// reference's straight-through `z + (z_q - z)` equals them up to rounding).
+    pub fn encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
+        let z = self.quant_conv.forward(&self.encoder.forward(image)?)?;
+        let (_, _, h, w) = z.dims4()?;
+        let indices = self.codebook.nearest_map(&z)?;
+        let quant = self.codebook.lookup_map(&indices, h, w)?;
+        Ok((quant, indices))
+    }
+
+    /// `quantize.get_codebook_entry(indices, (B, e, h, w), channel_first=True)`.
+    pub fn codebook_entry(&self, indices: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        Ok(self.codebook.lookup_map(indices, h, w)?)
+    }
+    pub fn post_quant_conv_forward(&self, q: &Tensor) -> Result<Tensor> {
+        Ok(self.post_quant_conv.forward(q)?)
+    }
+    pub fn decoder_forward_traced(&self, x: &Tensor) -> Result<DecoderTrace> {
+        Ok(self.decoder.forward_traced(x)?)
+    }
+
+    /// `decode_code`: indices `(B, h*w)` -> image `(B, 3, 16h, 16w)`, unclamped.
+    pub fn decode_code(&self, indices: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let (_, n) = indices.dims2()?;
+        ensure!(n == h * w, "{n} token ids per image do not fill a {h}x{w} grid");
+        let q = self.codebook_entry(indices, h, w)?;
+        Ok(self.decoder.forward(&self.post_quant_conv.forward(&q)?)?)
+    }
+
+    /// Analytic FLOPs of decoding one image from an `h x w` token grid: post_quant_conv plus
+    /// the decoder (2 x MACs).
+    pub fn decoder_flops(&self, h: usize, w: usize) -> f64 {
+        crate::flops::conv2d(h, w, self.cfg.codebook_embed_dim, self.cfg.z_channels, 1) + Decoder::flops(&self.cfg.conv_ae(), (h, w))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vq16_decoder_flops_match_reference() {
+        // MODELS.md 1: LlamaGen VQ-16 decoder 252.7 GFLOP at 256 px, 570.1 at 384 px.
+        let cfg = LlamaGenVqConfig::vq_16();
+        let dec = |g: usize| {
+            (crate::flops::conv2d(g, g, 8, 256, 1) + Decoder::flops(&cfg.conv_ae(), (g, g))) / 1e9
+        };
+        assert!((dec(16) - 252.7).abs() < 0.5, "{}", dec(16));
+        assert!((dec(24) - 570.1).abs() < 1.0, "{}", dec(24));
+    }
+}

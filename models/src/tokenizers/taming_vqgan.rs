@@ -1,0 +1,208 @@
+//! The taming-transformers VQGAN (`taming/models/vqgan.py: VQModel`), f16 ImageNet models with
+//! 1024 or 16384 codes: the shared conv autoencoder in the taming layout (`down.{i}.block.{j}`,
+//! decoder `up.{i}` indexed by resolution level), attention placed by the CONFIG resolution
+//! (`curr_res in attn_resolutions`), 1x1 `quant_conv` / `post_quant_conv`, and the legacy
+//! `VectorQuantizer2` (plain squared-L2 argmin over raw rows, no normalisation).
+
+use crate::nn::conv_ae::{AttnQkv, ConvAeConfig, Decoder, DecoderTrace, Encoder, ModuleNaming, NormSpec};
+use crate::nn::vq::Codebook;
+use anyhow::{ensure, Context, Result};
+use candle_core::{Module, Tensor};
+use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// `VQModel(embed_dim, n_embed, ddconfig)` (the `ddconfig` fields that shape the network).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TamingVqganConfig {
+    pub embed_dim: usize,
+    pub n_embed: usize,
+    pub z_channels: usize,
+    /// The config's nominal image size; with `attn_resolutions` it decides where attention is.
+    pub resolution: usize,
+    pub in_channels: usize,
+    pub out_ch: usize,
+    pub ch: usize,
+    pub ch_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    pub attn_resolutions: Vec<usize>,
+}
+
+impl TamingVqganConfig {
+    /// `vqgan_imagenet_f16_1024` / `vqgan_imagenet_f16_16384` (`configs/imagenet_vqgan.yaml`):
+    /// embed_dim 256, z 256, ch 128, ch_mult [1,1,2,2,4], 2 res blocks, attention at 16 px.
+    pub fn f16(n_embed: usize) -> Self {
+        Self {
+            embed_dim: 256,
+            n_embed,
+            z_channels: 256,
+            resolution: 256,
+            in_channels: 3,
+            out_ch: 3,
+            ch: 128,
+            ch_mult: vec![1, 1, 2, 2, 4],
+            num_res_blocks: 2,
+            attn_resolutions: vec![16],
+        }
+    }
+
+    /// Reads `first_stage_config.params` (`embed_dim`, `n_embed`, `ddconfig`).
+    pub fn from_reference_json(p: &serde_json::Value) -> Result<Self> {
+        let dd = p.get("ddconfig").context("first stage has no ddconfig")?;
+        let u = |o: &serde_json::Value, k: &str| -> Result<usize> {
+            o.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).with_context(|| format!("vqgan: {k} missing or not an integer"))
+        };
+        let list = |k: &str| -> Result<Vec<usize>> {
+            dd.get(k)
+                .and_then(|x| x.as_array())
+                .with_context(|| format!("vqgan: ddconfig.{k} missing"))?
+                .iter()
+                .map(|x| x.as_u64().map(|x| x as usize).with_context(|| format!("vqgan: ddconfig.{k} holds a non-integer")))
+                .collect()
+        };
+        ensure!(!dd.get("double_z").and_then(|x| x.as_bool()).unwrap_or(false), "vqgan: double_z is a KL-autoencoder setting, not a VQGAN one");
+        let cfg = Self {
+            embed_dim: u(p, "embed_dim")?,
+            n_embed: u(p, "n_embed")?,
+            z_channels: u(dd, "z_channels")?,
+            resolution: u(dd, "resolution")?,
+            in_channels: u(dd, "in_channels")?,
+            out_ch: u(dd, "out_ch")?,
+            ch: u(dd, "ch")?,
+            ch_mult: list("ch_mult")?,
+            num_res_blocks: u(dd, "num_res_blocks")?,
+            attn_resolutions: list("attn_resolutions")?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.ch_mult.is_empty(), "vqgan: ch_mult is empty");
+        ensure!(self.n_embed > 0 && self.embed_dim > 0, "vqgan: empty codebook");
+        ensure!(self.in_channels == self.out_ch, "vqgan: in_channels {} != out_ch {}", self.in_channels, self.out_ch);
+        Ok(())
+    }
+
+    pub fn downsample_factor(&self) -> usize {
+        1 << (self.ch_mult.len() - 1)
+    }
+
+    /// Per level: does `curr_res = resolution / 2^i` appear in `attn_resolutions`.
+    pub fn attn_levels(&self) -> Vec<bool> {
+        (0..self.ch_mult.len()).map(|i| self.attn_resolutions.contains(&(self.resolution >> i))).collect()
+    }
+
+    pub fn conv_ae(&self) -> ConvAeConfig {
+        ConvAeConfig {
+            image_channels: self.in_channels,
+            ch: self.ch,
+            ch_mult: self.ch_mult.clone(),
+            encoder_res_blocks: self.num_res_blocks,
+            decoder_res_blocks: self.num_res_blocks + 1,
+            z_channels: self.z_channels,
+            double_z: false,
+            encoder_attn: self.attn_levels(),
+            decoder_attn: self.attn_levels(),
+            mid_attn: true,
+            attn_qkv: AttnQkv::Separate,
+            naming: ModuleNaming::Taming,
+            norm: NormSpec::default(),
+        }
+    }
+}
+
+pub struct TamingVqgan {
+    cfg: TamingVqganConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+    quant_conv: Conv2d,
+    post_quant_conv: Conv2d,
+    codebook: Codebook,
+}
+
+impl TamingVqgan {
+    /// `vb` addresses the VQGAN weights without prefix (`encoder.*`, `quantize.embedding.weight`,
+    /// ...; the cin checkpoint's `first_stage_model.` stripped, `loss.*` never read).
+    pub fn new(cfg: &TamingVqganConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let ae = cfg.conv_ae();
+        let one = Conv2dConfig::default();
+        Ok(Self {
+            encoder: Encoder::load(&ae, vb.pp("encoder"))?,
+            decoder: Decoder::load(&ae, vb.pp("decoder"))?,
+            quant_conv: conv2d(cfg.z_channels, cfg.embed_dim, 1, one, vb.pp("quant_conv"))?,
+            post_quant_conv: conv2d(cfg.embed_dim, cfg.z_channels, 1, one, vb.pp("post_quant_conv"))?,
+            codebook: Codebook::load(vb.pp("quantize").pp("embedding"), cfg.n_embed, cfg.embed_dim, false)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &TamingVqganConfig {
+        &self.cfg
+    }
+    pub fn codebook(&self) -> &Codebook {
+        &self.codebook
+    }
+    pub fn encoder_forward(&self, image: &Tensor) -> Result<Tensor> {
+        Ok(self.encoder.forward(image)?)
+    }
+    pub fn quant_conv_forward(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self.quant_conv.forward(h)?)
+    }
+
+    /// `encode_to_z`: (quantised map `(B, e, h, w)`, indices `(B, h*w)` u32 row-major).
+    pub fn encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
+        let z = self.quant_conv.forward(&self.encoder.forward(image)?)?;
+        let (_, _, h, w) = z.dims4()?;
+        let indices = self.codebook.nearest_map(&z)?;
+        Ok((self.codebook.lookup_map(&indices, h, w)?, indices))
+    }
+
+    /// `get_codebook_entry(indices, shape=(B, h, w, e))` -> `(B, e, h, w)` raw rows.
+    pub fn codebook_entry(&self, indices: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        Ok(self.codebook.lookup_map(indices, h, w)?)
+    }
+    pub fn post_quant_conv_forward(&self, q: &Tensor) -> Result<Tensor> {
+        Ok(self.post_quant_conv.forward(q)?)
+    }
+    pub fn decoder_forward_traced(&self, x: &Tensor) -> Result<DecoderTrace> {
+        Ok(self.decoder.forward_traced(x)?)
+    }
+
+    /// `decode_to_img`: indices `(B, h*w)` -> image `(B, 3, fh, fw)` in about [-1, 1], unclamped.
+    pub fn decode_code(&self, indices: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let (_, n) = indices.dims2()?;
+        ensure!(n == h * w, "{n} token ids per image do not fill a {h}x{w} grid");
+        let q = self.codebook_entry(indices, h, w)?;
+        Ok(self.decoder.forward(&self.post_quant_conv.forward(&q)?)?)
+    }
+
+    /// post_quant_conv + decoder FLOPs for one image from an `h x w` grid (2 x MACs).
+    pub fn decoder_flops(&self, h: usize, w: usize) -> f64 {
+        crate::flops::conv2d(h, w, self.cfg.embed_dim, self.cfg.z_channels, 1) + Decoder::flops(&self.cfg.conv_ae(), (h, w))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_follows_config_resolution() {
+        assert_eq!(TamingVqganConfig::f16(1024).attn_levels(), vec![false, false, false, false, true]);
+        let mut c = TamingVqganConfig::f16(1024);
+        c.resolution = 64;
+        c.attn_resolutions = vec![4];
+        assert_eq!(c.attn_levels(), vec![false, false, false, false, true]);
+        c.attn_resolutions = vec![32];
+        assert_eq!(c.attn_levels(), vec![false, true, false, false, false]);
+    }
+
+    #[test]
+    fn f16_decoder_flops_match_reference() {
+        // MODELS.md 1: taming VQGAN f16 decoder 252.8 GFLOP at 256 px.
+        let c = TamingVqganConfig::f16(16384);
+        let gf = (crate::flops::conv2d(16, 16, 256, 256, 1) + Decoder::flops(&c.conv_ae(), (16, 16))) / 1e9;
+        assert!((gf - 252.8).abs() < 0.5, "{gf}");
+    }
+}

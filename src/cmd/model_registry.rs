@@ -1,0 +1,70 @@
+//! The command-line side of the model registry: clap's sampler options. The registry itself
+//! (names / `--config` -> generator) lives in `genbench_harness::model_registry`, shared with the
+//! suite runner.
+
+use genbench_models::generator::SamplerSettings;
+
+pub use genbench_harness::model_registry::*;
+
+/// Sampler options every family's command line shares; each family reads the ones it
+/// understands and refuses the others by name.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SamplerArgs {
+    /// Classifier-free guidance scale (family formula; VAR ramps it linearly over the scales).
+    #[arg(long)]
+    pub cfg: Option<f64>,
+    /// Guidance schedule (`linear` / `constant`; MAR).
+    #[arg(long)]
+    pub cfg_schedule: Option<String>,
+    /// LlamaGen: guide only the first N tokens (-1 = all).
+    #[arg(long, allow_hyphen_values = true)]
+    pub cfg_interval: Option<i64>,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling mass (family rule).
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// VAR: Gumbel-softmax smoothing (visualisation only, not for FID).
+    #[arg(long)]
+    pub more_smooth: bool,
+    /// MAR / AutoNAT: generation steps.
+    #[arg(long)]
+    pub num_iter: Option<usize>,
+    /// MAR: diffusion steps of the MLP head.
+    #[arg(long)]
+    pub num_sampling_steps: Option<usize>,
+    /// AutoNAT: strategy YAML or built-in name.
+    #[arg(long)]
+    pub strategy: Option<String>,
+}
+
+impl SamplerArgs {
+    pub fn to_settings(&self) -> SamplerSettings {
+        SamplerSettings {
+            cfg: self.cfg,
+            cfg_schedule: self.cfg_schedule.clone(),
+            cfg_interval: self.cfg_interval,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            temperature: self.temperature,
+            more_smooth: if self.more_smooth { Some(true) } else { None },
+            num_iter: self.num_iter,
+            num_sampling_steps: self.num_sampling_steps,
+            strategy: self.strategy.clone(),
+        }
+    }
+}
+
+/// candle's elementwise ops run on a pool of its own whose workers spin 25,000 times after
+/// every task before parking. Between two such ops a generator runs matmuls on rayon's pool, so
+/// the spinning worker takes a core from the matmul (measured: about 20% of a VAR-d16 batch-1
+/// profile on 2 cores). Unless the user set `CANDLE_BARRIER_POOL_SPIN_LIMIT`, park at once.
+/// Must run before the first tensor op (the pool reads the variable when it starts).
+pub fn quiet_candle_barrier_pool() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
+    }
+}
