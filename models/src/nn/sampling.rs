@@ -116,6 +116,11 @@ fn mask_below_row_threshold_cpu(logits: &Tensor, per_row: impl Fn(&[f32]) -> f32
     Tensor::from_vec(data, dims, logits.device())
 }
 
+/// Widest rows sorted on a GPU: candle's CUDA argsort keeps a padded row of u32 in shared
+/// memory, and 16384 columns (LlamaGen, taming) would need 64 KB, over the 48 KB a kernel gets
+/// by default. Wider rows are filtered on the host.
+const DEVICE_SORT_MAX_COLS: usize = 8192;
+
 /// Masks logits below the row's k-th largest value to -inf (ties with it kept).
 pub fn top_k_filter(logits: &Tensor, k: usize) -> Result<Tensor> {
     let v = logits.dim(D::Minus1)?;
@@ -123,6 +128,9 @@ pub fn top_k_filter(logits: &Tensor, k: usize) -> Result<Tensor> {
         return Ok(logits.clone());
     }
     let logits = logits.to_dtype(DType::F32)?;
+    if !logits.device().is_cpu() && v > DEVICE_SORT_MAX_COLS {
+        return top_k_filter(&logits.to_device(&Device::Cpu)?, k)?.to_device(logits.device());
+    }
     if logits.device().is_cpu() {
         mask_below_row_threshold_cpu(&logits, |row| {
             let mut scratch = row.to_vec();
@@ -156,6 +164,9 @@ pub fn top_p_filter(logits: &Tensor, p: f64, rule: TopPRule) -> Result<Tensor> {
     let logits = logits.to_dtype(DType::F32)?;
     if logits.device().is_cpu() {
         return mask_below_row_threshold_cpu(&logits, |row| top_p_threshold(row, p, rule));
+    }
+    if logits.dim(D::Minus1)? > DEVICE_SORT_MAX_COLS {
+        return top_p_filter(&logits.to_device(&Device::Cpu)?, p, rule)?.to_device(logits.device());
     }
     // Device path: the kept tokens are a contiguous run of the sorted row, so one threshold
     // per row (gathered from the sorted values) decides.
