@@ -105,61 +105,113 @@ impl Conv2d {
         let plane_out = ho * wo;
         let mut out = vec![0f32; b * cout * plane_out];
         let threads = rayon::current_num_threads().max(1);
-        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         let pointwise = kh == 1 && kw == 1 && s == 1 && p == 0;
         let band_rows = if pointwise { ho } else { (BAND_FLOATS / (k * wo).max(1)).clamp(1, ho) };
-        let mut col = if pointwise { Vec::new() } else { vec![0f32; k * band_rows * wo] };
-
-        for bi in 0..b {
-            let img = &xs[bi * cin * h * w..(bi + 1) * cin * h * w];
-            let dst_img = &mut out[bi * cout * plane_out..(bi + 1) * cout * plane_out];
-            if let Some(bias) = &bias {
-                dst_img.par_chunks_mut(plane_out).zip(bias.par_iter()).for_each(|(row, &v)| row.fill(v));
-            }
-            let mut oy0 = 0;
-            while oy0 < ho {
-                let rows = band_rows.min(ho - oy0);
-                let n = rows * wo;
-                let rhs: &[f32] = if pointwise {
-                    img
-                } else {
-                    let col = &mut col[..k * n];
-                    fill_band(col, img, (cin, h, w), (kh, kw), s, p, (oy0, rows, wo));
-                    col
-                };
-                // dst[cout, n] (+)= W[cout, k] @ rhs[k, n], dst rows strided by the output plane.
-                // SAFETY: all pointers address live buffers of the stated extents: `dst_img` holds
-                // cout planes of ho*wo, the band starts at row oy0 and spans `rows` rows; `ws` is
-                // cout x k contiguous; `rhs` is k x n contiguous.
-                unsafe {
-                    gemm::gemm(
-                        cout,
-                        n,
-                        k,
-                        dst_img.as_mut_ptr().add(oy0 * wo),
-                        1,
-                        plane_out as isize,
-                        bias.is_some(),
-                        ws.as_ptr(),
-                        1,
-                        k as isize,
-                        rhs.as_ptr(),
-                        1,
-                        n as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        par,
-                    );
+        if let Some(bias) = &bias {
+            out.par_chunks_mut(plane_out).enumerate().for_each(|(i, row)| row.fill(bias[i % cout]));
+        }
+        // Every (image, band of output rows): independent GEMMs writing disjoint output rows.
+        let bands: Vec<(usize, usize, usize)> = (0..b)
+            .flat_map(|bi| (0..ho).step_by(band_rows).map(move |oy0| (bi, oy0, band_rows.min(ho - oy0))))
+            .collect();
+        let dst = SendPtr(out.as_mut_ptr());
+        let geometry = BandGeometry { cin, h, w, kh, kw, s, p, wo, cout, k, plane_out, pointwise, accumulate: bias.is_some() };
+        if threads > 1 && bands.len() >= 2 * threads {
+            // Enough bands: one contiguous share per thread, each with its own im2col buffer and a
+            // single-threaded GEMM (no synchronisation inside a GEMM, which scales better than
+            // one parallel GEMM per band at these sizes).
+            let per = bands.len().div_ceil(threads);
+            bands.par_chunks(per).for_each(|share| {
+                let mut col = if pointwise { Vec::new() } else { vec![0f32; k * band_rows * wo] };
+                for &band in share {
+                    // SAFETY: see `run_band`; shares hold disjoint bands.
+                    unsafe { geometry.run_band(band, xs, ws, &mut col, dst, gemm::Parallelism::None) };
                 }
-                oy0 += rows;
+            });
+        } else {
+            let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+            let mut col = if pointwise { Vec::new() } else { vec![0f32; k * band_rows * wo] };
+            for &band in &bands {
+                // SAFETY: see `run_band`.
+                unsafe { geometry.run_band(band, xs, ws, &mut col, dst, par) };
             }
         }
         drop(x_guard);
         drop(w_guard);
         Tensor::from_vec(out, (b, cout, ho, wo), &Device::Cpu)
+    }
+}
+
+/// The output buffer's base pointer, shared by the band tasks (each writes its own rows).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the tasks write disjoint regions (distinct (image, output row) bands).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Shapes of one convolution, for the per-band work.
+struct BandGeometry {
+    cin: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    s: usize,
+    p: usize,
+    wo: usize,
+    cout: usize,
+    k: usize,
+    plane_out: usize,
+    pointwise: bool,
+    /// Add to the output (which holds the bias) instead of overwriting it.
+    accumulate: bool,
+}
+
+impl BandGeometry {
+    /// `out[bi, :, oy0..oy0+rows, :] (+)= W[cout, k] @ im2col_band[k, rows*wo]`.
+    ///
+    /// SAFETY: `dst` must point to a `(b, cout, ho, wo)` buffer with `bi < b` and
+    /// `oy0 + rows <= ho`, and no other thread may write the same (image, rows) band meanwhile.
+    unsafe fn run_band(
+        &self,
+        (bi, oy0, rows): (usize, usize, usize),
+        xs: &[f32],
+        ws: &[f32],
+        col: &mut [f32],
+        dst: SendPtr,
+        par: gemm::Parallelism,
+    ) {
+        let img = &xs[bi * self.cin * self.h * self.w..(bi + 1) * self.cin * self.h * self.w];
+        let n = rows * self.wo;
+        let rhs: &[f32] = if self.pointwise {
+            img
+        } else {
+            let col = &mut col[..self.k * n];
+            fill_band(col, img, (self.cin, self.h, self.w), (self.kh, self.kw), self.s, self.p, (oy0, rows, self.wo));
+            col
+        };
+        // dst[cout, n] (+)= W[cout, k] @ rhs[k, n]; destination rows strided by the output plane.
+        gemm::gemm(
+            self.cout,
+            n,
+            self.k,
+            dst.0.add(bi * self.cout * self.plane_out + oy0 * self.wo),
+            1,
+            self.plane_out as isize,
+            self.accumulate,
+            ws.as_ptr(),
+            1,
+            self.k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
     }
 }
 
