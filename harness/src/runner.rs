@@ -911,9 +911,10 @@ pub fn format_plan(suite: &Suite, rows: &[PlanRow], gflops_per_s: f64) -> String
             r.note
         ));
     }
-    let total: f64 = rows.iter().filter(|r| r.note.is_empty()).filter_map(|r| r.estimated_seconds).sum();
+    // Skipped runs are not counted. `+ 0.0`: an empty f64 sum is -0.0, which would print as "-0".
+    let total: f64 = rows.iter().filter(|r| r.note.is_empty()).filter_map(|r| r.estimated_seconds).sum::<f64>() + 0.0;
     s.push_str(&format!(
-        "Estimated sampling time {} s: analytic FLOPs / {} GFLOP/s (a 512x512 f32 matmul probe on this machine just now); a lower bound, as attention, sampling and decoding overheads run below matmul peak. Metric checks and Inception feature extraction are not included.\n",
+        "Estimated sampling time of the runs that will run {} s: analytic FLOPs / {} GFLOP/s (a 512x512 f32 matmul probe on this machine just now); a lower bound, as attention, sampling and decoding overheads run below matmul peak. Metric checks and Inception feature extraction are not included.\n",
         format_sig(total, 3),
         format_sig(gflops_per_s, 3)
     ));
