@@ -43,6 +43,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    genbench_runtime::memory::keep_freed_memory();
     let cli = Cli::parse();
     genbench_runtime::threads::configure(cli.threads);
     let result = match cli.command {

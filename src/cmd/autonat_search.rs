@@ -27,7 +27,11 @@
 //! Outputs in `--out`: `strategy.yaml` (best base FID so far), `strategies/stp_<k>.yaml` (the
 //! strategy after each update, as `DisPatcher.save`), `iterations.csv` (FID per iteration and
 //! the time split), `evaluations.csv` (every FID evaluation), `fid.png` / `fid.svg`, and
-//! `summary.json`. Every file is rewritten atomically after each iteration.
+//! `summary.json`. Every file is rewritten atomically after each iteration, and `state.json`
+//! after every FID evaluation: running the same command again continues an interrupted search
+//! where it stopped (at most the evaluation in flight is lost) and gives the same result as an
+//! uninterrupted run; a larger `--iters` extends a finished one. Any other changed setting is
+//! refused, naming it.
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
@@ -44,7 +48,7 @@ use genbench_models::generators::autonat::{AutoNat, AutoNatSpec};
 use genbench_models::generators::autonat_strategy::{ParamGroup, Strategy};
 use genbench_runtime::timer::Stopwatch;
 use genbench_runtime::{DeviceChoice, RandomSource, SeededSource};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Clone, Debug)]
@@ -147,7 +151,7 @@ impl SearchSettings {
 }
 
 /// Wall time of one FID evaluation, split by phase.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct EvalTiming {
     pub generation_s: f64,
     pub inception_s: f64,
@@ -166,12 +170,12 @@ impl EvalTiming {
 }
 
 /// One FID evaluation of the search.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Evaluation {
     /// Update index the evaluation belongs to (0 = before the first update).
     pub iter: usize,
     /// `base` or `grad` (a finite-difference probe).
-    pub phase: &'static str,
+    pub phase: String,
     /// The perturbed parameter (`manual_cfg[3]`), empty for base evaluations.
     pub param: String,
     pub fid: f64,
@@ -179,7 +183,7 @@ pub struct Evaluation {
 }
 
 /// One iteration's summary: the base FID after `iter` updates and what the iteration cost.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IterationRecord {
     pub iter: usize,
     pub fid: f64,
@@ -188,8 +192,62 @@ pub struct IterationRecord {
     /// plus this base evaluation; only the base one for iteration 0).
     pub evaluations: usize,
     pub timing: EvalTiming,
+    /// Wall time of the iteration (summed over sessions when it was resumed).
     pub wall_s: f64,
     pub params: Vec<f64>,
+}
+
+/// Everything the search needs to continue after an interruption, saved after every FID
+/// evaluation (`state.json`): an interrupted search loses at most the evaluation in flight.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchState {
+    pub steps: usize,
+    /// Current parameters (after `iterations.len() - 1` updates).
+    pub theta: Vec<f64>,
+    pub momentum_buf: Option<Vec<f64>>,
+    /// Finite-difference entries of the update in progress, in parameter order.
+    pub grad: Vec<f64>,
+    /// Time spent so far on the update in progress.
+    pub pending_timing: EvalTiming,
+    pub pending_wall_s: f64,
+    pub best_params: Vec<f64>,
+    pub best_fid: f64,
+    /// Completed iterations (0 = the initial strategy's evaluation).
+    pub iterations: Vec<IterationRecord>,
+    pub evaluations: Vec<Evaluation>,
+}
+
+impl SearchState {
+    fn new(init: &Strategy) -> Self {
+        let theta = init.to_params();
+        SearchState {
+            steps: init.steps(),
+            best_params: theta.clone(),
+            theta,
+            momentum_buf: None,
+            grad: vec![],
+            pending_timing: EvalTiming::default(),
+            pending_wall_s: 0.0,
+            best_fid: f64::INFINITY,
+            iterations: vec![],
+            evaluations: vec![],
+        }
+    }
+
+    /// Updates completed so far (`None` before the initial evaluation).
+    pub fn updates_done(&self) -> Option<usize> {
+        self.iterations.last().map(|r| r.iter)
+    }
+
+    pub fn outcome(&self) -> Result<SearchOutcome> {
+        Ok(SearchOutcome {
+            best: Strategy::from_params(self.steps, &self.best_params)?,
+            best_fid: self.best_fid,
+            last: Strategy::from_params(self.steps, &self.theta)?,
+            iterations: self.iterations.clone(),
+            evaluations: self.evaluations.clone(),
+        })
+    }
 }
 
 /// Result of a search.
@@ -207,110 +265,133 @@ pub trait Objective {
     fn evaluate(&mut self, strategy: &Strategy) -> Result<(f64, EvalTiming)>;
 }
 
-/// The finite-difference SGD search over a strategy's parameter vector. `on_iteration` is
-/// called after every base evaluation (iteration 0 included) with everything so far.
+/// What the search reports to its caller.
+pub enum Progress<'a> {
+    /// After every FID evaluation: the state to save.
+    Evaluated(&'a SearchState),
+    /// After every base evaluation (iteration 0 included), once the state is saved.
+    IterationDone(&'a SearchState),
+}
+
+/// The finite-difference SGD search over a strategy's parameter vector, from `init` or from a
+/// saved `resume` state (which then carries the strategy; `init` is ignored). Runs until
+/// `settings.iters` updates are done. The objective must not depend on the call history for
+/// the resumed search to equal an uninterrupted one (the FID objective uses fixed streams).
 pub fn run_search(
     objective: &mut dyn Objective,
     init: Strategy,
     settings: &SearchSettings,
-    on_iteration: &mut dyn FnMut(&SearchOutcome) -> Result<()>,
+    resume: Option<SearchState>,
+    on_progress: &mut dyn FnMut(Progress<'_>) -> Result<()>,
 ) -> Result<SearchOutcome> {
     settings.validate()?;
-    init.validate()?;
-    let steps = init.steps();
-    let groups = Strategy::param_groups(steps);
-    let mut theta = init.to_params();
-    let mut momentum_buf: Option<Vec<f64>> = None;
-    let started = std::time::Instant::now();
-
-    let (fid0, t0) = objective.evaluate(&init)?;
-    let mut out = SearchOutcome {
-        best: init.clone(),
-        best_fid: fid0,
-        last: init.clone(),
-        iterations: vec![],
-        evaluations: vec![Evaluation { iter: 0, phase: "base", param: String::new(), fid: fid0, timing: t0 }],
+    let mut st = match resume {
+        Some(s) => s,
+        None => {
+            init.validate()?;
+            SearchState::new(&init)
+        }
     };
-    out.iterations.push(IterationRecord {
-        iter: 0,
-        fid: fid0,
-        best_fid: fid0,
-        evaluations: 1,
-        timing: t0,
-        wall_s: started.elapsed().as_secs_f64(),
-        params: theta.clone(),
-    });
-    on_iteration(&out)?;
-    let mut base_fid = fid0;
+    let steps = st.steps;
+    let groups = Strategy::param_groups(steps);
+    ensure!(
+        st.theta.len() == groups.len() && st.grad.len() < groups.len(),
+        "saved search state does not fit a {steps}-step strategy"
+    );
+    let mut session_start = std::time::Instant::now();
 
-    for iter in 1..=settings.iters {
-        let iter_start = std::time::Instant::now();
-        let mut timing = EvalTiming::default();
-        // Finite-difference gradient, one coordinate at a time.
-        let mut grad = vec![0.0; theta.len()];
-        for i in 0..theta.len() {
+    if st.iterations.is_empty() {
+        let (fid, t) = objective.evaluate(&Strategy::from_params(steps, &st.theta)?)?;
+        st.evaluations.push(Evaluation { iter: 0, phase: "base".into(), param: String::new(), fid, timing: t });
+        st.best_fid = fid;
+        st.best_params = st.theta.clone();
+        st.iterations.push(IterationRecord {
+            iter: 0,
+            fid,
+            best_fid: fid,
+            evaluations: 1,
+            timing: t,
+            wall_s: session_start.elapsed().as_secs_f64(),
+            params: st.theta.clone(),
+        });
+        on_progress(Progress::Evaluated(&st))?;
+        on_progress(Progress::IterationDone(&st))?;
+        session_start = std::time::Instant::now();
+    }
+
+    while st.iterations.len() <= settings.iters {
+        let iter = st.iterations.len();
+        let base_fid = st.iterations.last().unwrap().fid;
+        let wall = |st: &SearchState, since: std::time::Instant| st.pending_wall_s + since.elapsed().as_secs_f64();
+        // Finite-difference gradient, one coordinate at a time (continuing a saved partial one).
+        for i in st.grad.len()..st.theta.len() {
             let (lo, hi, step) = match groups[i] {
                 ParamGroup::Ratio => (0.0, 1.0, settings.step_ratios),
                 ParamGroup::Unbounded => (1e-4, f64::INFINITY, settings.step_others),
             };
-            let mut probe = theta.clone();
-            probe[i] = (theta[i] + step).clamp(lo, hi);
-            if probe[i] == theta[i] {
+            let mut probe = st.theta.clone();
+            probe[i] = (st.theta[i] + step).clamp(lo, hi);
+            if probe[i] == st.theta[i] {
                 // The bound blocks the upward step: difference downwards instead.
-                probe[i] = (theta[i] - step).clamp(lo, hi);
+                probe[i] = (st.theta[i] - step).clamp(lo, hi);
             }
-            let delta = probe[i] - theta[i];
+            let delta = probe[i] - st.theta[i];
             ensure!(delta != 0.0, "parameter {} cannot be perturbed", Strategy::param_name(steps, i));
-            let strategy = Strategy::from_params(steps, &probe)?;
-            let (fid, t) = objective.evaluate(&strategy)?;
-            timing.add(&t);
-            out.evaluations.push(Evaluation {
+            let (fid, t) = objective.evaluate(&Strategy::from_params(steps, &probe)?)?;
+            st.pending_timing.add(&t);
+            st.evaluations.push(Evaluation {
                 iter,
-                phase: "grad",
+                phase: "grad".into(),
                 param: Strategy::param_name(steps, i),
                 fid,
                 timing: t,
             });
-            grad[i] = (fid - base_fid) / delta;
+            st.grad.push((fid - base_fid) / delta);
+            st.pending_wall_s = wall(&st, session_start);
+            session_start = std::time::Instant::now();
+            on_progress(Progress::Evaluated(&st))?;
         }
+        let mut grad = std::mem::take(&mut st.grad);
         if let Some(c) = settings.clip_grad {
             grad.iter_mut().for_each(|g| *g = g.clamp(-c, c));
         }
         // SGD with momentum (torch.optim.SGD, dampening 0, no Nesterov).
-        let buf = match momentum_buf.take() {
-            None => grad.clone(),
+        let buf: Vec<f64> = match st.momentum_buf.take() {
+            None => grad,
             Some(b) => b.iter().zip(&grad).map(|(b, g)| settings.momentum * b + g).collect(),
         };
-        for i in 0..theta.len() {
+        for (i, theta) in st.theta.iter_mut().enumerate() {
             let (lr, lo, hi) = match groups[i] {
                 ParamGroup::Ratio => (settings.lr_ratios, 0.0, 0.99),
                 ParamGroup::Unbounded => (settings.lr_others, 1e-4, f64::INFINITY),
             };
-            theta[i] = (theta[i] - lr * buf[i]).clamp(lo, hi);
+            *theta = (*theta - lr * buf[i]).clamp(lo, hi);
         }
-        momentum_buf = Some(buf);
-        let strategy = Strategy::from_params(steps, &theta)?;
-        let (fid, t) = objective.evaluate(&strategy)?;
+        st.momentum_buf = Some(buf);
+        let (fid, t) = objective.evaluate(&Strategy::from_params(steps, &st.theta)?)?;
+        let mut timing = std::mem::take(&mut st.pending_timing);
         timing.add(&t);
-        out.evaluations.push(Evaluation { iter, phase: "base", param: String::new(), fid, timing: t });
-        base_fid = fid;
-        if fid < out.best_fid {
-            out.best_fid = fid;
-            out.best = strategy.clone();
+        st.evaluations.push(Evaluation { iter, phase: "base".into(), param: String::new(), fid, timing: t });
+        if fid < st.best_fid {
+            st.best_fid = fid;
+            st.best_params = st.theta.clone();
         }
-        out.last = strategy;
-        out.iterations.push(IterationRecord {
+        st.iterations.push(IterationRecord {
             iter,
             fid,
-            best_fid: out.best_fid,
-            evaluations: theta.len() + 1,
+            best_fid: st.best_fid,
+            evaluations: st.theta.len() + 1,
             timing,
-            wall_s: iter_start.elapsed().as_secs_f64(),
-            params: theta.clone(),
+            wall_s: wall(&st, session_start),
+            params: st.theta.clone(),
         });
-        on_iteration(&out)?;
+        st.pending_wall_s = 0.0;
+        on_progress(Progress::Evaluated(&st))?;
+        on_progress(Progress::IterationDone(&st))?;
+        // An iteration's wall time covers its evaluations, not the writing of the outputs.
+        session_start = std::time::Instant::now();
     }
-    Ok(out)
+    st.outcome()
 }
 
 /// FID of a strategy: generate `labels.len()` images with the same labels and the same random
@@ -448,38 +529,99 @@ pub fn run(args: AutonatSearchArgs) -> Result<()> {
     let labels = evaluation_labels(args.samples, genbench_models::generator::Generator::num_classes(&generator), args.seed)?;
     std::fs::create_dir_all(args.out.join("strategies"))
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let meta = serde_json::json!({
+    // What defines the search: a saved state is continued only under the same key.
+    let search_key = serde_json::json!({
         "model": spec.name,
+        "config": args.config.as_ref().map(|p| p.display().to_string()),
+        "ckpt": args.ckpt.as_ref().map(|p| p.display().to_string()),
+        "vae": args.vae.as_ref().map(|p| p.display().to_string()),
+        "random_init": args.random_init,
         "steps": args.steps,
         "samples": args.samples,
+        "batch": args.batch,
         "seed": args.seed,
         "init": args.init,
         "reference": reference_path.display().to_string(),
-        "reference_stats_s": reference_s,
-        "settings": settings,
+        "lr_ratios": settings.lr_ratios,
+        "lr_others": settings.lr_others,
+        "momentum": settings.momentum,
+        "step_ratios": settings.step_ratios,
+        "step_others": settings.step_others,
+        "clip_grad": settings.clip_grad,
         "inception_weights_sha1": extractor.weights_sha1(),
-        "random_init": args.random_init,
     });
+    let meta = serde_json::json!({
+        "genbench_version": env!("CARGO_PKG_VERSION"),
+        "search": search_key,
+        "iters": settings.iters,
+        "reference_stats_s": reference_s,
+        "device": format!("{device:?}"),
+    });
+    let state_path = args.out.join("state.json");
+    let resume = load_saved_state(&state_path, &search_key)?;
+    if let Some(s) = &resume {
+        eprintln!(
+            "resuming the search in {}: {} update(s) done, {} of {} probes of the next one",
+            args.out.display(),
+            s.updates_done().unwrap_or(0),
+            s.grad.len(),
+            s.theta.len()
+        );
+    }
     let mut objective =
         FidObjective { generator: &mut generator, extractor: &extractor, reference: &reference, labels, batch: args.batch, seed: args.seed };
     let out_dir = args.out.clone();
-    let outcome = run_search(&mut objective, init, &settings, &mut |o| {
-        let last = o.iterations.last().unwrap();
-        eprintln!(
-            "iter {:>3}: FID {:.4} (best {:.4}); {:.1} s = generation {:.1} + Inception {:.1} + FID {:.2} over {} evaluation(s)",
-            last.iter,
-            last.fid,
-            last.best_fid,
-            last.wall_s,
-            last.timing.generation_s,
-            last.timing.inception_s,
-            last.timing.fid_s,
-            last.evaluations
-        );
-        write_outputs(&out_dir, o, &meta)
+    let outcome = run_search(&mut objective, init, &settings, resume, &mut |progress| match progress {
+        Progress::Evaluated(st) => write_atomic(
+            &state_path,
+            &serde_json::to_string(&serde_json::json!({ "search": search_key, "state": st }))?,
+        ),
+        Progress::IterationDone(st) => {
+            let last = st.iterations.last().unwrap();
+            eprintln!(
+                "iter {:>3}: FID {:.4} (best {:.4}); {:.1} s = generation {:.1} + Inception {:.1} + FID {:.2} over {} evaluation(s)",
+                last.iter,
+                last.fid,
+                last.best_fid,
+                last.wall_s,
+                last.timing.generation_s,
+                last.timing.inception_s,
+                last.timing.fid_s,
+                last.evaluations
+            );
+            write_outputs(&out_dir, &st.outcome()?, &meta)
+        }
     })?;
     eprintln!("best FID {:.4}; strategy written to {}", outcome.best_fid, args.out.join("strategy.yaml").display());
     Ok(())
+}
+
+/// The saved state in `path` if there is one, after checking it belongs to the same search.
+fn load_saved_state(path: &Path, key: &serde_json::Value) -> Result<Option<SearchState>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let fix = "delete it (and the folder's other files) to start afresh, or choose another --out";
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    #[derive(Deserialize)]
+    struct Saved {
+        search: serde_json::Value,
+        state: SearchState,
+    }
+    let saved: Saved = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a readable genbench search state; {fix}", path.display()))?;
+    if let (Some(want), Some(have)) = (key.as_object(), saved.search.as_object()) {
+        for (field, value) in want {
+            let old = have.get(field).unwrap_or(&serde_json::Value::Null);
+            ensure!(
+                old == value,
+                "{} holds a search with a different `{field}` ({old} there, {value} now); resume it with the same \
+                 settings (only --iters may change), or {fix}",
+                path.display()
+            );
+        }
+    }
+    Ok(Some(saved.state))
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
@@ -584,7 +726,7 @@ mod tests {
         let theta0 = init.to_params();
         let target = vec![0.2, 0.9, 1.2, 0.8, 0.5, 1.5];
         let mut q = Quadratic { target: target.clone(), calls: 0 };
-        let out = run_search(&mut q, init, &settings(1), &mut |_| Ok(())).unwrap();
+        let out = run_search(&mut q, init, &settings(1), None, &mut |_| Ok(())).unwrap();
         assert_eq!(q.calls, 1 + 6 + 1, "base, 4T-2 probes, new base");
         // One-sided difference of (x - t)^2 with step d: 2 (x - t) + d.
         let theta1 = &out.iterations[1].params;
@@ -605,7 +747,7 @@ mod tests {
         let init = Strategy::new(vec![0.985], vec![0.5], vec![1.0, 1.0], vec![0.05, 1.0]).unwrap();
         let target = vec![1.0, 0.5, 1.0, 1.0, -10.0, 1.0];
         let mut q = Quadratic { target, calls: 0 };
-        let out = run_search(&mut q, init, &settings(2), &mut |_| Ok(())).unwrap();
+        let out = run_search(&mut q, init, &settings(2), None, &mut |_| Ok(())).unwrap();
         let p1 = &out.iterations[1].params;
         let p2 = &out.iterations[2].params;
         assert!(p1[0] <= 0.99 && p2[0] <= 0.99, "ratios are clamped to 0.99");
@@ -622,9 +764,72 @@ mod tests {
     fn a_ratio_at_one_is_probed_downwards() {
         let init = Strategy::new(vec![1.0], vec![0.5], vec![1.0, 1.0], vec![0.0, 1.0]).unwrap();
         let mut q = Quadratic { target: vec![0.5, 0.5, 1.0, 1.0, 0.0, 1.0], calls: 0 };
-        let out = run_search(&mut q, init, &settings(1), &mut |_| Ok(())).unwrap();
+        let out = run_search(&mut q, init, &settings(1), None, &mut |_| Ok(())).unwrap();
         assert!(out.iterations[1].params[0].is_finite());
         assert!(out.iterations[1].params[0] < 0.99 + 1e-12);
+    }
+
+    /// Fails (as a killed process would) once `fail_at` evaluations have been made.
+    struct Interrupted {
+        inner: Quadratic,
+        fail_at: usize,
+    }
+    impl Objective for Interrupted {
+        fn evaluate(&mut self, s: &Strategy) -> Result<(f64, EvalTiming)> {
+            ensure!(self.inner.calls < self.fail_at, "interrupted");
+            self.inner.evaluate(s)
+        }
+    }
+
+    #[test]
+    fn an_interrupted_search_resumes_to_the_same_result() {
+        // T = 2 (6 parameters), 3 updates: 1 + 3 x 7 = 22 evaluations. Interrupt after 1, 4
+        // (mid-gradient), 8 (right after an update's base evaluation) and 20 evaluations;
+        // resume from the last saved state, through its JSON form as on disk.
+        let target = vec![0.3, 0.8, 1.3, 0.6, 0.4, 1.7];
+        let init = Strategy::search_init(2).unwrap();
+        let mut whole = Quadratic { target: target.clone(), calls: 0 };
+        let want = run_search(&mut whole, init.clone(), &settings(3), None, &mut |_| Ok(())).unwrap();
+        assert_eq!(whole.calls, 22);
+        for fail_at in [1, 4, 8, 20] {
+            let mut saved: Option<String> = None;
+            let mut first = Interrupted { inner: Quadratic { target: target.clone(), calls: 0 }, fail_at };
+            let e = run_search(&mut first, init.clone(), &settings(3), None, &mut |p| {
+                if let Progress::Evaluated(st) = p {
+                    saved = Some(serde_json::to_string(st)?);
+                }
+                Ok(())
+            });
+            assert!(e.is_err());
+            let state: SearchState = serde_json::from_str(saved.as_deref().unwrap()).unwrap();
+            assert_eq!(state.evaluations.len(), fail_at, "every finished evaluation was saved");
+            let mut rest = Quadratic { target: target.clone(), calls: 0 };
+            // `init` is ignored when resuming: pass a different one to prove it.
+            let got = run_search(&mut rest, Strategy::search_init(2).unwrap(), &settings(3), Some(state), &mut |_| Ok(()))
+                .unwrap();
+            assert_eq!(rest.calls, 22 - fail_at, "no evaluation repeated or lost (fail_at {fail_at})");
+            let fids = |o: &SearchOutcome| o.evaluations.iter().map(|e| (e.iter, e.param.clone(), e.fid)).collect::<Vec<_>>();
+            assert_eq!(fids(&got), fids(&want));
+            let params = |o: &SearchOutcome| o.iterations.iter().map(|r| r.params.clone()).collect::<Vec<_>>();
+            assert_eq!(params(&got), params(&want));
+            assert_eq!(got.best.to_params(), want.best.to_params());
+        }
+        // More updates later: a finished 3-update state extended to 4 equals a 4-update run.
+        let mut saved = None;
+        let mut q = Quadratic { target: target.clone(), calls: 0 };
+        run_search(&mut q, init.clone(), &settings(3), None, &mut |p| {
+            if let Progress::Evaluated(st) = p {
+                saved = Some(st.clone());
+            }
+            Ok(())
+        })
+        .unwrap();
+        let mut more = Quadratic { target: target.clone(), calls: 0 };
+        let extended = run_search(&mut more, init.clone(), &settings(4), saved, &mut |_| Ok(())).unwrap();
+        assert_eq!(more.calls, 7);
+        let mut q4 = Quadratic { target, calls: 0 };
+        let direct = run_search(&mut q4, init, &settings(4), None, &mut |_| Ok(())).unwrap();
+        assert_eq!(extended.last.to_params(), direct.last.to_params());
     }
 
     #[test]
@@ -632,7 +837,7 @@ mod tests {
         let mut s = settings(1);
         s.momentum = 1.0;
         let mut q = Quadratic { target: vec![0.0; 6], calls: 0 };
-        let e = run_search(&mut q, Strategy::search_init(2).unwrap(), &s, &mut |_| Ok(())).unwrap_err();
+        let e = run_search(&mut q, Strategy::search_init(2).unwrap(), &s, None, &mut |_| Ok(())).unwrap_err();
         assert!(e.to_string().contains("--momentum"), "{e}");
     }
 
@@ -733,6 +938,16 @@ mod tests {
         assert!(fids.iter().any(|f| *f != fids[0]), "{fids:?}");
         // The written strategy is valid and has T = 1 step.
         assert_eq!(Strategy::from_yaml_file(&runs[0].join("strategy.yaml")).unwrap().steps(), 1);
+        // Run again into a finished folder: its saved state is complete, nothing is evaluated.
+        // (Full text compared: a re-evaluation would change the timing columns.)
+        let before = read(&runs[0].join("evaluations.csv"));
+        run(tiny_args(runs[0].clone(), Some(reference.clone()))).unwrap();
+        assert_eq!(before, read(&runs[0].join("evaluations.csv")));
+        // A different search into the same folder is refused, naming the setting.
+        let mut other = tiny_args(runs[0].clone(), Some(reference));
+        other.seed = 6;
+        let e = format!("{:#}", run(other).unwrap_err());
+        assert!(e.contains("state.json") && e.contains("`seed`"), "{e}");
     }
 
     #[test]

@@ -58,13 +58,3 @@ impl SamplerArgs {
     }
 }
 
-/// candle's elementwise ops run on a pool of its own whose workers spin 25,000 times after
-/// every task before parking. Between two such ops a generator runs matmuls on rayon's pool, so
-/// the spinning worker takes a core from the matmul (measured: about 20% of a VAR-d16 batch-1
-/// profile on 2 cores). Unless the user set `CANDLE_BARRIER_POOL_SPIN_LIMIT`, park at once.
-/// Must run before the first tensor op (the pool reads the variable when it starts).
-pub fn quiet_candle_barrier_pool() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
-    }
-}

@@ -14,7 +14,7 @@
 //! Generation (`libs/nat_misc.py: NATSchedule.generate`, `train.py: cfg_nnet`): see
 //! [`generate_tokens`] for the exact per-step rules.
 
-use super::autonat_strategy::{mask_len, Strategy, MIN_SAMPLING_TEMPERATURE};
+use super::autonat_strategy::{mask_len, Strategy, BUILTIN_NAMES, MIN_SAMPLING_TEMPERATURE};
 use crate::checkpoint::{RandomWeights, StrictWeights};
 use crate::flops;
 use crate::generator::{
@@ -545,6 +545,13 @@ impl AutoNatSpec {
         }
         if let Some(st) = &s.strategy {
             self.strategy = Some(st.clone());
+            // A strategy file fixes T: without `num_iter` the steps come from the file. (A bad
+            // file is reported by `resolve_strategy`, with the field at fault.)
+            if s.num_iter.is_none() && !BUILTIN_NAMES.contains(&st.as_str()) {
+                if let Ok(file) = Strategy::from_yaml_file(Path::new(st)) {
+                    self.steps = file.steps();
+                }
+            }
         }
         Ok(())
     }

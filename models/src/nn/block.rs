@@ -8,6 +8,7 @@
 
 use super::attention::MultiHeadAttention;
 use super::mlp::{Activation, Mlp};
+use super::elementwise::add;
 use super::norm::LayerNorm;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -36,8 +37,9 @@ impl PreNormBlock {
 
     /// Bidirectional forward over `(B, T, C)` with an optional additive attention mask.
     pub fn forward_masked(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?, mask, None)?)?;
-        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
+        // Residual adds through `elementwise::add` (multi-threaded on the CPU).
+        let x = add(x, &self.attn.forward(&self.norm1.forward(x)?, mask, None)?)?;
+        add(&x, &self.mlp.forward(&self.norm2.forward(&x)?)?)
     }
 }
 

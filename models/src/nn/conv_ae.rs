@@ -18,6 +18,7 @@
 //! [`ResnetBlock::load_mage`], assembled in `tokenizers/mage_vqgan.rs`.
 
 use crate::flops;
+use crate::nn::elementwise::{add, upsample_nearest2x};
 use crate::nn::norm::GroupNorm;
 use candle_core::{Module, Result, Tensor};
 // Convolutions through `nn::conv` (candle's interface, a faster CPU kernel).
@@ -131,9 +132,9 @@ impl Module for ResnetBlock {
         let h = self.conv1.forward(&self.norm1.forward_swish(x)?)?;
         let h = self.conv2.forward(&self.norm2.forward_swish(&h)?)?;
         match &self.nin_shortcut {
-            Some(s) if self.shortcut_on_branch => s.forward(&h)? + h,
-            Some(s) => s.forward(x)? + h,
-            None => x + h,
+            Some(s) if self.shortcut_on_branch => add(&s.forward(&h)?, &h),
+            Some(s) => add(&s.forward(x)?, &h),
+            None => add(x, &h),
         }
     }
 }
@@ -232,8 +233,7 @@ impl Upsample {
 
 impl Module for Upsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        self.conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+        self.conv.forward(&upsample_nearest2x(x)?)
     }
 }
 

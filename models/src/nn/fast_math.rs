@@ -26,7 +26,11 @@ fn exp_f32(x: f32) -> f32 {
     let t = x * LOG2E;
     // Round to nearest with the 1.5 * 2^23 trick: vectorises without SSE4.1's roundps.
     const MAGIC: f32 = 12_582_912.0;
-    let n = (t + MAGIC) - MAGIC;
+    let shifted = t + MAGIC;
+    let n = shifted - MAGIC;
+    // The same integer read from the bits of `shifted` (mantissa = MAGIC's + n): integer ops
+    // only, so the loop vectorises (a float-to-int `as` cast saturates and may not).
+    let n_int = shifted.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
     // Cody-Waite: f = x - n ln2 with ln2 split in two so n * LN2_HI is exact (|f| <= ln2 / 2).
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -36,7 +40,7 @@ fn exp_f32(x: f32) -> f32 {
         + f * (1.0
             + f * (0.5
                 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0 + f * (1.0 / 5040.0)))))));
-    let bits = ((n as i32 + 127) << 23) as u32;
+    let bits = ((n_int + 127) << 23) as u32;
     p * f32::from_bits(bits)
 }
 
@@ -247,6 +251,14 @@ fn softmax_rows(src: &[f32], dst: &mut [f32], cols: usize) {
     }
 }
 
+/// `row[i] = exp(row[i] - shift)`, kept a separate loop so that it vectorises.
+#[inline(always)]
+fn exp_shifted_inplace(row: &mut [f32], shift: f32) {
+    for d in row.iter_mut() {
+        *d = exp_f32(*d - shift);
+    }
+}
+
 /// In-place softmax of each `cols`-wide row of `buf` (fused attention's score tiles).
 pub(crate) fn softmax_rows_inplace(buf: &mut [f32], cols: usize) {
     #[inline(always)]
@@ -265,7 +277,7 @@ pub(crate) fn softmax_rows_inplace(buf: &mut [f32], cols: usize) {
                 row.iter_mut().for_each(|d| *d = f32::NAN);
                 continue;
             }
-            row.iter_mut().for_each(|d| *d = exp_f32(*d - max));
+            exp_shifted_inplace(row, max);
             let mut sums = [0f32; 8];
             let chunks = row.chunks_exact(8);
             let tail_sum: f32 = chunks.remainder().iter().sum();

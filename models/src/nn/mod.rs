@@ -8,6 +8,7 @@
 //! | [`mlp`] | 2-layer MLP (GELU-tanh, exact GELU, SiLU) and SwiGLU | VAR, MAR, AutoNAT, taming (MLP); LlamaGen (SwiGLU) |
 //! | [`norm`] | LayerNorm (affine or not), RMSNorm computed in f32, GroupNorm | all |
 //! | [`conv`] | 2-D convolution (`candle_nn::Conv2d` interface) with a fast NCHW im2col + GEMM CPU path | every conv autoencoder (through [`conv_ae`]), MAGE VQGAN |
+//! | [`elementwise`] | row-parallel CPU residual add and nearest x2 upsampling (candle runs them on one thread) | conv autoencoders, pre-LN blocks |
 //! | [`conv_ae`] | the taming/LDM conv autoencoder: ResnetBlock, AttnBlock, Up/Downsample, Encoder, Decoder with a naming/config struct | VAR VQVAE, taming VQGAN, LlamaGen VQ-16, LDM KL-16 (MAR) |
 //! | [`vq`] | nearest-codebook lookup (squared L2, optional L2-normalisation) and embedding gather | VAR, taming, LlamaGen, MAGE VQGAN |
 //! | [`sampling`] | batched on-device token sampling: temperature, top-k (ties kept), top-p (VAR and Hugging Face rules), multinomial / Gumbel-max through a `RandomSource`, Gumbel-softmax | VAR, LlamaGen, taming, AutoNAT/MaskGIT |
@@ -28,6 +29,7 @@ pub mod block;
 pub mod cfg;
 pub mod conv;
 pub mod conv_ae;
+pub mod elementwise;
 pub mod fast_math;
 pub mod fused;
 pub mod interpolate;
