@@ -16,7 +16,7 @@ use crate::checkpoint::StrictWeights;
 use crate::generator::{
     FlopsPerImage, Family, Generator, Samples, SamplerSettings, StepKind, StepObserver, StepRecord,
 };
-use crate::nn::attention::{self, KvCache, MultiHeadAttention};
+use crate::nn::attention::{self, reset_layer_caches, KvCache, MultiHeadAttention};
 use crate::nn::cfg;
 use crate::nn::linear::RowLinear;
 use crate::nn::mlp::SwiGlu;
@@ -453,18 +453,8 @@ impl LlamaGenGpt {
     /// Prepares every layer's KV cache for `batch` rows and `capacity` positions, reusing the
     /// buffers when the shape is unchanged.
     fn reset_caches(&mut self, batch: usize, capacity: usize) -> Result<()> {
-        let same = self.caches.len() == self.layers.len()
-            && self.caches.first().is_some_and(|c| c.capacity() == capacity && c.key_buffer().dim(0).ok() == Some(batch));
-        if same {
-            self.caches.iter_mut().for_each(|c| c.reset());
-            return Ok(());
-        }
-        self.caches = self
-            .layers
-            .iter()
-            .map(|b| b.attention.new_cache(batch, capacity, self.dtype, &self.device))
-            .collect::<candle_core::Result<_>>()?;
-        Ok(())
+        let layers = self.layers.iter().map(|b| &b.attention);
+        Ok(reset_layer_caches(&mut self.caches, layers, batch, capacity, self.dtype, &self.device)?)
     }
 
     /// Analytic FLOPs of one forward of `q` new tokens attending `k` keys, per sequence.

@@ -14,7 +14,7 @@ use crate::generator::{
     to_uint8_nhwc_from_signed, FlopsPerImage, Family, Generator, Samples, SamplerSettings, StepKind, StepObserver,
     StepRecord,
 };
-use crate::nn::attention::{self, KvCache, MultiHeadAttention};
+use crate::nn::attention::{self, reset_layer_caches, KvCache, MultiHeadAttention};
 use crate::nn::linear::RowLinear;
 use crate::nn::mlp::{Activation, Mlp};
 use crate::nn::norm::LayerNorm;
@@ -319,18 +319,8 @@ impl TamingGpt {
     }
 
     fn reset_caches(&mut self, batch: usize, capacity: usize) -> Result<()> {
-        let same = self.caches.len() == self.blocks.len()
-            && self.caches.first().is_some_and(|c| c.capacity() == capacity && c.key_buffer().dim(0).ok() == Some(batch));
-        if same {
-            self.caches.iter_mut().for_each(|c| c.reset());
-            return Ok(());
-        }
-        self.caches = self
-            .blocks
-            .iter()
-            .map(|b| b.attn.new_cache(batch, capacity, self.dtype, &self.device))
-            .collect::<candle_core::Result<_>>()?;
-        Ok(())
+        let layers = self.blocks.iter().map(|b| &b.attn);
+        Ok(reset_layer_caches(&mut self.caches, layers, batch, capacity, self.dtype, &self.device)?)
     }
 
     /// Bytes one cached step reads: all weights but the embedding tables, plus `k` cached

@@ -103,6 +103,27 @@ impl KvCache {
     }
 }
 
+/// Makes `caches` hold one empty cache per layer in `layers`, each for `batch` rows and
+/// `capacity` positions. When the shapes already match the buffers are kept and only emptied,
+/// so a sampler called again with the same batch allocates nothing.
+pub fn reset_layer_caches<'a>(
+    caches: &mut Vec<KvCache>,
+    layers: impl ExactSizeIterator<Item = &'a MultiHeadAttention>,
+    batch: usize,
+    capacity: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<()> {
+    let same = caches.len() == layers.len()
+        && caches.first().is_some_and(|c| c.capacity() == capacity && c.key_buffer().dim(0).ok() == Some(batch));
+    if same {
+        caches.iter_mut().for_each(|c| c.reset());
+        return Ok(());
+    }
+    *caches = layers.map(|a| a.new_cache(batch, capacity, dtype, device)).collect::<Result<_>>()?;
+    Ok(())
+}
+
 /// `softmax(scale * q k^T + mask) v` for `q (B, H, Tq, Dh)`, `k`/`v` `(B, H, Tk, Dh)` (strided
 /// views allowed), additive `mask` broadcastable to `(B, H, Tq, Tk)`. Returns `(B, H, Tq, Dh)`.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {

@@ -198,19 +198,40 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Numerically safe softmax of one row (`exp(x - max) / sum`). Reductions use 8 independent
-/// lanes so they vectorise (a single running f32 sum or max would be evaluated in order).
+/// Largest entry of a row. Reductions use 8 independent lanes so they vectorise (a single
+/// running f32 max or sum would be evaluated in order).
 #[inline(always)]
-fn softmax_row(src: &[f32], dst: &mut [f32]) {
+fn row_max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
-    let chunks = src.chunks_exact(8);
+    let chunks = row.chunks_exact(8);
     let tail = chunks.remainder();
     for c in chunks {
         for i in 0..8 {
             lanes[i] = lanes[i].max(c[i]);
         }
     }
-    let max = tail.iter().copied().fold(lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max), f32::max);
+    tail.iter().copied().fold(lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max), f32::max)
+}
+
+/// Divides a row of exponentials by their sum (8-lane reduction, as [`row_max`]).
+#[inline(always)]
+fn normalise_row(row: &mut [f32]) {
+    let mut sums = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail_sum: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            sums[i] += c[i];
+        }
+    }
+    let inv = 1.0 / (sums.iter().sum::<f32>() + tail_sum);
+    row.iter_mut().for_each(|d| *d *= inv);
+}
+
+/// Numerically safe softmax of one row (`exp(x - max) / sum`).
+#[inline(always)]
+fn softmax_row(src: &[f32], dst: &mut [f32]) {
+    let max = row_max(src);
     if max == f32::NEG_INFINITY {
         // Fully masked row: PyTorch gives NaN; keep it explicit rather than dividing by zero.
         dst.iter_mut().for_each(|d| *d = f32::NAN);
@@ -219,16 +240,7 @@ fn softmax_row(src: &[f32], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = exp_f32(s - max);
     }
-    let mut sums = [0f32; 8];
-    let chunks = dst.chunks_exact(8);
-    let tail_sum: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for i in 0..8 {
-            sums[i] += c[i];
-        }
-    }
-    let inv = 1.0 / (sums.iter().sum::<f32>() + tail_sum);
-    dst.iter_mut().for_each(|d| *d *= inv);
+    normalise_row(dst);
 }
 
 fn softmax_rows(src: &[f32], dst: &mut [f32], cols: usize) {
@@ -264,30 +276,13 @@ pub(crate) fn softmax_rows_inplace(buf: &mut [f32], cols: usize) {
     #[inline(always)]
     fn body(buf: &mut [f32], cols: usize) {
         for row in buf.chunks_mut(cols) {
-            let mut lanes = [f32::NEG_INFINITY; 8];
-            let chunks = row.chunks_exact(8);
-            let tail = chunks.remainder();
-            for c in chunks {
-                for i in 0..8 {
-                    lanes[i] = lanes[i].max(c[i]);
-                }
-            }
-            let max = tail.iter().copied().fold(lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max), f32::max);
+            let max = row_max(row);
             if max == f32::NEG_INFINITY {
                 row.iter_mut().for_each(|d| *d = f32::NAN);
                 continue;
             }
             exp_shifted_inplace(row, max);
-            let mut sums = [0f32; 8];
-            let chunks = row.chunks_exact(8);
-            let tail_sum: f32 = chunks.remainder().iter().sum();
-            for c in chunks {
-                for i in 0..8 {
-                    sums[i] += c[i];
-                }
-            }
-            let inv = 1.0 / (sums.iter().sum::<f32>() + tail_sum);
-            row.iter_mut().for_each(|d| *d *= inv);
+            normalise_row(row);
         }
     }
     #[cfg(target_arch = "x86_64")]

@@ -4,11 +4,11 @@
 //! codebook whose rows (and the queries) are L2-normalised at use time (`codebook_l2_norm`).
 //! The stored rows are not unit-norm: a port that gathered the raw rows would decode wrongly.
 
-use crate::nn::conv_ae::{ConvAeConfig, Decoder, DecoderTrace, Encoder, EncoderTrace, NormSpec};
+use super::vq_autoencoder::VqAutoencoder;
+use crate::nn::conv_ae::{ConvAeConfig, NormSpec};
 use crate::nn::vq::Codebook;
 use anyhow::{ensure, Context, Result};
-use candle_core::{Module, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// Size of LlamaGen's `quantize.codebook_used` buffer (a fixed 65536-entry usage histogram,
@@ -127,96 +127,42 @@ impl LlamaGenVqConfig {
     }
 }
 
-/// The VQ-16 model.
+/// The VQ-16 model: the shared VQGAN body in LlamaGen's layout; its encode / decode methods
+/// are those of [`VqAutoencoder`] (through `Deref`).
 pub struct LlamaGenVq {
     cfg: LlamaGenVqConfig,
-    encoder: Encoder,
-    decoder: Decoder,
-    quant_conv: Conv2d,
-    post_quant_conv: Conv2d,
-    codebook: Codebook,
+    body: VqAutoencoder,
 }
 
 impl LlamaGenVq {
     /// `vb` addresses `vq_ds16_c2i.pt["model"]` (`encoder.*`, `decoder.*`, `quantize.*`, ...).
     pub fn new(cfg: &LlamaGenVqConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let ae = cfg.conv_ae();
         let e = cfg.codebook_embed_dim;
-        let one = Conv2dConfig::default();
         let codebook = Codebook::load(vb.pp("quantize").pp("embedding"), cfg.codebook_size, e, cfg.codebook_l2_norm)?;
         if cfg.codebook_show_usage {
             // Read (and drop) so the strict loader accounts for it and a wrong file is caught.
             let _ = vb.pp("quantize").get(CODEBOOK_USED_LEN, "codebook_used")?;
         }
-        Ok(Self {
-            encoder: Encoder::load(&ae, vb.pp("encoder"))?,
-            decoder: Decoder::load(&ae, vb.pp("decoder"))?,
-            quant_conv: conv2d(cfg.z_channels, e, 1, one, vb.pp("quant_conv"))?,
-            post_quant_conv: conv2d(e, cfg.z_channels, 1, one, vb.pp("post_quant_conv"))?,
-            codebook,
-            cfg: cfg.clone(),
-        })
+        Ok(Self { body: VqAutoencoder::load(&cfg.conv_ae(), e, codebook, vb)?, cfg: cfg.clone() })
     }
 
     pub fn config(&self) -> &LlamaGenVqConfig {
         &self.cfg
     }
-    /// The codebook as used (rows L2-normalised when `codebook_l2_norm`).
-    pub fn codebook(&self) -> &Codebook {
-        &self.codebook
-    }
+}
 
-    pub fn encoder_forward(&self, image: &Tensor) -> Result<Tensor> {
-        Ok(self.encoder.forward(image)?)
-    }
-    pub fn encoder_forward_traced(&self, image: &Tensor) -> Result<EncoderTrace> {
-        Ok(self.encoder.forward_traced(image)?)
-    }
-    pub fn quant_conv_forward(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(self.quant_conv.forward(h)?)
-    }
-
-    /// `VQModel.encode`: image `(B, 3, H, W)` in [-1, 1] -> (quantised map `(B, e, h, w)`,
-    /// indices `(B, h*w)` u32 row-major). The map is the codebook entries themselves (the
-    /// reference's straight-through `z + (z_q - z)` equals them up to rounding).
-    pub fn encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
-        let z = self.quant_conv.forward(&self.encoder.forward(image)?)?;
-        let (_, _, h, w) = z.dims4()?;
-        let indices = self.codebook.nearest_map(&z)?;
-        let quant = self.codebook.lookup_map(&indices, h, w)?;
-        Ok((quant, indices))
-    }
-
-    /// `quantize.get_codebook_entry(indices, (B, e, h, w), channel_first=True)`.
-    pub fn codebook_entry(&self, indices: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        Ok(self.codebook.lookup_map(indices, h, w)?)
-    }
-    pub fn post_quant_conv_forward(&self, q: &Tensor) -> Result<Tensor> {
-        Ok(self.post_quant_conv.forward(q)?)
-    }
-    pub fn decoder_forward_traced(&self, x: &Tensor) -> Result<DecoderTrace> {
-        Ok(self.decoder.forward_traced(x)?)
-    }
-
-    /// `decode_code`: indices `(B, h*w)` -> image `(B, 3, 16h, 16w)`, unclamped.
-    pub fn decode_code(&self, indices: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let (_, n) = indices.dims2()?;
-        ensure!(n == h * w, "{n} token ids per image do not fill a {h}x{w} grid");
-        let q = self.codebook_entry(indices, h, w)?;
-        Ok(self.decoder.forward(&self.post_quant_conv.forward(&q)?)?)
-    }
-
-    /// Analytic FLOPs of decoding one image from an `h x w` token grid: post_quant_conv plus
-    /// the decoder (2 x MACs).
-    pub fn decoder_flops(&self, h: usize, w: usize) -> f64 {
-        crate::flops::conv2d(h, w, self.cfg.codebook_embed_dim, self.cfg.z_channels, 1) + Decoder::flops(&self.cfg.conv_ae(), (h, w))
+impl std::ops::Deref for LlamaGenVq {
+    type Target = VqAutoencoder;
+    fn deref(&self) -> &VqAutoencoder {
+        &self.body
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::conv_ae::Decoder;
 
     #[test]
     fn vq16_decoder_flops_match_reference() {

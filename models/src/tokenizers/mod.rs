@@ -5,3 +5,4 @@ pub mod llamagen_vq;
 pub mod taming_vqgan;
 pub mod mage_vqgan;
 pub mod var_vqvae;
+pub mod vq_autoencoder;

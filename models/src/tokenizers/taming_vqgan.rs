@@ -4,11 +4,11 @@
 //! (`curr_res in attn_resolutions`), 1x1 `quant_conv` / `post_quant_conv`, and the legacy
 //! `VectorQuantizer2` (plain squared-L2 argmin over raw rows, no normalisation).
 
-use crate::nn::conv_ae::{AttnQkv, ConvAeConfig, Decoder, DecoderTrace, Encoder, ModuleNaming, NormSpec};
+use super::vq_autoencoder::VqAutoencoder;
+use crate::nn::conv_ae::{AttnQkv, ConvAeConfig, ModuleNaming, NormSpec};
 use crate::nn::vq::Codebook;
 use anyhow::{ensure, Context, Result};
-use candle_core::{Module, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// `VQModel(embed_dim, n_embed, ddconfig)` (the `ddconfig` fields that shape the network).
@@ -111,13 +111,11 @@ impl TamingVqganConfig {
     }
 }
 
+/// The taming VQGAN: the shared VQGAN body in taming's layout with raw codebook rows; its
+/// encode / decode methods are those of [`VqAutoencoder`] (through `Deref`).
 pub struct TamingVqgan {
     cfg: TamingVqganConfig,
-    encoder: Encoder,
-    decoder: Decoder,
-    quant_conv: Conv2d,
-    post_quant_conv: Conv2d,
-    codebook: Codebook,
+    body: VqAutoencoder,
 }
 
 impl TamingVqgan {
@@ -125,67 +123,26 @@ impl TamingVqgan {
     /// ...; the cin checkpoint's `first_stage_model.` stripped, `loss.*` never read).
     pub fn new(cfg: &TamingVqganConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let ae = cfg.conv_ae();
-        let one = Conv2dConfig::default();
-        Ok(Self {
-            encoder: Encoder::load(&ae, vb.pp("encoder"))?,
-            decoder: Decoder::load(&ae, vb.pp("decoder"))?,
-            quant_conv: conv2d(cfg.z_channels, cfg.embed_dim, 1, one, vb.pp("quant_conv"))?,
-            post_quant_conv: conv2d(cfg.embed_dim, cfg.z_channels, 1, one, vb.pp("post_quant_conv"))?,
-            codebook: Codebook::load(vb.pp("quantize").pp("embedding"), cfg.n_embed, cfg.embed_dim, false)?,
-            cfg: cfg.clone(),
-        })
+        let codebook = Codebook::load(vb.pp("quantize").pp("embedding"), cfg.n_embed, cfg.embed_dim, false)?;
+        Ok(Self { body: VqAutoencoder::load(&cfg.conv_ae(), cfg.embed_dim, codebook, vb)?, cfg: cfg.clone() })
     }
 
     pub fn config(&self) -> &TamingVqganConfig {
         &self.cfg
     }
-    pub fn codebook(&self) -> &Codebook {
-        &self.codebook
-    }
-    pub fn encoder_forward(&self, image: &Tensor) -> Result<Tensor> {
-        Ok(self.encoder.forward(image)?)
-    }
-    pub fn quant_conv_forward(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(self.quant_conv.forward(h)?)
-    }
+}
 
-    /// `encode_to_z`: (quantised map `(B, e, h, w)`, indices `(B, h*w)` u32 row-major).
-    pub fn encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
-        let z = self.quant_conv.forward(&self.encoder.forward(image)?)?;
-        let (_, _, h, w) = z.dims4()?;
-        let indices = self.codebook.nearest_map(&z)?;
-        Ok((self.codebook.lookup_map(&indices, h, w)?, indices))
-    }
-
-    /// `get_codebook_entry(indices, shape=(B, h, w, e))` -> `(B, e, h, w)` raw rows.
-    pub fn codebook_entry(&self, indices: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        Ok(self.codebook.lookup_map(indices, h, w)?)
-    }
-    pub fn post_quant_conv_forward(&self, q: &Tensor) -> Result<Tensor> {
-        Ok(self.post_quant_conv.forward(q)?)
-    }
-    pub fn decoder_forward_traced(&self, x: &Tensor) -> Result<DecoderTrace> {
-        Ok(self.decoder.forward_traced(x)?)
-    }
-
-    /// `decode_to_img`: indices `(B, h*w)` -> image `(B, 3, fh, fw)` in about [-1, 1], unclamped.
-    pub fn decode_code(&self, indices: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let (_, n) = indices.dims2()?;
-        ensure!(n == h * w, "{n} token ids per image do not fill a {h}x{w} grid");
-        let q = self.codebook_entry(indices, h, w)?;
-        Ok(self.decoder.forward(&self.post_quant_conv.forward(&q)?)?)
-    }
-
-    /// post_quant_conv + decoder FLOPs for one image from an `h x w` grid (2 x MACs).
-    pub fn decoder_flops(&self, h: usize, w: usize) -> f64 {
-        crate::flops::conv2d(h, w, self.cfg.embed_dim, self.cfg.z_channels, 1) + Decoder::flops(&self.cfg.conv_ae(), (h, w))
+impl std::ops::Deref for TamingVqgan {
+    type Target = VqAutoencoder;
+    fn deref(&self) -> &VqAutoencoder {
+        &self.body
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::conv_ae::Decoder;
 
     #[test]
     fn attention_follows_config_resolution() {
