@@ -42,7 +42,7 @@ use genbench_metrics::inception::weights::{default_cache_dir, WeightsSource};
 use genbench_metrics::inception::network::POOL3_DIM;
 use genbench_metrics::npz;
 use genbench_metrics::stats::{FeatureStats, StatsAccumulator};
-use super::model_registry::{autonat_model, ModelRequest};
+use super::model_registry::{autonat_model, ModelArgs};
 use genbench_models::generator::{to_uint8_nhwc_from_unit, NoObserver, SamplerSettings};
 use genbench_models::generators::autonat::{AutoNat, AutoNatSpec};
 use genbench_models::generators::autonat_strategy::{ParamGroup, Strategy};
@@ -52,23 +52,13 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Clone, Debug)]
+#[command(group(clap::ArgGroup::new("network").args(["model", "config"]).required(true)))]
 pub struct AutonatSearchArgs {
-    /// autonat-l, autonat-s or maskgit (the network; the search sets the strategy).
-    #[arg(long, required_unless_present = "config")]
-    pub model: Option<String>,
-    /// A fixture-style config.json (UViT + VQModel kwargs) instead of a published model; its
-    /// checkpoints are read from the same folder unless --ckpt / --vae are given.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// The AutoNAT network checkpoint (`nnet_ema.pth`).
-    #[arg(long)]
-    pub ckpt: Option<PathBuf>,
-    /// The MAGE VQGAN checkpoint (`vqgan_jax_strongaug.ckpt`).
-    #[arg(long)]
-    pub vae: Option<PathBuf>,
-    /// Random weights instead of checkpoints (timing runs only: the FID is meaningless).
-    #[arg(long)]
-    pub random_init: bool,
+    /// The network: autonat-l, autonat-s or maskgit (`--model`), or a fixture-style
+    /// config.json (`--config`, checkpoints read from its folder unless --ckpt / --vae are
+    /// given); the search sets the strategy.
+    #[command(flatten)]
+    pub generator: ModelArgs,
     /// Generation steps T.
     #[arg(long)]
     pub steps: usize,
@@ -489,24 +479,19 @@ pub fn run(args: AutonatSearchArgs) -> Result<()> {
     let init = Strategy::resolve(&args.init, args.steps).context("--init")?;
 
     let device = args.device.open()?;
-    let request = ModelRequest {
-        model: args.model.clone(),
-        config: args.config.clone(),
-        ckpt: args.ckpt.clone(),
-        vae: args.vae.clone(),
-        random_init: args.random_init,
-        settings: SamplerSettings { num_iter: Some(args.steps), strategy: Some(args.init.clone()), ..Default::default() },
-        // Published shapes and resolutions: overrides are for suites.
+    let request = args.generator.request(SamplerSettings {
+        num_iter: Some(args.steps),
+        strategy: Some(args.init.clone()),
         ..Default::default()
-    };
-    let config = match &args.config {
+    });
+    let config = match &args.generator.config {
         Some(p) => Some(serde_json::from_str::<serde_json::Value>(
             &std::fs::read_to_string(p).with_context(|| format!("cannot read --config {}", p.display()))?,
         )?),
         None => None,
     };
     if let Some(c) = &config {
-        ensure!(AutoNatSpec::is_fixture_config(c), "--config {} is not an AutoNAT config", args.config.as_ref().unwrap().display());
+        ensure!(AutoNatSpec::is_fixture_config(c), "--config {} is not an AutoNAT config", args.generator.config.as_ref().unwrap().display());
     }
     let (spec, weights) = autonat_model(&request, config.as_ref())?;
     let mut generator = spec.build(&weights, &device, candle_core::DType::F32)?;
@@ -532,10 +517,10 @@ pub fn run(args: AutonatSearchArgs) -> Result<()> {
     // What defines the search: a saved state is continued only under the same key.
     let search_key = serde_json::json!({
         "model": spec.name,
-        "config": args.config.as_ref().map(|p| p.display().to_string()),
-        "ckpt": args.ckpt.as_ref().map(|p| p.display().to_string()),
-        "vae": args.vae.as_ref().map(|p| p.display().to_string()),
-        "random_init": args.random_init,
+        "config": args.generator.config.as_ref().map(|p| p.display().to_string()),
+        "ckpt": args.generator.ckpt.as_ref().map(|p| p.display().to_string()),
+        "vae": args.generator.vae.as_ref().map(|p| p.display().to_string()),
+        "random_init": args.generator.random_init,
         "steps": args.steps,
         "samples": args.samples,
         "batch": args.batch,
@@ -879,11 +864,7 @@ mod tests {
 
     fn tiny_args(out: PathBuf, reference: Option<PathBuf>) -> AutonatSearchArgs {
         AutonatSearchArgs {
-            model: None,
-            config: Some(fixture_dir().join("config.json")),
-            ckpt: None,
-            vae: None,
-            random_init: false,
+            generator: ModelArgs { config: Some(fixture_dir().join("config.json")), ..Default::default() },
             steps: 1,
             samples: 4,
             iters: 1,

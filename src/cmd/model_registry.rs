@@ -3,6 +3,7 @@
 //! suite runner.
 
 use genbench_models::generator::SamplerSettings;
+use std::path::PathBuf;
 
 pub use genbench_harness::model_registry::*;
 
@@ -58,3 +59,41 @@ impl SamplerArgs {
     }
 }
 
+
+/// Which generator and which weights: the options `sample`, `profile` and `autonat-search`
+/// share.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ModelArgs {
+    /// Published model name (e.g. var-d16, autonat-l); with --config, a label for the run.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Reference constructor arguments for sizes that were not published (e.g. a fixture's
+    /// config.json).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Generator checkpoint (e.g. var_d16.pth, nnet_ema.pth).
+    #[arg(long)]
+    pub ckpt: Option<PathBuf>,
+    /// Tokenizer / VAE checkpoint (e.g. vae_ch160v4096z32.pth, vqgan_jax_strongaug.ckpt).
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// Random weights instead of checkpoints (timing and smoke tests; the images are noise).
+    #[arg(long)]
+    pub random_init: bool,
+}
+
+impl ModelArgs {
+    /// The registry request for these options with `settings`, at the published shapes and
+    /// resolutions (shape and resolution overrides are for suites).
+    pub fn request(&self, settings: SamplerSettings) -> ModelRequest {
+        ModelRequest {
+            model: self.model.clone(),
+            config: self.config.clone(),
+            ckpt: self.ckpt.clone(),
+            vae: self.vae.clone(),
+            random_init: self.random_init,
+            settings,
+            ..Default::default()
+        }
+    }
+}

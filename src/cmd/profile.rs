@@ -8,7 +8,7 @@
 //! FLOPs follow `genbench_models::flops::CONVENTION` (2 x MACs, attention counted with the
 //! attended key count, whole batch including the CFG rows).
 
-use super::model_registry::{resolve, ModelRequest, SamplerArgs};
+use super::model_registry::{resolve, ModelArgs, SamplerArgs};
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
@@ -23,17 +23,8 @@ use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct ProfileArgs {
-    #[arg(long)]
-    pub model: Option<String>,
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    #[arg(long)]
-    pub ckpt: Option<PathBuf>,
-    #[arg(long)]
-    pub vae: Option<PathBuf>,
-    /// Random weights (timing does not depend on the values).
-    #[arg(long)]
-    pub random_init: bool,
+    #[command(flatten)]
+    pub generator: ModelArgs,
     /// Batch sizes, comma-separated.
     #[arg(long, default_value = "1")]
     pub batch: String,
@@ -88,16 +79,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     ensure!(batches.iter().all(|&b| b > 0), "--batch sizes must be positive");
     ensure!(args.repeats > 0, "--repeats must be at least 1");
-    let req = ModelRequest {
-        model: args.model.clone(),
-        config: args.config.clone(),
-        ckpt: args.ckpt.clone(),
-        vae: args.vae.clone(),
-        random_init: args.random_init,
-        settings: args.sampler.to_settings(),
-        // Published shapes and resolutions: overrides are for suites.
-        ..Default::default()
-    };
+    let req = args.generator.request(args.sampler.to_settings());
     let resolved = resolve(&req)?;
     let name = resolved.name.clone();
     let num_classes = resolved.num_classes;

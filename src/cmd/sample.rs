@@ -15,7 +15,7 @@
 //! * Bad requests fail before any model is loaded: n <= 0, class ids out of range, an output
 //!   path that cannot be written.
 
-use super::model_registry::{parse_labels, resolve, ModelRequest, SamplerArgs};
+use super::model_registry::{parse_labels, resolve, ModelArgs, SamplerArgs};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use genbench_metrics::npz::{read_images, read_int_array, write_images_npz, NpyArray, IMAGES_KEY, LABELS_KEY};
@@ -29,22 +29,8 @@ pub const TOKENS_KEY: &str = "tokens";
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// Published model name (e.g. var-d16); with --config, a label for the run.
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Reference constructor arguments for sizes that were not published (e.g. a VAR fixture's
-    /// config.json).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Generator checkpoint (e.g. var_d16.pth).
-    #[arg(long)]
-    pub ckpt: Option<PathBuf>,
-    /// Tokenizer / VAE checkpoint (e.g. vae_ch160v4096z32.pth).
-    #[arg(long)]
-    pub vae: Option<PathBuf>,
-    /// Random weights instead of checkpoints (smoke tests and profiling; images are noise).
-    #[arg(long)]
-    pub random_init: bool,
+    #[command(flatten)]
+    pub generator: ModelArgs,
     /// Number of images (labels cycle over the classes, shuffled with the seed).
     #[arg(long, allow_hyphen_values = true)]
     pub n: Option<i64>,
@@ -132,23 +118,14 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("--out {} already exists; remove it or choose another name", args.out.display());
     }
     check_writable(&args.out)?;
-    let req = ModelRequest {
-        model: args.model.clone(),
-        config: args.config.clone(),
-        ckpt: args.ckpt.clone(),
-        vae: args.vae.clone(),
-        random_init: args.random_init,
-        settings: args.sampler.to_settings(),
-        // Published shapes and resolutions: overrides are for suites.
-        ..Default::default()
-    };
+    let req = args.generator.request(args.sampler.to_settings());
     let resolved = resolve(&req)?;
     let labels = plan_labels(args.n, args.labels.as_deref(), resolved.num_classes, args.seed)?;
     let n = labels.len();
     let shards: Vec<&[u32]> = labels.chunks(args.batch).collect();
 
     // 2. The parts folder and its manifest.
-    let config_text = match &args.config {
+    let config_text = match &args.generator.config {
         Some(p) => std::fs::read_to_string(p)?,
         None => String::new(),
     };
@@ -156,9 +133,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
         "model": resolved.name,
         "family": resolved.family,
         "config": serde_json::from_str::<serde_json::Value>(&config_text).unwrap_or(serde_json::Value::Null),
-        "ckpt": args.ckpt.as_ref().map(|p| p.display().to_string()),
-        "vae": args.vae.as_ref().map(|p| p.display().to_string()),
-        "random_init": args.random_init,
+        "ckpt": args.generator.ckpt.as_ref().map(|p| p.display().to_string()),
+        "vae": args.generator.vae.as_ref().map(|p| p.display().to_string()),
+        "random_init": args.generator.random_init,
         "settings": resolved.settings,
         "seed": args.seed,
         "batch": args.batch,

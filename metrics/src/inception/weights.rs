@@ -412,6 +412,36 @@ pub fn canonical_name(name: &str) -> Option<String> {
     Some(format!("layers.{module_path}.{suffix}"))
 }
 
+/// Every branch module name of pytorch-fid's Inception blocks (`Mixed_*.<branch>`).
+const BRANCHES: &[&str] = &[
+    "branch1x1",
+    "branch5x5_1",
+    "branch5x5_2",
+    "branch3x3dbl_1",
+    "branch3x3dbl_2",
+    "branch3x3dbl_3",
+    "branch_pool",
+    "branch3x3",
+    "branch7x7_1",
+    "branch7x7_2",
+    "branch7x7_3",
+    "branch7x7dbl_1",
+    "branch7x7dbl_2",
+    "branch7x7dbl_3",
+    "branch7x7dbl_4",
+    "branch7x7dbl_5",
+    "branch3x3_1",
+    "branch3x3_2",
+    "branch7x7x3_1",
+    "branch7x7x3_2",
+    "branch7x7x3_3",
+    "branch7x7x3_4",
+    "branch3x3_2a",
+    "branch3x3_2b",
+    "branch3x3dbl_3a",
+    "branch3x3dbl_3b",
+];
+
 /// The pytorch-fid / torch-fidelity name of a canonical tensor name (the inverse of
 /// [`canonical_name`] on that naming), e.g. `layers.mixed_6.conv.beta` -> `Mixed_6d.branch1x1.bn.bias`.
 pub fn pytorch_fid_name(canonical: &str) -> Option<String> {
@@ -433,34 +463,6 @@ pub fn pytorch_fid_name(canonical: &str) -> Option<String> {
     if *kind == '-' {
         return inner.is_empty().then(|| format!("{pf_module}.{suffix}"));
     }
-    const BRANCHES: &[&str] = &[
-        "branch1x1",
-        "branch5x5_1",
-        "branch5x5_2",
-        "branch3x3dbl_1",
-        "branch3x3dbl_2",
-        "branch3x3dbl_3",
-        "branch_pool",
-        "branch3x3",
-        "branch7x7_1",
-        "branch7x7_2",
-        "branch7x7_3",
-        "branch7x7dbl_1",
-        "branch7x7dbl_2",
-        "branch7x7dbl_3",
-        "branch7x7dbl_4",
-        "branch7x7dbl_5",
-        "branch3x3_1",
-        "branch3x3_2",
-        "branch7x7x3_1",
-        "branch7x7x3_2",
-        "branch7x7x3_3",
-        "branch7x7x3_4",
-        "branch3x3_2a",
-        "branch3x3_2b",
-        "branch3x3dbl_3a",
-        "branch3x3dbl_3b",
-    ];
     let branch = BRANCHES.iter().find(|b| branch_name(*kind, b) == Some(inner))?;
     Some(format!("{pf_module}.{branch}.{suffix}"))
 }
@@ -630,40 +632,12 @@ mod tests {
     fn every_layer_maps_back_from_pytorch_fid_names() {
         // The mapping must be a bijection onto the 94 layers: invert it over all combinations.
         let mut hit = std::collections::BTreeSet::new();
-        let branches = [
-            "branch1x1",
-            "branch5x5_1",
-            "branch5x5_2",
-            "branch3x3dbl_1",
-            "branch3x3dbl_2",
-            "branch3x3dbl_3",
-            "branch_pool",
-            "branch3x3",
-            "branch7x7_1",
-            "branch7x7_2",
-            "branch7x7_3",
-            "branch7x7dbl_1",
-            "branch7x7dbl_2",
-            "branch7x7dbl_3",
-            "branch7x7dbl_4",
-            "branch7x7dbl_5",
-            "branch3x3_1",
-            "branch3x3_2",
-            "branch7x7x3_1",
-            "branch7x7x3_2",
-            "branch7x7x3_3",
-            "branch7x7x3_4",
-            "branch3x3_2a",
-            "branch3x3_2b",
-            "branch3x3dbl_3a",
-            "branch3x3dbl_3b",
-        ];
         for (m, _, kind) in PYTORCH_FID_MODULES {
             if *kind == '-' {
                 hit.insert(canonical_name(&format!("{m}.conv.weight")).unwrap());
                 continue;
             }
-            for b in branches {
+            for b in BRANCHES {
                 if let Some(c) = canonical_name(&format!("{m}.{b}.conv.weight")) {
                     assert!(hit.insert(c.clone()), "{c} reached twice");
                 }
