@@ -29,6 +29,8 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 }
 
 fn main() -> Result<()> {
+    // Large tensors reused from the heap, as in the genbench binary (timings comparable).
+    genbench_runtime::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let model: String = arg(&args, "--model", "mar-b".to_string());
     let num_iter: usize = arg(&args, "--num-iter", 64);

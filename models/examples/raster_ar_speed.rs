@@ -133,6 +133,8 @@ fn run(g: &mut dyn Generator, batch: usize, seed: u64) -> Result<(Duration, Step
 }
 
 fn main() -> Result<()> {
+    // Large tensors reused from the heap, as in the genbench binary (timings comparable).
+    genbench_runtime::memory::keep_freed_memory();
     let a = parse_args()?;
     let threads = genbench_runtime::threads::configure(a.threads);
     println!("threads: {threads}; weights: random (f32); timings: median of {} runs after {} warm-up run(s)", a.repeats, a.warmup);

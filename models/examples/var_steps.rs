@@ -25,6 +25,8 @@ fn matmul_gflops(dev: &Device) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Large tensors reused from the heap, as in the genbench binary (timings comparable).
+    genbench_runtime::memory::keep_freed_memory();
     // As `genbench sample/profile` do: candle's elementwise pool must not spin against the matmuls.
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");

@@ -76,37 +76,10 @@ impl Mlp {
     }
 }
 
-/// Hidden activations above this many values are produced in row chunks: a buffer over 32 MB
-/// is a fresh `mmap` for glibc every time (page faults and zeroing on each call; measured about
-/// 5% of VAR-d16 at batch 8), while chunks of at most 16 MB are recycled from the heap. The
-/// chunks stay large enough (>= 1024 rows at width 4096) for full gemm efficiency.
-const MLP_CHUNK_VALUES: usize = 4 << 20;
-
-impl Mlp {
-    fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.act.apply(&self.fc1.forward(x)?)?;
-        self.fc2.forward(&h)
-    }
-}
-
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-        let chunk = (MLP_CHUNK_VALUES / self.hidden.max(1)).max(1);
-        if dims.len() < 2 || rows <= chunk || !x.device().is_cpu() {
-            return self.forward_rows(x);
-        }
-        let flat = x.reshape((rows, dims[dims.len() - 1]))?;
-        let mut parts = Vec::with_capacity(rows.div_ceil(chunk));
-        for start in (0..rows).step_by(chunk) {
-            parts.push(self.forward_rows(&flat.narrow(0, start, chunk.min(rows - start))?)?);
-        }
-        let out = Tensor::cat(&parts, 0)?;
-        let mut out_dims = dims;
-        let last = out_dims.len() - 1;
-        out_dims[last] = out.dim(1)?;
-        out.reshape(out_dims)
+        let h = self.act.apply(&self.fc1.forward(x)?)?;
+        self.fc2.forward(&h)
     }
 }
 
@@ -152,19 +125,6 @@ mod tests {
         assert_eq!(SwiGlu::llama_hidden(1024, 256), 2816);
         assert_eq!(SwiGlu::llama_hidden(1280, 256), 3584);
         assert_eq!(SwiGlu::llama_hidden(1536, 256), 4096);
-    }
-
-    #[test]
-    fn chunked_mlp_equals_one_pass() {
-        use candle_core::{DType, Device};
-        let dev = Device::Cpu;
-        let vb = crate::checkpoint::RandomWeights::new(3).var_builder(DType::F32, &dev);
-        let mlp = Mlp::load(vb, 8, 1 << 20, Activation::GeluTanh).unwrap(); // chunk = 4 rows
-        let x = Tensor::randn(0f32, 1.0, (2, 5, 8), &dev).unwrap();
-        let chunked = mlp.forward(&x).unwrap();
-        let whole = mlp.forward_rows(&x).unwrap();
-        let d = (chunked - whole).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-        assert!(d < 1e-5, "{d}");
     }
 
     #[test]
