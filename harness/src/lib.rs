@@ -3,12 +3,14 @@
 //!
 //! The runner that drives generators fills [`records::RunResult`]s; everything here is pure
 //! over those plain structs, so it is tested without any model.
+pub mod autonat_search;
 pub mod fit;
 pub mod fit_command;
 pub mod manifest;
 pub mod model_registry;
 pub mod papers;
 pub mod plots;
+pub mod profile;
 pub mod records;
 pub mod quickstart;
 pub mod report;

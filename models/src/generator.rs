@@ -20,6 +20,17 @@ pub enum StepKind {
     Decode,
 }
 
+impl StepKind {
+    /// The kind as written in step tables and manifests (its serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Transformer => "transformer",
+            StepKind::DiffusionMlp => "diffusion_mlp",
+            StepKind::Decode => "decode",
+        }
+    }
+}
+
 /// One observed step. FLOPs are analytic (2 x MACs, attention counted with the cache length),
 /// for the whole batch as executed, CFG duplication included.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -175,6 +186,13 @@ pub fn to_uint8_nhwc_from_unit(x: &candle_core::Tensor) -> Result<(Vec<u8>, usiz
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+    #[test]
+    fn step_kind_names_are_their_serde_names() {
+        for kind in [StepKind::Transformer, StepKind::DiffusionMlp, StepKind::Decode] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+        }
+    }
+
     #[test]
     fn uint8_conversion_truncates_like_adm() {
         let x = Tensor::new(&[-1.0f32, -0.5, 0.0, 0.999, 1.0, 2.0], &Device::Cpu)

@@ -1,0 +1,225 @@
+//! Profiles of a generator: per-step wall time, FLOPs and throughput.
+//!
+//! For each batch size: `warmup` untimed sampling runs, then `repeats` observed runs. Every
+//! network pass (transformer steps and the tokenizer decode) is one row of `steps.csv`:
+//! `batch, repeat, step, kind, tokens, attended, ms, gflop, gflop_s`. `summary.json` and the
+//! printed table hold per-step medians, totals per image, and the same-run throughput of a
+//! plain 1024x1024 f32 matmul on the same device with each step's ratio to it.
+//! FLOPs follow `genbench_models::flops::CONVENTION` (2 x MACs, attention counted with the
+//! attended key count, whole batch including the CFG rows).
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{Device, Tensor};
+use genbench_models::flops::{gflops_per_s, CONVENTION};
+use genbench_models::generator::{Generator, StepKind, StepLog, StepRecord};
+use genbench_runtime::timer::{median, Stopwatch};
+use genbench_runtime::{RandomSource, SeededSource};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct ProfileOptions {
+    /// Batch sizes, in order.
+    pub batches: Vec<usize>,
+    /// Observed runs per batch size (medians are reported).
+    pub repeats: usize,
+    /// Untimed runs per batch size first.
+    pub warmup: usize,
+    /// Seed of the labels and of the sampling runs.
+    pub seed: u64,
+}
+
+impl ProfileOptions {
+    /// Refuses options that measure nothing (checked before any model is built).
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.batches.is_empty() && self.batches.iter().all(|&b| b > 0), "--batch sizes must be positive");
+        ensure!(self.repeats > 0, "--repeats must be at least 1");
+        Ok(())
+    }
+}
+
+/// A finished profile: the per-step rows, the summary and the human-readable table.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// `steps.csv`: one row per observed network pass.
+    pub steps_csv: String,
+    /// `summary.json`.
+    pub summary: serde_json::Value,
+    /// Per-batch tables of per-step medians, for the console.
+    pub table: String,
+}
+
+impl Profile {
+    /// Writes `steps.csv` and `summary.json` into `dir` (created if needed); returns their paths.
+    pub fn write(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let (csv, summary) = (dir.join("steps.csv"), dir.join("summary.json"));
+        std::fs::write(&csv, &self.steps_csv).with_context(|| format!("cannot write {}", csv.display()))?;
+        std::fs::write(&summary, serde_json::to_string_pretty(&self.summary)?)
+            .with_context(|| format!("cannot write {}", summary.display()))?;
+        Ok((csv, summary))
+    }
+}
+
+/// Parses a comma-separated list of positive batch sizes (`1,8`).
+pub fn parse_batches(text: &str) -> Result<Vec<usize>> {
+    let batches: Vec<usize> = text
+        .split(',')
+        .map(|s| s.trim().parse::<usize>().with_context(|| format!("--batch: `{s}` is not a number")))
+        .collect::<Result<_>>()?;
+    ensure!(batches.iter().all(|&b| b > 0), "--batch sizes must be positive");
+    Ok(batches)
+}
+
+/// Median GFLOP/s of a 1024 x 1024 x 1024 f32 matmul on `device` (the machine's reference rate).
+pub fn matmul_1024_gflops(device: &Device, iters: usize) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (1024, 1024), device)?;
+    let b = Tensor::randn(0f32, 1.0, (1024, 1024), device)?;
+    a.matmul(&b)?; // warm-up
+    let mut times = vec![];
+    for _ in 0..iters {
+        let sw = Stopwatch::start(device)?;
+        let c = a.matmul(&b)?;
+        times.push(sw.elapsed()?);
+        drop(c);
+    }
+    let t = median(times).unwrap_or(Duration::ZERO).as_secs_f64();
+    Ok(gflops_per_s(2.0 * 1024f64.powi(3), t))
+}
+
+
+/// Profiles `generator` (named `name`, running on `device` in `dtype_name`) as `opts` says.
+pub fn profile_generator(
+    generator: &mut dyn Generator,
+    name: &str,
+    device: &Device,
+    dtype_name: &str,
+    opts: &ProfileOptions,
+) -> Result<Profile> {
+    opts.validate()?;
+    let num_classes = generator.num_classes();
+    let threads = genbench_runtime::threads::num_threads();
+    let flops_ref = generator.flops_per_image();
+    let mut csv = String::from("batch,repeat,step,kind,tokens,attended,ms,gflop,gflop_s\n");
+    let mut summary_batches = vec![];
+    let mut matmul_rates = vec![matmul_1024_gflops(&device, 10)?];
+    let mut table = String::new();
+    for &b in &opts.batches {
+        let mut rng = SeededSource::new(opts.seed ^ b as u64);
+        let labels: Vec<u32> = rng.uniform(b)?.into_iter().map(|u| ((u as f64 * num_classes as f64) as u32).min(num_classes as u32 - 1)).collect();
+        for w in 0..opts.warmup {
+            generator.sample(&labels, opts.seed + w as u64, &mut StepLog::default())?;
+        }
+        // (step, kind) -> (tokens, attended, flops, wall times)
+        let mut per_step: BTreeMap<(usize, u8), (StepRecord, Vec<Duration>)> = BTreeMap::new();
+        for r in 0..opts.repeats {
+            let mut log = StepLog::default();
+            generator.sample(&labels, opts.seed + r as u64, &mut log)?;
+            for rec in &log.records {
+                let ms = rec.wall.as_secs_f64() * 1e3;
+                writeln!(
+                    csv,
+                    "{b},{r},{},{},{},{},{ms:.3},{:.4},{:.2}",
+                    rec.step,
+                    rec.kind.name(),
+                    rec.tokens_decoded,
+                    rec.tokens_attended,
+                    rec.flops / 1e9,
+                    gflops_per_s(rec.flops, rec.wall.as_secs_f64())
+                )?;
+                per_step.entry((rec.step, rec.kind as u8)).or_insert_with(|| (rec.clone(), vec![])).1.push(rec.wall);
+            }
+        }
+        let mm = matmul_1024_gflops(&device, 10)?;
+        matmul_rates.push(mm);
+        let mut steps_json = vec![];
+        let (mut total_s, mut total_flops, mut tr_s, mut tr_flops) = (0.0, 0.0, 0.0, 0.0);
+        // MAR: the diffusion-MLP denoising passes and the decode, reported apart from the transformer.
+        let (mut mlp_s, mut mlp_flops, mut dec_s) = (0.0, 0.0, 0.0);
+        writeln!(table, "\n{name}, batch {b} (medians of {} runs; matmul 1024^3 in this run: {mm:.1} GFLOP/s)", opts.repeats)?;
+        writeln!(table, "{:>4} {:>12} {:>6} {:>8} {:>10} {:>9} {:>9} {:>8}", "step", "kind", "tokens", "attended", "ms", "GFLOP", "GFLOP/s", "%matmul")?;
+        for (rec, walls) in per_step.values() {
+            let t = median(walls.clone()).unwrap_or_default().as_secs_f64();
+            let rate = gflops_per_s(rec.flops, t);
+            total_s += t;
+            total_flops += rec.flops;
+            match rec.kind {
+                StepKind::Transformer => {
+                    tr_s += t;
+                    tr_flops += rec.flops;
+                }
+                StepKind::DiffusionMlp => {
+                    mlp_s += t;
+                    mlp_flops += rec.flops;
+                }
+                StepKind::Decode => dec_s += t,
+            }
+            writeln!(
+                table,
+                "{:>4} {:>12} {:>6} {:>8} {:>10.1} {:>9.2} {:>9.1} {:>7.0}%",
+                rec.step,
+                rec.kind.name(),
+                rec.tokens_decoded,
+                rec.tokens_attended,
+                t * 1e3,
+                rec.flops / 1e9,
+                rate,
+                100.0 * rate / mm
+            )?;
+            steps_json.push(serde_json::json!({
+                "step": rec.step, "kind": rec.kind.name(), "tokens": rec.tokens_decoded, "attended": rec.tokens_attended,
+                "median_ms": t * 1e3, "gflop": rec.flops / 1e9, "gflop_s": rate, "fraction_of_matmul": rate / mm,
+            }));
+        }
+        let tr_rate = gflops_per_s(tr_flops, tr_s);
+        writeln!(
+            table,
+            "transformer steps: {:.1} ms, {:.1} GFLOP, {:.1} GFLOP/s ({:.0}% of matmul); all passes: {:.1} ms = {:.1} ms/image",
+            tr_s * 1e3,
+            tr_flops / 1e9,
+            tr_rate,
+            100.0 * tr_rate / mm,
+            total_s * 1e3,
+            total_s * 1e3 / b as f64
+        )?;
+        if mlp_flops > 0.0 {
+            let rate = gflops_per_s(mlp_flops, mlp_s);
+            writeln!(
+                table,
+                "diffusion-MLP steps: {:.1} ms, {:.1} GFLOP, {rate:.1} GFLOP/s ({:.0}% of matmul); decode {:.1} ms; per image: transformer {:.1} ms, MLP {:.1} ms, decode {:.1} ms",
+                mlp_s * 1e3,
+                mlp_flops / 1e9,
+                100.0 * rate / mm,
+                dec_s * 1e3,
+                tr_s * 1e3 / b as f64,
+                mlp_s * 1e3 / b as f64,
+                dec_s * 1e3 / b as f64
+            )?;
+        }
+        summary_batches.push(serde_json::json!({
+            "batch": b, "matmul_1024_gflop_s": mm, "steps": steps_json,
+            "diffusion_mlp_ms": mlp_s * 1e3, "diffusion_mlp_gflop": mlp_flops / 1e9, "decode_ms": dec_s * 1e3,
+            "transformer_ms": tr_s * 1e3, "transformer_gflop": tr_flops / 1e9, "transformer_gflop_s": tr_rate,
+            "transformer_fraction_of_matmul": tr_rate / mm,
+            "total_ms": total_s * 1e3, "total_gflop": total_flops / 1e9, "ms_per_image": total_s * 1e3 / b as f64,
+        }));
+    }
+    let summary = serde_json::json!({
+        "model": name,
+        "device": genbench_runtime::device::describe(&device),
+        "threads": threads,
+        "dtype": dtype_name,
+        "settings": generator.settings(),
+        "flops_convention": CONVENTION,
+        "flops_per_image_gflop": {
+            "transformer": flops_ref.transformer / 1e9, "decoder": flops_ref.decoder / 1e9,
+            "diffusion_mlp": flops_ref.diffusion_mlp / 1e9, "per_step": flops_ref.per_step.iter().map(|f| f / 1e9).collect::<Vec<_>>(),
+        },
+        "matmul_1024_gflop_s_samples": matmul_rates,
+        "batches": summary_batches,
+    });
+    Ok(Profile { steps_csv: csv, summary, table })
+}
