@@ -41,15 +41,15 @@ use genbench_metrics::inception::network::POOL3_DIM;
 use genbench_metrics::inception::weights::{default_cache_dir, WeightsSource};
 use genbench_metrics::npz;
 use genbench_metrics::stats::{FeatureStats, StatsAccumulator};
-use genbench_models::generator::{to_uint8_nhwc_from_unit, NoObserver, SamplerSettings};
-use genbench_models::generators::autonat::{AutoNat, AutoNatSpec};
+use genbench_models::generator::{to_uint8_nhwc_from_unit, NoObserver};
+use genbench_models::generators::autonat::{autonat_model, AutoNat, AutoNatSpec};
 use genbench_models::generators::autonat_strategy::{ParamGroup, Strategy};
 use genbench_runtime::timer::Stopwatch;
 use genbench_runtime::{RandomSource, SeededSource};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::model_registry::{autonat_model, ModelRequest};
+use crate::model_registry::{ModelRequest, RawSettings};
 use crate::plots::{palette, write_chart, Chart, Marker, Series, Style};
 
 /// A whole search: the network, the evaluation set, the optimiser and where the outputs go.
@@ -447,7 +447,10 @@ pub fn run_search_job(job: &SearchJob) -> Result<SearchOutcome> {
 
     let device = args.device.clone();
     let request = ModelRequest {
-        settings: SamplerSettings { num_iter: Some(args.steps), strategy: Some(args.init.clone()), ..Default::default() },
+        settings: RawSettings::from_iter([
+            ("num_iter".to_string(), args.steps.into()),
+            ("strategy".to_string(), args.init.clone().into()),
+        ]),
         ..args.model.clone()
     };
     let config = match &request.config {

@@ -18,15 +18,18 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model_registry::{family_of, ModelFamily};
 use crate::papers::PaperLibrary;
 
 // ---------------------------------------------------------------------------------------------
 // Vocabulary
 // ---------------------------------------------------------------------------------------------
 
-/// Generator families and sampler settings are the models crate's own types, so a suite file
-/// accepts exactly what the generators accept.
-pub use genbench_models::generator::{Family, SamplerSettings};
+/// Generator families, sampler settings and architecture overrides are the models crate's own
+/// types, and each family validates its own settings, so a suite file accepts exactly what the
+/// generators accept.
+pub use genbench_models::family::{ArchOverrides, RawSettings};
+pub use genbench_models::generator::Family;
 
 /// The family as written in suite files (its serde name).
 pub fn family_name(family: Family) -> &'static str {
@@ -147,33 +150,6 @@ pub enum Evaluator {
     CleanFid,
 }
 
-/// Architecture overrides, for configurations without a released checkpoint (profiling at
-/// matched sizes, VAR Table 3's ablation rows). Absent means the named model's own value.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ArchOverrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub depth: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub width: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heads: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mlp_ratio: Option<f64>,
-    /// VAR: class conditioning by AdaLN (true) or by a start token only (false; Table 3 row 2).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub adaln: Option<bool>,
-    /// VAR: normalised attention (Table 3 row 6).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attn_norm: Option<bool>,
-}
-
-impl ArchOverrides {
-    pub fn is_empty(&self) -> bool {
-        *self == ArchOverrides::default()
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The file as written (everything optional, so defaults can fill gaps and we can say precisely
 // what is missing).
@@ -222,7 +198,7 @@ struct RunTable {
     relative_to: Option<String>,
     images: Option<Vec<String>>,
     split_at: Option<usize>,
-    sampler: Option<SamplerSettings>,
+    sampler: Option<RawSettings>,
     profile: Option<ProfileTable>,
     published: Option<PublishedTable>,
 }
@@ -317,8 +293,9 @@ impl RunTable {
             images, split_at);
         self.sampler = match (self.sampler.take(), &d.sampler) {
             (Some(mut s), Some(ds)) => {
-                merge_fields!(s, ds; cfg, cfg_schedule, cfg_interval, top_k, top_p, temperature, more_smooth, num_iter,
-                    num_sampling_steps, strategy);
+                for (k, v) in ds {
+                    s.entry(k.clone()).or_insert_with(|| v.clone());
+                }
                 Some(s)
             }
             (s, ds) => s.or_else(|| ds.clone()),
@@ -384,12 +361,12 @@ pub struct ModelSpec {
     pub arch: ArchOverrides,
     pub resolution: u32,
     pub dtype: Dtype,
-    /// Sampler settings; a `strategy` given as a file holds the resolved path.
-    pub sampler: SamplerSettings,
-    /// The strategy file as written and resolved, an input like the checkpoint (absent for
-    /// built-in strategy names).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub strategy_file: Option<PathSpec>,
+    /// Sampler settings as written, checked by the family; a setting naming a file (AutoNAT's
+    /// `strategy`) holds the resolved path.
+    pub sampler: RawSettings,
+    /// Settings that name files, as written and resolved: inputs like the checkpoint.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub setting_files: BTreeMap<String, PathSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -525,8 +502,8 @@ impl Run {
                     check(t, "tokenizer");
                 }
             }
-            if let Some(strategy) = &model.strategy_file {
-                check(strategy, "sampler strategy");
+            for (setting, file) in &model.setting_files {
+                check(file, &format!("sampler {setting}"));
             }
         }
         match &self.task {
@@ -1063,8 +1040,8 @@ impl Validator<'_> {
                 None
             }
         };
-        if let Some(r) = t.eval_resolution {
-            self.resolution(&format!("{key}.eval_resolution"), r);
+        if let (Some(r), Some(fi)) = (t.eval_resolution, self.family_impl(&model)) {
+            self.resolution(&format!("{key}.eval_resolution"), r, fi);
         }
         Some(Task::Generate {
             model: model?,
@@ -1111,8 +1088,10 @@ impl Validator<'_> {
             .clone()
             .or(model.as_ref().map(|m| vec![m.resolution]))
             .unwrap_or_default();
-        for (i, r) in resolutions.iter().enumerate() {
-            self.resolution(&format!("{pk}.resolutions[{i}]"), *r);
+        if let Some(fi) = self.family_impl(&model) {
+            for (i, r) in resolutions.iter().enumerate() {
+                self.resolution(&format!("{pk}.resolutions[{i}]"), *r, fi);
+            }
         }
         Some(Task::Profile {
             model: model?,
@@ -1179,9 +1158,6 @@ impl Validator<'_> {
             self.problem(&format!("{key}.model"), "is empty");
         }
         let resolution = self.require(key, "resolution", t.resolution);
-        if let Some(r) = resolution {
-            self.resolution(&format!("{key}.resolution"), r);
-        }
         let weights = match (&t.checkpoint, t.random_weights.unwrap_or(false)) {
             (Some(_), true) => {
                 self.problem(
@@ -1222,50 +1198,37 @@ impl Validator<'_> {
         };
         let mut sampler = t.sampler.clone().unwrap_or_default();
         let sk = format!("{key}.sampler");
-        // (field, value, valid?, what a valid value is)
-        type RangeCheck<'a> = (&'a str, Option<f64>, fn(f64) -> bool, &'a str);
-        let range_checks: [RangeCheck; 3] = [
-            ("cfg", sampler.cfg, |v| v >= 0.0, "must be >= 0"),
-            (
-                "top_p",
-                sampler.top_p,
-                |v| (0.0..=1.0).contains(&v),
-                "must lie in [0, 1]",
-            ),
-            ("temperature", sampler.temperature, |v| v > 0.0, "must be > 0"),
-        ];
-        for (field, value, ok, why) in range_checks {
-            if let Some(v) = value {
-                if !v.is_finite() || !ok(v) {
-                    self.problem(&format!("{sk}.{field}"), format!("{v} {why}"));
+        // The family's own settings check is the only one (no weights read); settings that name
+        // files are resolved like checkpoints.
+        let mut setting_files = BTreeMap::new();
+        let family_impl = match (family, &model) {
+            (Some(f), Some(m)) => match family_of(f, m, self.base_dir) {
+                Ok(fi) => Some(fi),
+                Err(e) => {
+                    self.problem(&format!("{key}.model"), e.to_string());
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(fi) = family_impl {
+            if let Some(r) = resolution {
+                self.resolution(&format!("{key}.resolution"), r, fi);
+            }
+            if let Err(e) = fi.check_settings(&sampler) {
+                match &e.setting {
+                    Some(setting) => self.problem(&format!("{sk}.{setting}"), e.message),
+                    None => self.problem(&sk, e.message),
                 }
             }
-        }
-        for (field, value) in [
-            ("num_iter", sampler.num_iter),
-            ("num_sampling_steps", sampler.num_sampling_steps),
-        ] {
-            if value == Some(0) {
-                self.problem(&format!("{sk}.{field}"), "must be at least 1");
-            }
-        }
-        if let Some(schedule) = &sampler.cfg_schedule {
-            if schedule != "linear" && schedule != "constant" {
-                self.problem(
-                    &format!("{sk}.cfg_schedule"),
-                    format!("`{schedule}`: expected \"linear\" or \"constant\""),
-                );
-            }
-        }
-        // A strategy is a built-in name or a file; files are inputs like checkpoints.
-        let mut strategy_file = None;
-        if let Some(raw) = sampler.strategy.clone() {
-            if !genbench_models::generators::autonat_strategy::BUILTIN_NAMES.contains(&raw.as_str()) {
-                let spec = self.path(&format!("{sk}.strategy"), &raw);
-                if let Ok(p) = &spec.resolved {
-                    sampler.strategy = Some(p.display().to_string());
+            for setting in fi.file_settings(&sampler) {
+                if let Some(raw) = sampler.get(setting).and_then(|v| v.as_str()).map(str::to_string) {
+                    let spec = self.path(&format!("{sk}.{setting}"), &raw);
+                    if let Ok(p) = &spec.resolved {
+                        sampler.insert(setting.to_string(), p.display().to_string().into());
+                    }
+                    setting_files.insert(setting.to_string(), spec);
                 }
-                strategy_file = Some(spec);
             }
         }
         let arch = t.arch.clone().unwrap_or_default();
@@ -1291,7 +1254,7 @@ impl Validator<'_> {
             resolution: resolution?,
             dtype: t.dtype.unwrap_or_default(),
             sampler,
-            strategy_file,
+            setting_files,
         })
     }
 
@@ -1301,11 +1264,17 @@ impl Validator<'_> {
         }
     }
 
-    fn resolution(&mut self, key: &str, r: u32) {
-        // Every tokenizer here downsamples by 16.
-        if r == 0 || !r.is_multiple_of(16) {
-            self.problem(key, format!("{r} is not a positive multiple of 16"));
+    /// Image sides must be a positive multiple of the family's pixels per token.
+    fn resolution(&mut self, key: &str, r: u32, family: &dyn ModelFamily) {
+        let step = family.pixels_per_token() as u32;
+        if r == 0 || !r.is_multiple_of(step) {
+            self.problem(key, format!("{r} is not a positive multiple of {step}"));
         }
+    }
+
+    /// The family of a model spec, when it is known (an unknown one was reported already).
+    fn family_impl(&self, model: &Option<ModelSpec>) -> Option<&'static dyn ModelFamily> {
+        model.as_ref().and_then(|m| family_of(m.family, &m.model, self.base_dir).ok())
     }
 
     fn published(
@@ -1586,6 +1555,41 @@ pub fn expand_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn profile_suite(family: &str, model: &str, sampler: &str) -> String {
+        format!(
+            "[suite]\nname = \"t\"\n[[run]]\nid = \"a\"\nkind = \"profile\"\nfamily = \"{family}\"\nmodel = \"{model}\"\n\
+             random_weights = true\nresolution = 256\nbatch = 1\nsampler = {{ {sampler} }}\n"
+        )
+    }
+
+    fn load_error(text: &str) -> String {
+        Suite::parse(Path::new("s.toml"), text, &|_| None).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_family_validates_its_settings_at_load() {
+        // LlamaGen's own rule (top_p in (0, 1]) is the suite's rule, at the setting's line:col.
+        let e = load_error(&profile_suite("raster_ar", "llamagen-b", "top_p = 0.0"));
+        assert_eq!(e, "s.toml:11:13: run[0].sampler.top_p: 0 must be in (0, 1]");
+        // Taming is raster AR too, with its own rule (temperature > 0, it divides by it).
+        let e = load_error(&profile_suite("raster_ar", "taming-cin", "temperature = 0.0"));
+        assert!(e.starts_with("s.toml:11:13: run[0].sampler.temperature: 0 must be > 0"), "{e}");
+        assert_eq!(load_error(&profile_suite("raster_ar", "llamagen-b", "temperature = 0.0")), "");
+        // A setting a family has no use for is refused by name, listing the ones it has.
+        let e = load_error(&profile_suite("auto_nat", "autonat-l", "top_k = 5"));
+        assert!(e.starts_with("s.toml:11:13: run[0].sampler.top_k: unknown field `top_k`, expected `num_iter` or `strategy`"), "{e}");
+        let e = load_error(&profile_suite("mar", "mar-b", "cfg_schedule = \"cosine\""));
+        assert!(e.contains("run[0].sampler.cfg_schedule: unknown variant `cosine`"), "{e}");
+        // A model its family does not know.
+        let e = load_error(&profile_suite("var", "var-d99", "cfg = 1.5"));
+        assert!(e.contains("run[0].model: unknown Var model `var-d99`"), "{e}");
+        // AutoNAT's strategy file is an input: resolved against the suite folder, not a load error.
+        let suite = Suite::parse(Path::new("/s/s.toml"), &profile_suite("auto_nat", "autonat-l", "strategy = \"t8.yaml\""), &|_| None).unwrap();
+        let model = suite.runs[0].model_spec().unwrap();
+        assert_eq!(model.sampler["strategy"], "/s/t8.yaml");
+        assert!(suite.runs[0].missing_inputs().iter().any(|m| m.contains("sampler strategy") && m.contains("/s/t8.yaml")));
+    }
 
     #[test]
     fn env_expansion() {

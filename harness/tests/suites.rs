@@ -91,7 +91,7 @@ fn var_table1_resolves_the_readme_rows() {
         panic!("not generate")
     };
     assert_eq!((*batch, *samples), (25, 50000));
-    assert_eq!(model.sampler.top_k, Some(900));
+    assert_eq!(model.sampler["top_k"], 900);
     assert_eq!(
         reference.as_ref().unwrap().resolved,
         Ok(PathBuf::from("/data/VIRTUAL_imagenet256_labeled.npz"))

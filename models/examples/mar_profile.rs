@@ -11,9 +11,8 @@
 //! `cargo run --release -p genbench-models --example mar_profile -- --model mar-b --num-iter 64 --cfg 2.9`
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
-use genbench_models::generator::SamplerSettings;
-use genbench_models::generators::mar::{step_plan, MarConfig, MarGenerator, TokenMask};
+use candle_core::{DType, Device, Tensor};
+use genbench_models::generators::mar::{step_plan, MarConfig, MarGenerator, MarSampling, TokenMask};
 use genbench_models::tokenizers::kl16::Kl16Config;
 use genbench_runtime::timer::Stopwatch;
 use genbench_runtime::{RandomSource, SeededSource};
@@ -49,8 +48,8 @@ fn main() -> Result<()> {
         other => bail!("unknown model {other}"),
     };
     let dev = Device::Cpu;
-    let settings = SamplerSettings { cfg: Some(cfg_scale), num_iter: Some(num_iter), ..Default::default() };
-    let gen = MarGenerator::random(&model, &cfg, &Kl16Config::published(), 0, &dev, &settings)?;
+    let sampling = MarSampling { cfg: cfg_scale, num_iter, num_sampling_steps: cfg.num_sampling_steps, ..MarSampling::default() };
+    let gen = MarGenerator::random_init(&model, &cfg, &Kl16Config::published(), sampling, 0, &dev, DType::F32)?;
     let mar = gen.mar();
     let (l, d) = (cfg.seq_len(), cfg.token_embed_dim());
     let mult = if cfg_scale != 1.0 { 2 } else { 1 };

@@ -110,13 +110,13 @@ impl Ar {
 fn build_ar(name: &str, cfg: Option<f64>) -> Result<Ar> {
     let dev = Device::Cpu;
     if name == "taming-cin" {
-        let g = TamingGenerator::random_init(name, TamingConfig::cin(), TamingSampling::default(), 0, DType::F32, &dev)?;
+        let g = TamingGenerator::random_init(name, TamingConfig::cin(), TamingSampling::default(), 0, &dev, DType::F32)?;
         return Ok(Ar::Taming(Box::new(g)));
     }
     let size = name.strip_prefix("llamagen-").with_context(|| format!("unknown model {name}"))?;
     // GETTING_STARTED.md's guidance for B / L.
     let s = LlamaGenSampling::fid_recipe(cfg.unwrap_or(2.0));
-    let g = LlamaGenGenerator::random_init(name, LlamaGenConfig::published(size, 256)?, s, 0, DType::F32, &dev)?;
+    let g = LlamaGenGenerator::random_init(name, LlamaGenConfig::published(size, 256)?, s, 0, &dev, DType::F32)?;
     Ok(Ar::LlamaGen(Box::new(g)))
 }
 

@@ -71,31 +71,6 @@ impl StepObserver for StepLog {
     }
 }
 
-/// Sampler settings shared by all families. Each family reads the fields it understands,
-/// applies its published default to the ones left `None`, and refuses settings it cannot
-/// honour (for example `top_k` for MAR) with a message naming the setting.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SamplerSettings {
-    /// Classifier-free guidance scale (family-specific formula and schedule).
-    pub cfg: Option<f64>,
-    /// `linear` or `constant` (MAR; VAR always ramps linearly).
-    pub cfg_schedule: Option<String>,
-    /// LlamaGen: apply CFG only for the first N tokens (-1 = always).
-    pub cfg_interval: Option<i64>,
-    pub top_k: Option<usize>,
-    pub top_p: Option<f64>,
-    pub temperature: Option<f64>,
-    /// VAR: Gumbel-softmax smoothing (visualisation only).
-    pub more_smooth: Option<bool>,
-    /// MAR / AutoNAT / MaskGIT: number of generation steps.
-    pub num_iter: Option<usize>,
-    /// MAR: diffusion steps of the MLP head.
-    pub num_sampling_steps: Option<usize>,
-    /// AutoNAT: path of a strategy YAML (or a built-in name such as `maskgit-cosine`).
-    pub strategy: Option<String>,
-}
-
 /// Images produced by a generator.
 #[derive(Clone, Debug)]
 pub struct Samples {

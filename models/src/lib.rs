@@ -8,6 +8,7 @@
 //! * `generators`: one file per family.
 //! * [`generator`]: the `Generator` trait the harness drives, and the per-step observer.
 
+pub mod family;
 pub mod generator;
 pub mod generators;
 pub mod checkpoint;

@@ -245,7 +245,7 @@ fn bad_inputs_fail_before_sampling() {
     let gpt_path = f.dir.join(f.config["gpt"]["checkpoint"].as_str().unwrap());
     let vq_path = f.dir.join(f.config["vq"]["checkpoint"].as_str().unwrap());
     let load = |cfg: LlamaGenConfig| {
-        LlamaGenGenerator::load("t", cfg, &gpt_path, &vq_path, LlamaGenSampling::fid_recipe(1.0), DType::F32, &Device::Cpu)
+        LlamaGenGenerator::load("t", cfg, &gpt_path, &vq_path, LlamaGenSampling::fid_recipe(1.0), &Device::Cpu, DType::F32)
             .err()
             .map(|e| format!("{e:#}"))
     };

@@ -20,7 +20,7 @@ mod common;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use common::{assert_close, assert_same_ids, fixture_dir, load_io, load_json};
-use genbench_models::generator::{SamplerSettings, StepKind, StepLog};
+use genbench_models::generator::{StepKind, StepLog};
 use genbench_models::generators::mar::{
     configs_from_json, load_mar_checkpoint, patchify, unpatchify, CfgSchedule, Mar, MarGenerator, MarSampling,
     TokenMask,
@@ -465,22 +465,22 @@ fn generator_wrapper_reproduces_cfg_run() {
     let runs = f.config.pointer("/sampling/sample_tokens").and_then(|v| v.as_array()).unwrap();
     let run = runs.iter().find(|r| r["cfg"].as_f64().unwrap() != 1.0).expect("a CFG run");
     let (name, labels, s) = run_settings(run);
-    let settings = SamplerSettings {
-        cfg: Some(s.cfg),
-        cfg_schedule: Some(run["cfg_schedule"].as_str().unwrap().to_string()),
-        temperature: Some(s.temperature),
-        num_iter: Some(s.num_iter),
-        num_sampling_steps: Some(cfg.num_sampling_steps),
-        ..Default::default()
+    let sampling = MarSampling {
+        cfg: s.cfg,
+        cfg_schedule: run["cfg_schedule"].as_str().unwrap().parse().unwrap(),
+        temperature: s.temperature,
+        num_iter: s.num_iter,
+        num_sampling_steps: cfg.num_sampling_steps,
     };
-    let gen = MarGenerator::from_checkpoints(
+    let gen = MarGenerator::load(
         "mar-fixture",
         &cfg,
         &f.dir.join("checkpoint-last.pth"),
         &vae_cfg,
         &f.dir.join("kl16.ckpt"),
+        sampling,
         &Device::Cpu,
-        &settings,
+        DType::F32,
     )
     .unwrap();
     let mut rng = f.replay(&name, true);
@@ -520,17 +520,17 @@ fn checkpoint_without_model_ema_names_its_keys() {
 fn mismatched_vae_is_refused_before_sampling() {
     let f = fixture();
     let (cfg, vae_cfg) = configs_from_json(&f.config).unwrap();
-    let settings = SamplerSettings::default();
     // A VAE config with another latent width.
     let wrong = Kl16Config { embed_dim: vae_cfg.embed_dim / 2, ..vae_cfg.clone() };
-    let err = MarGenerator::from_checkpoints(
+    let err = MarGenerator::load(
         "mar-fixture",
         &cfg,
         &f.dir.join("checkpoint-last.pth"),
         &wrong,
         &f.dir.join("kl16.ckpt"),
+        MarSampling::default(),
         &Device::Cpu,
-        &settings,
+        DType::F32,
     )
     .err()
     .expect("embed_dim mismatch must fail");
@@ -551,10 +551,12 @@ fn num_iter_outside_the_token_count_is_refused() {
         assert!(err.contains(&format!("1..={l}")), "{err}");
     }
     assert!(MarSampling { num_iter: l, ..MarSampling::default() }.validate(l).is_ok());
-    let s = SamplerSettings { top_k: Some(5), ..Default::default() };
-    assert!(MarSampling::from_settings(&s).unwrap_err().to_string().contains("top_k"));
-    let s = SamplerSettings { cfg_schedule: Some("cosine".into()), ..Default::default() };
-    assert!(MarSampling::from_settings(&s).is_err());
+    use genbench_models::family::ModelFamily;
+    use genbench_models::generators::mar::MarFamily;
+    let raw = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let e = MarFamily.check_settings(&raw(serde_json::json!({"top_k": 5}))).unwrap_err();
+    assert!(e.to_string().contains("top_k"), "{e}");
+    assert!(MarFamily.check_settings(&raw(serde_json::json!({"cfg_schedule": "cosine"}))).is_err());
 }
 
 /// A seeded source draws the same images twice and different ones for another seed.
@@ -562,15 +564,16 @@ fn num_iter_outside_the_token_count_is_refused() {
 fn seeded_sampling_is_reproducible() {
     let f = fixture();
     let (cfg, vae_cfg) = configs_from_json(&f.config).unwrap();
-    let settings = SamplerSettings { cfg: Some(2.0), num_iter: Some(3), ..Default::default() };
-    let mut gen = MarGenerator::from_checkpoints(
+    let sampling = MarSampling { cfg: 2.0, num_iter: 3, num_sampling_steps: cfg.num_sampling_steps, ..MarSampling::default() };
+    let mut gen = MarGenerator::load(
         "mar-fixture",
         &cfg,
         &f.dir.join("checkpoint-last.pth"),
         &vae_cfg,
         &f.dir.join("kl16.ckpt"),
+        sampling,
         &Device::Cpu,
-        &SamplerSettings { num_sampling_steps: Some(cfg.num_sampling_steps), ..settings },
+        DType::F32,
     )
     .unwrap();
     use genbench_models::generator::{Generator, NoObserver};

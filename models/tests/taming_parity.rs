@@ -173,7 +173,7 @@ fn bad_inputs_fail_before_sampling() {
     let cfg = TamingConfig::from_reference_json(&config).unwrap();
     let ckpt = dir.join(config["checkpoint"].as_str().unwrap());
     let load = |cfg: TamingConfig| {
-        TamingGenerator::load("t", cfg, &ckpt, None, TamingSampling::default(), DType::F32, &Device::Cpu).err().map(|e| format!("{e:#}"))
+        TamingGenerator::load("t", cfg, &ckpt, None, TamingSampling::default(), &Device::Cpu, DType::F32).err().map(|e| format!("{e:#}"))
     };
     assert_eq!(load(cfg.clone()), None, "the fixture itself loads");
     let mut bad = cfg.clone();

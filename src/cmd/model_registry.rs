@@ -2,7 +2,6 @@
 //! (names / `--config` -> generator) lives in `genbench_harness::model_registry`, shared with the
 //! suite runner.
 
-use genbench_models::generator::SamplerSettings;
 use std::path::PathBuf;
 
 pub use genbench_harness::model_registry::*;
@@ -43,22 +42,28 @@ pub struct SamplerArgs {
 }
 
 impl SamplerArgs {
-    pub fn to_settings(&self) -> SamplerSettings {
-        SamplerSettings {
-            cfg: self.cfg,
-            cfg_schedule: self.cfg_schedule.clone(),
-            cfg_interval: self.cfg_interval,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            temperature: self.temperature,
-            more_smooth: if self.more_smooth { Some(true) } else { None },
-            num_iter: self.num_iter,
-            num_sampling_steps: self.num_sampling_steps,
-            strategy: self.strategy.clone(),
-        }
+    /// The settings that were given, by their one name (`cfg`, `top_k`, ...); the family
+    /// refuses the ones it has no use for.
+    pub fn to_settings(&self) -> RawSettings {
+        let mut s = RawSettings::new();
+        let mut put = |k: &str, v: Option<serde_json::Value>| {
+            if let Some(v) = v {
+                s.insert(k.to_string(), v);
+            }
+        };
+        put("cfg", self.cfg.map(Into::into));
+        put("cfg_schedule", self.cfg_schedule.clone().map(Into::into));
+        put("cfg_interval", self.cfg_interval.map(Into::into));
+        put("top_k", self.top_k.map(Into::into));
+        put("top_p", self.top_p.map(Into::into));
+        put("temperature", self.temperature.map(Into::into));
+        put("more_smooth", self.more_smooth.then_some(true.into()));
+        put("num_iter", self.num_iter.map(Into::into));
+        put("num_sampling_steps", self.num_sampling_steps.map(Into::into));
+        put("strategy", self.strategy.clone().map(Into::into));
+        s
     }
 }
-
 
 /// Which generator and which weights: the options `sample`, `profile` and `autonat-search`
 /// share.
@@ -85,7 +90,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The registry request for these options with `settings`, at the published shapes and
     /// resolutions (shape and resolution overrides are for suites).
-    pub fn request(&self, settings: SamplerSettings) -> ModelRequest {
+    pub fn request(&self, settings: RawSettings) -> ModelRequest {
         ModelRequest {
             model: self.model.clone(),
             config: self.config.clone(),

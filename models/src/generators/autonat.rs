@@ -16,9 +16,10 @@
 
 use super::autonat_strategy::{mask_len, Strategy, BUILTIN_NAMES, MIN_SAMPLING_TEMPERATURE};
 use crate::checkpoint::{RandomWeights, StrictWeights};
+use crate::family::{parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
-    to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, SamplerSettings, Samples, StepKind, StepObserver,
+    to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver,
     StepRecord,
 };
 use crate::nn::block::PreNormBlock;
@@ -517,30 +518,9 @@ impl AutoNatSpec {
         config["generator"]["cls"].as_str() == Some("libs.nat_model.UViT")
     }
 
-    /// Applies the family-relevant sampler settings: `num_iter` (steps), `strategy`; refuses
-    /// the ones this family has no use for, naming them.
-    pub fn apply_settings(&mut self, s: &SamplerSettings) -> Result<()> {
-        let unsupported = [
-            ("cfg", s.cfg.is_some()),
-            ("cfg_schedule", s.cfg_schedule.is_some()),
-            ("cfg_interval", s.cfg_interval.is_some()),
-            ("top_k", s.top_k.is_some()),
-            ("top_p", s.top_p.is_some()),
-            ("temperature", s.temperature.is_some()),
-            ("more_smooth", s.more_smooth.is_some()),
-            ("num_sampling_steps", s.num_sampling_steps.is_some()),
-        ];
-        for (name, set) in unsupported {
-            if set {
-                bail!(
-                    "{}: the sampler setting `{name}` does not apply to AutoNAT/MaskGIT; per-step guidance and \
-                     temperatures come from the strategy (`strategy`: a YAML file or a built-in)",
-                    self.name
-                );
-            }
-        }
+    /// Applies the sampler settings: `num_iter` (steps) and `strategy`.
+    pub fn apply_settings(&mut self, s: &AutoNatSettings) {
         if let Some(t) = s.num_iter {
-            ensure!(t >= 1, "num_iter must be at least 1");
             self.steps = t;
         }
         if let Some(st) = &s.strategy {
@@ -553,7 +533,6 @@ impl AutoNatSpec {
                 }
             }
         }
-        Ok(())
     }
 
     /// The strategy this spec generates with.
@@ -586,6 +565,133 @@ impl AutoNatSpec {
             }
         };
         AutoNat::new(self.name.clone(), net, tokenizer, strategy_name, strategy)
+    }
+}
+
+/// AutoNAT's sampler settings as written. Per-step guidance and temperatures come from the
+/// strategy, so there is no `cfg`, `top_k` or `temperature` to set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoNatSettings {
+    /// Generation steps T (default: the strategy file's, else 8).
+    pub num_iter: Option<usize>,
+    /// A strategy YAML file (`manual_ratios`, `manual_temp`, `manual_samp_temp`, `manual_cfg`)
+    /// or a built-in name (`maskgit-cosine`, `search-init`, `autonat-l-t8`).
+    pub strategy: Option<String>,
+}
+
+impl crate::family::SamplerSettings for AutoNatSettings {
+    fn validate(&self) -> std::result::Result<(), SettingsError> {
+        if self.num_iter == Some(0) {
+            return Err(SettingsError::new("num_iter", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// AutoNAT-L (released), AutoNAT-S (assumed U-ViT-S shape, no weights published) and MaskGIT
+/// decoding (cosine schedule) on the AutoNAT-L network.
+pub const PUBLISHED_NAMES: [&str; 3] = ["autonat-l", "autonat-s", "maskgit"];
+
+/// The AutoNAT spec (sampler settings applied) and weights a request names. With a
+/// fixture-style `config.json`, checkpoints default to the files it names beside it.
+pub fn autonat_model(req: &ModelRequest, config: Option<&serde_json::Value>) -> Result<(AutoNatSpec, WeightSource)> {
+    let (mut spec, beside_config) = match config {
+        Some(v) => {
+            let label = req.model.clone().unwrap_or_else(|| "autonat-config".into());
+            let dir = req.config_dir();
+            let file = |section: &str| v[section]["checkpoint"].as_str().map(|f| dir.join(f));
+            (AutoNatSpec::from_fixture_config(v, &label)?, (file("generator"), file("tokenizer")))
+        }
+        None => {
+            let spec = match req.model.as_deref() {
+                Some("autonat-l") => AutoNatSpec::autonat_l(),
+                Some("autonat-s") => AutoNatSpec::autonat_s(),
+                Some("maskgit") => AutoNatSpec::maskgit(),
+                other => bail!("not an AutoNAT model: {other:?}"),
+            };
+            (spec, (None, None))
+        }
+    };
+    req.arch.refuse_unsupported("AutoNAT", &["depth", "width", "heads", "mlp_ratio"])?;
+    req.arch.apply_shape(&mut spec.net.depth, &mut spec.net.embed_dim, &mut spec.net.num_heads, Some(&mut spec.net.mlp_ratio))?;
+    if let Some(px) = req.resolution.filter(|&px| px != spec.tokenizer.resolution) {
+        // The VQGAN is convolutional; the U-ViT's token grid (and its learned positions) follow.
+        spec.tokenizer.resolution = px;
+        spec.net.img_size = spec.tokenizer.latent_side();
+    }
+    let settings = parse_settings::<AutoNatSettings>(&req.settings).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (AutoNAT/MaskGIT take per-step guidance and temperatures from the strategy: `strategy` is a YAML \
+             file or a built-in, `num_iter` the step count)",
+            spec.name
+        )
+    })?;
+    spec.apply_settings(&settings);
+    // Fails early (before any weights are read) on a bad strategy file or step count.
+    spec.resolve_strategy()?;
+    let weights = match req.weight_paths(beside_config, ("nnet_ema.pth", "vqgan_jax_strongaug.ckpt (the MAGE VQGAN)"))? {
+        None => WeightSource::Random { seed: 0 },
+        Some((nnet, Some(vqgan))) => WeightSource::Files { nnet, vqgan },
+        Some((_, None)) => bail!("{} needs --vae vqgan_jax_strongaug.ckpt (the MAGE VQGAN)", spec.name),
+    };
+    Ok((spec, weights))
+}
+
+/// The AutoNAT family (LeapLabTHU/ImprovedNAT): `autonat-l`, `autonat-s`, `maskgit` and
+/// fixture configs.
+pub struct AutoNatFamily;
+
+impl ModelFamily for AutoNatFamily {
+    fn family(&self) -> Family {
+        Family::AutoNat
+    }
+    fn label(&self) -> &'static str {
+        "AutoNAT"
+    }
+    fn names(&self) -> &'static [&'static str] {
+        &PUBLISHED_NAMES
+    }
+    fn recognises_config(&self, v: &serde_json::Value) -> bool {
+        AutoNatSpec::is_fixture_config(v)
+    }
+    fn check_settings(&self, settings: &RawSettings) -> std::result::Result<(), SettingsError> {
+        parse_settings::<AutoNatSettings>(settings).map(|_| ())
+    }
+    fn file_settings(&self, settings: &RawSettings) -> Vec<&'static str> {
+        match settings.get("strategy").and_then(|v| v.as_str()) {
+            Some(s) if !BUILTIN_NAMES.contains(&s) => vec!["strategy"],
+            _ => vec![],
+        }
+    }
+    fn pixels_per_token(&self) -> usize {
+        let c = MageVqganConfig::maskgit_f16_256();
+        c.resolution / c.latent_side()
+    }
+    fn default_settings(&self, name: &str) -> Result<serde_json::Value> {
+        let (spec, _) = autonat_model(&ModelRequest { model: Some(name.into()), random_init: true, ..Default::default() }, None)?;
+        let (strategy, s) = spec.resolve_strategy()?;
+        Ok(serde_json::json!({ "num_iter": s.steps(), "strategy": strategy }))
+    }
+    fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> Result<ResolvedModel> {
+        let (spec, weights) = autonat_model(req, config)?;
+        let (strategy_name, strategy) = spec.resolve_strategy()?;
+        let settings = serde_json::json!({
+            "num_iter": strategy.steps(),
+            "strategy": strategy_name,
+            "manual_ratios": strategy.ratios,
+            "manual_temp": strategy.remask_temps,
+            "manual_samp_temp": strategy.samp_temps,
+            "manual_cfg": strategy.cfg,
+        });
+        Ok(ResolvedModel::new(
+            spec.name.clone(),
+            Family::AutoNat,
+            spec.net.null_class() as usize,
+            spec.tokenizer.resolution,
+            settings,
+            Box::new(move |device, dtype| Ok(Box::new(spec.build(&weights, device, dtype)?) as Box<dyn Generator>)),
+        ))
     }
 }
 

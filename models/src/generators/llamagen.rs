@@ -13,8 +13,9 @@
 //! `u + s (c - u)` with the conditional half first in the doubled batch.
 
 use crate::checkpoint::StrictWeights;
+use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::generator::{
-    FlopsPerImage, Family, Generator, Samples, SamplerSettings, StepKind, StepObserver, StepRecord,
+    FlopsPerImage, Family, Generator, Samples, StepKind, StepObserver, StepRecord,
 };
 use crate::nn::attention::{self, reset_layer_caches, KvCache, MultiHeadAttention};
 use crate::nn::cfg;
@@ -224,7 +225,9 @@ impl LlamaGenConfig {
 /// Sampling settings of `generate()`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlamaGenSampling {
-    /// Guidance scale; `> 1` doubles the batch with null-class rows.
+    /// Guidance scale; `> 1` doubles the batch with null-class rows. (`cfg_scale` in the
+    /// reference; written `cfg` like every family's guidance scale.)
+    #[serde(rename = "cfg")]
     pub cfg_scale: f64,
     /// Decode steps `i <= cfg_interval` are guided (the prefill always is); -1 = every step.
     pub cfg_interval: i64,
@@ -242,35 +245,158 @@ impl LlamaGenSampling {
         Self { cfg_scale, cfg_interval: -1, top_k: 0, top_p: 1.0, temperature: 1.0 }
     }
 
-    /// Applies the generic settings over `self`, refusing the ones LlamaGen has no use for.
-    pub fn with_settings(mut self, s: &SamplerSettings) -> Result<Self> {
-        ensure!(s.cfg_schedule.is_none(), "LlamaGen has no cfg schedule (use --cfg-interval)");
-        ensure!(s.more_smooth.is_none(), "more_smooth is a VAR setting; LlamaGen does not use it");
-        ensure!(s.num_iter.is_none() && s.num_sampling_steps.is_none() && s.strategy.is_none(), "LlamaGen samples one token per step: num_iter / num_sampling_steps / strategy do not apply");
-        if let Some(c) = s.cfg {
-            ensure!(c.is_finite() && c >= 0.0, "cfg must be a finite non-negative number, got {c}");
-            self.cfg_scale = c;
+    /// The recipe with the settings that were given applied over it.
+    pub fn with_settings(self, s: &LlamaGenSettings) -> Self {
+        Self {
+            cfg_scale: s.cfg.unwrap_or(self.cfg_scale),
+            cfg_interval: s.cfg_interval.unwrap_or(self.cfg_interval),
+            top_k: s.top_k.unwrap_or(self.top_k),
+            top_p: s.top_p.unwrap_or(self.top_p),
+            temperature: s.temperature.unwrap_or(self.temperature),
         }
-        if let Some(i) = s.cfg_interval {
-            ensure!(i >= -1, "cfg_interval must be -1 (always) or a step index >= 0, got {i}");
-            self.cfg_interval = i;
-        }
-        if let Some(k) = s.top_k {
-            self.top_k = k;
-        }
-        if let Some(p) = s.top_p {
-            ensure!(p > 0.0 && p <= 1.0, "top_p must be in (0, 1], got {p}");
-            self.top_p = p;
-        }
-        if let Some(t) = s.temperature {
-            ensure!(t >= 0.0 && t.is_finite(), "temperature must be >= 0, got {t}");
-            self.temperature = t;
-        }
-        Ok(self)
     }
 
     pub fn uses_cfg(&self) -> bool {
         self.cfg_scale > 1.0
+    }
+}
+
+/// LlamaGen's sampler settings as written (absent = [`LlamaGenSampling::fid_recipe`] with the
+/// published size's guidance scale). One token per step: no step count or strategy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaGenSettings {
+    /// Guidance scale (`cfg_scale` of `sample_c2i_ddp.py`).
+    pub cfg: Option<f64>,
+    /// Guide only decode steps `i <= cfg_interval` (-1 = every step).
+    pub cfg_interval: Option<i64>,
+    /// 0 = off.
+    pub top_k: Option<usize>,
+    /// 1.0 = off.
+    pub top_p: Option<f64>,
+    pub temperature: Option<f64>,
+}
+
+impl crate::family::SamplerSettings for LlamaGenSettings {
+    fn validate(&self) -> std::result::Result<(), SettingsError> {
+        check_range("cfg", self.cfg, |c| c >= 0.0, "must be a finite non-negative number")?;
+        if let Some(i) = self.cfg_interval.filter(|&i| i < -1) {
+            return Err(SettingsError::new("cfg_interval", format!("{i}: must be -1 (always) or a step index >= 0")));
+        }
+        check_range("top_p", self.top_p, |p| p > 0.0 && p <= 1.0, "must be in (0, 1]")?;
+        check_range("temperature", self.temperature, |t| t >= 0.0, "must be >= 0")
+    }
+}
+
+/// LlamaGen c2i: `llamagen-<size>` is the size at the resolution of its published checkpoint
+/// (B, L: 256 px; XL, XXL, 3B: 384 px, the only ones released for them); `-256` / `-384` pick the
+/// resolution explicitly (it changes the RoPE grid and the token count, not the weights' shapes).
+pub const PUBLISHED_NAMES: [&str; 15] = [
+    "llamagen-b",
+    "llamagen-l",
+    "llamagen-xl",
+    "llamagen-xxl",
+    "llamagen-3b",
+    "llamagen-b-256",
+    "llamagen-l-256",
+    "llamagen-xl-256",
+    "llamagen-xxl-256",
+    "llamagen-3b-256",
+    "llamagen-b-384",
+    "llamagen-l-384",
+    "llamagen-xl-384",
+    "llamagen-xxl-384",
+    "llamagen-3b-384",
+];
+
+/// (size, image size, guidance scale) of a published name; the scales are those of
+/// FoundationVision/LlamaGen@ce98ec4 `GETTING_STARTED.md` (2.0 for B/L, 1.75 for XL/XXL, 1.65 for 3B).
+fn published_recipe(name: &str) -> Result<(&str, usize, f64)> {
+    let rest = name.strip_prefix("llamagen-").with_context(|| format!("not a LlamaGen model: {name}"))?;
+    let (size, px) = match rest.split_once('-') {
+        Some((size, px)) => (size, px.parse::<usize>().with_context(|| format!("{name}: bad resolution"))?),
+        None => (rest, if rest == "b" || rest == "l" { 256 } else { 384 }),
+    };
+    let cfg = match size {
+        "b" | "l" => 2.0,
+        "xl" | "xxl" => 1.75,
+        "3b" => 1.65,
+        other => bail!("unknown LlamaGen size `{other}`"),
+    };
+    Ok((size, px, cfg))
+}
+
+/// The LlamaGen c2i family (FoundationVision/LlamaGen): published sizes and fixture configs.
+pub struct LlamaGenFamily;
+
+impl ModelFamily for LlamaGenFamily {
+    fn family(&self) -> Family {
+        Family::RasterAr
+    }
+    fn label(&self) -> &'static str {
+        "LlamaGen"
+    }
+    fn names(&self) -> &'static [&'static str] {
+        &PUBLISHED_NAMES
+    }
+    fn recognises_config(&self, v: &serde_json::Value) -> bool {
+        LlamaGenConfig::is_reference_json(v)
+    }
+    fn check_settings(&self, settings: &RawSettings) -> std::result::Result<(), SettingsError> {
+        parse_settings::<LlamaGenSettings>(settings).map(|_| ())
+    }
+    fn pixels_per_token(&self) -> usize {
+        LlamaGenVqConfig::vq_16().downsample_factor()
+    }
+    fn default_settings(&self, name: &str) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(LlamaGenSampling::fid_recipe(published_recipe(name)?.2))?)
+    }
+    fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> Result<ResolvedModel> {
+        let (name, mut cfg, default_cfg, beside) = match config {
+            Some(v) => {
+                let cfg = LlamaGenConfig::from_reference_json(v)?;
+                let dir = req.config_dir();
+                let file = |section: &str| v[section]["checkpoint"].as_str().map(|f| dir.join(f));
+                let name = req.model.clone().unwrap_or_else(|| format!("llamagen-{}x{}-custom", cfg.gpt.n_layer, cfg.gpt.dim));
+                // sample_c2i_ddp.py's default guidance for unnamed configurations.
+                (name, cfg, 1.5, (file("gpt"), file("vq")))
+            }
+            None => {
+                let name = req.model.clone().context("LlamaGen: give a model name or a config")?;
+                let (size, px, cfg_scale) = published_recipe(&name)?;
+                let cfg = LlamaGenConfig::published(size, px)?;
+                (name, cfg, cfg_scale, (None, None))
+            }
+        };
+        req.arch.refuse_unsupported("LlamaGen", &["depth", "width", "heads"])?;
+        req.arch.apply_shape(&mut cfg.gpt.n_layer, &mut cfg.gpt.dim, &mut cfg.gpt.n_head, None)?;
+        if let Some(px) = req.resolution {
+            // One token per patch; the RoPE grid and the KV cache follow the block size.
+            let grid = px / cfg.vq.downsample_factor();
+            cfg.image_size = px;
+            cfg.gpt.block_size = grid * grid;
+            cfg.validate()?;
+        }
+        let settings = parse_settings::<LlamaGenSettings>(&req.settings).map_err(|e| anyhow::anyhow!("LlamaGen: {e}"))?;
+        let sampling = LlamaGenSampling::fid_recipe(default_cfg).with_settings(&settings);
+        let paths = req.weight_paths(beside, ("c2i_*.pt", "vq_ds16_c2i.pt"))?;
+        let (num_classes, image_size) = (cfg.gpt.num_classes, cfg.image_size);
+        let model_name = name.clone();
+        Ok(ResolvedModel::new(
+            name,
+            Family::RasterAr,
+            num_classes,
+            image_size,
+            serde_json::to_value(&sampling)?,
+            Box::new(move |device, dtype| {
+                let g = match &paths {
+                    Some((gpt, Some(vq))) => LlamaGenGenerator::load(&model_name, cfg, gpt, vq, sampling, device, dtype)?,
+                    Some((_, None)) => bail!("LlamaGen needs --vae vq_ds16_c2i.pt"),
+                    None => LlamaGenGenerator::random_init(&model_name, cfg, sampling, 0, device, dtype)?,
+                };
+                Ok(Box::new(g) as Box<dyn Generator>)
+            }),
+        ))
     }
 }
 
@@ -626,8 +752,8 @@ impl LlamaGenGenerator {
         gpt_ckpt: &std::path::Path,
         vq_ckpt: &std::path::Path,
         sampling: LlamaGenSampling,
-        dtype: DType,
         device: &Device,
+        dtype: DType,
     ) -> Result<Self> {
         cfg.validate()?;
         let vq_w = StrictWeights::open(vq_ckpt, &["model", "state_dict", ""], &[], device)?;
@@ -649,7 +775,7 @@ impl LlamaGenGenerator {
 
     /// Random weights (`--random-init`: timing and FLOP work without the published files;
     /// images are noise). Same shapes, dtypes and code path as [`load`](Self::load).
-    pub fn random_init(name: &str, cfg: LlamaGenConfig, sampling: LlamaGenSampling, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn random_init(name: &str, cfg: LlamaGenConfig, sampling: LlamaGenSampling, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
         let rnd = crate::checkpoint::RandomWeights::new(seed);
         Self::new(name, cfg, rnd.var_builder(dtype, device), rnd.var_builder(DType::F32, device), sampling)
     }

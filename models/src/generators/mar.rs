@@ -14,10 +14,11 @@
 
 use super::mar_diffusion::{load_diffusion_head, DiffusionHead, DiffusionHeadConfig};
 use crate::generator::{
-    to_uint8_nhwc_rounded_from_signed, Family, FlopsPerImage, Generator, SamplerSettings, Samples, StepKind, StepObserver,
+    to_uint8_nhwc_rounded_from_signed, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver,
     StepRecord,
 };
 use crate::checkpoint::StrictWeights;
+use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::nn::block::PreNormBlock;
 use crate::nn::norm::LayerNorm;
@@ -204,47 +205,18 @@ impl Default for MarSampling {
 }
 
 impl MarSampling {
-    /// Applies the generic sampler settings, refusing the ones MAR has no use for.
-    pub fn from_settings(s: &SamplerSettings) -> Result<Self> {
-        let refuse = |set: bool, name: &str| -> Result<()> {
-            if set {
-                bail!("MAR's sampler has no `{name}` setting (it samples continuous tokens with a diffusion head)");
-            }
-            Ok(())
-        };
-        refuse(s.top_k.is_some(), "top_k")?;
-        refuse(s.top_p.is_some(), "top_p")?;
-        refuse(s.cfg_interval.is_some(), "cfg_interval")?;
-        refuse(s.more_smooth.is_some(), "more_smooth")?;
-        refuse(s.strategy.is_some(), "strategy")?;
+    /// The defaults with the settings that were given applied over them; the model's own
+    /// `num_sampling_steps` is the default (100 for the released models; a fixture's config may
+    /// say otherwise).
+    pub fn for_model(s: &MarSettings, cfg: &MarConfig) -> Self {
         let d = Self::default();
-        let out = Self {
+        Self {
             num_iter: s.num_iter.unwrap_or(d.num_iter),
-            num_sampling_steps: s.num_sampling_steps.unwrap_or(d.num_sampling_steps),
+            num_sampling_steps: s.num_sampling_steps.unwrap_or(cfg.num_sampling_steps),
             cfg: s.cfg.unwrap_or(d.cfg),
-            cfg_schedule: match &s.cfg_schedule {
-                Some(x) => x.parse()?,
-                None => d.cfg_schedule,
-            },
+            cfg_schedule: s.cfg_schedule.unwrap_or(d.cfg_schedule),
             temperature: s.temperature.unwrap_or(d.temperature),
-        };
-        ensure!(out.cfg.is_finite() && out.cfg >= 0.0, "cfg must be a finite non-negative number, got {}", out.cfg);
-        ensure!(
-            out.temperature.is_finite() && out.temperature >= 0.0,
-            "temperature must be finite and >= 0, got {}",
-            out.temperature
-        );
-        Ok(out)
-    }
-
-    /// [`from_settings`](Self::from_settings) with the model's own `num_sampling_steps` as the
-    /// default (100 for the released models; a fixture's config may say otherwise).
-    pub fn for_model(s: &SamplerSettings, cfg: &MarConfig) -> Result<Self> {
-        let mut out = Self::from_settings(s)?;
-        if s.num_sampling_steps.is_none() {
-            out.num_sampling_steps = cfg.num_sampling_steps;
         }
-        Ok(out)
     }
 
     /// Refuses iteration counts the reference cannot run: at least one token must be revealed
@@ -258,6 +230,118 @@ impl MarSampling {
 
     pub fn uses_cfg(&self) -> bool {
         self.cfg != 1.0
+    }
+}
+
+/// MAR's sampler settings as written (absent = `main_mar.py`'s defaults). MAR samples
+/// continuous tokens with a diffusion head: no top-k / top-p.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarSettings {
+    /// AR steps (1..=seq_len; the upper bound is checked against the model when resolving).
+    pub num_iter: Option<usize>,
+    /// Diffusion steps of the MLP head.
+    pub num_sampling_steps: Option<usize>,
+    pub cfg: Option<f64>,
+    pub cfg_schedule: Option<CfgSchedule>,
+    pub temperature: Option<f64>,
+}
+
+impl crate::family::SamplerSettings for MarSettings {
+    fn validate(&self) -> std::result::Result<(), SettingsError> {
+        for (name, v) in [("num_iter", self.num_iter), ("num_sampling_steps", self.num_sampling_steps)] {
+            if v == Some(0) {
+                return Err(SettingsError::new(name, "must be at least 1"));
+            }
+        }
+        check_range("cfg", self.cfg, |c| c >= 0.0, "must be a finite non-negative number")?;
+        check_range("temperature", self.temperature, |t| t >= 0.0, "must be finite and >= 0")
+    }
+}
+
+/// MAR-B / L / H with the released DiffLoss sizes (256 px, KL-16 VAE).
+pub const PUBLISHED_NAMES: [&str; 3] = ["mar-b", "mar-l", "mar-h"];
+
+/// The MAR family (LTH14/mar): `--ckpt checkpoint-last.pth` (its `model_ema` weights) and
+/// `--vae kl16.ckpt`; with a fixture-style `config.json`, both default to the files beside it.
+pub struct MarFamily;
+
+impl ModelFamily for MarFamily {
+    fn family(&self) -> Family {
+        Family::Mar
+    }
+    fn label(&self) -> &'static str {
+        "MAR"
+    }
+    fn names(&self) -> &'static [&'static str] {
+        &PUBLISHED_NAMES
+    }
+    fn recognises_config(&self, v: &serde_json::Value) -> bool {
+        is_mar_config(v)
+    }
+    fn check_settings(&self, settings: &RawSettings) -> std::result::Result<(), SettingsError> {
+        parse_settings::<MarSettings>(settings).map(|_| ())
+    }
+    fn pixels_per_token(&self) -> usize {
+        let cfg = MarConfig::mar_base();
+        cfg.vae_stride * cfg.patch_size
+    }
+    fn default_settings(&self, _name: &str) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(MarSampling::default())?)
+    }
+    fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> Result<ResolvedModel> {
+        let (name, mut cfg, vae_cfg, beside) = match config {
+            Some(v) => {
+                let (cfg, vae_cfg) = configs_from_json(v)?;
+                let dir = req.config_dir();
+                let exists = |f: &str| Some(dir.join(f)).filter(|p| p.is_file());
+                let name = req.model.clone().unwrap_or_else(|| format!("mar-{}x{}-custom", cfg.encoder_depth, cfg.encoder_embed_dim));
+                (name, cfg, vae_cfg, (exists("checkpoint-last.pth"), exists("kl16.ckpt")))
+            }
+            None => {
+                let name = req.model.clone().context("MAR: give a model name or a config")?;
+                let cfg = match name.as_str() {
+                    "mar-b" => MarConfig::mar_base(),
+                    "mar-l" => MarConfig::mar_large(),
+                    "mar-h" => MarConfig::mar_huge(),
+                    other => bail!("not a MAR model: {other}"),
+                };
+                (name, cfg, Kl16Config::published(), (None, None))
+            }
+        };
+        // MAR has an encoder and a decoder of the same shape; an override sets both (so `depth = 6`
+        // gives 6 + 6 blocks, as MAR-B has 12 + 12). The diffusion MLP keeps its size.
+        req.arch.refuse_unsupported("MAR", &["depth", "width", "heads", "mlp_ratio"])?;
+        req.arch.apply_shape(&mut cfg.encoder_depth, &mut cfg.encoder_embed_dim, &mut cfg.encoder_num_heads, Some(&mut cfg.mlp_ratio))?;
+        req.arch.apply_shape(&mut cfg.decoder_depth, &mut cfg.decoder_embed_dim, &mut cfg.decoder_num_heads, None)?;
+        if let Some(px) = req.resolution {
+            cfg.img_size = px;
+        }
+        // Settings are checked before any weights are read (num_iter range, refused options).
+        let settings = parse_settings::<MarSettings>(&req.settings).map_err(|e| anyhow::anyhow!("MAR: {e}"))?;
+        let sampling = MarSampling::for_model(&settings, &cfg);
+        sampling.validate(cfg.seq_len())?;
+        let paths = req.weight_paths(beside, ("checkpoint-last.pth (weights under model_ema)", "kl16.ckpt"))?;
+        let (num_classes, image_size) = (cfg.class_num, cfg.img_size);
+        let model_name = name.clone();
+        Ok(ResolvedModel::new(
+            name,
+            Family::Mar,
+            num_classes,
+            image_size,
+            serde_json::to_value(&sampling)?,
+            Box::new(move |device, dtype| {
+                if dtype != DType::F32 {
+                    bail!("MAR runs in float32 (its diffusion loop multiplies latents of magnitude up to 1e5 by schedule coefficients rounded to f32, as the reference does); use --dtype f32");
+                }
+                let g = match &paths {
+                    Some((ckpt, Some(vae))) => MarGenerator::load(&model_name, &cfg, ckpt, &vae_cfg, vae, sampling, device, dtype)?,
+                    Some((_, None)) => bail!("MAR needs --vae kl16.ckpt"),
+                    None => MarGenerator::random_init(&model_name, &cfg, &vae_cfg, sampling, 0, device, dtype)?,
+                };
+                Ok(Box::new(g) as Box<dyn Generator>)
+            }),
+        ))
     }
 }
 
@@ -745,7 +829,7 @@ pub struct MarGenerator {
 impl MarGenerator {
     /// Checks that the pair fits (the VAE's latent width is the generator's `vae_embed_dim`,
     /// the latent grid matches) and the settings are valid, before anything is sampled.
-    pub fn new(name: &str, mut mar: Mar, vae: Kl16Vae, settings: &SamplerSettings) -> Result<Self> {
+    pub fn new(name: &str, mut mar: Mar, vae: Kl16Vae, sampling: MarSampling) -> Result<Self> {
         let cfg = mar.config().clone();
         if vae.embed_dim() != cfg.vae_embed_dim {
             bail!(
@@ -761,21 +845,25 @@ impl MarGenerator {
                 cfg.vae_stride
             );
         }
-        let sampling = MarSampling::for_model(settings, &cfg)?;
         sampling.validate(cfg.seq_len())?;
         mar.set_num_sampling_steps(sampling.num_sampling_steps)?;
         Ok(Self { name: name.to_string(), mar, vae, sampling })
     }
 
-    pub fn from_checkpoints(
+    /// Loads `checkpoint-last.pth` (its `model_ema` weights) and the KL-16 VAE. MAR computes in
+    /// float32 only (see [`MarFamily`]); another `dtype` is refused.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
         name: &str,
         cfg: &MarConfig,
         mar_checkpoint: &Path,
         vae_cfg: &Kl16Config,
         vae_checkpoint: &Path,
+        sampling: MarSampling,
         device: &Device,
-        settings: &SamplerSettings,
+        dtype: DType,
     ) -> Result<Self> {
+        ensure!(dtype == DType::F32, "MAR runs in float32 only, not {dtype:?}");
         // Cheap checks first: a mismatched VAE is refused before the large generator is read.
         if vae_cfg.embed_dim != cfg.vae_embed_dim {
             bail!(
@@ -786,16 +874,25 @@ impl MarGenerator {
         }
         let vae = Kl16Vae::from_checkpoint(vae_cfg, vae_checkpoint, device)?;
         let mar = load_mar_checkpoint(cfg, mar_checkpoint, device)?;
-        Self::new(name, mar, vae, settings)
+        Self::new(name, mar, vae, sampling)
     }
 
     /// Random weights (`checkpoint::RandomWeights`, N(0, 1/fan_in)) for timing and FLOP
     /// studies without the published files.
-    pub fn random(name: &str, cfg: &MarConfig, vae_cfg: &Kl16Config, seed: u64, device: &Device, settings: &SamplerSettings) -> Result<Self> {
+    pub fn random_init(
+        name: &str,
+        cfg: &MarConfig,
+        vae_cfg: &Kl16Config,
+        sampling: MarSampling,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        ensure!(dtype == DType::F32, "MAR runs in float32 only, not {dtype:?}");
         let weights = crate::checkpoint::RandomWeights::new(seed);
         let mar = Mar::load(cfg, weights.var_builder(DType::F32, device))?;
         let vae = Kl16Vae::load(vae_cfg, weights.var_builder(DType::F32, device))?;
-        Self::new(name, mar, vae, settings)
+        Self::new(name, mar, vae, sampling)
     }
 
     pub fn mar(&self) -> &Mar {

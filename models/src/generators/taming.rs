@@ -10,8 +10,9 @@
 //! position n attending over the whole cache; N steps give z_0..z_{N-1}.
 
 use crate::checkpoint::StrictWeights;
+use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::generator::{
-    to_uint8_nhwc_from_signed, FlopsPerImage, Family, Generator, Samples, SamplerSettings, StepKind, StepObserver,
+    to_uint8_nhwc_from_signed, FlopsPerImage, Family, Generator, Samples, StepKind, StepObserver,
     StepRecord,
 };
 use crate::nn::attention::{self, reset_layer_caches, KvCache, MultiHeadAttention};
@@ -157,25 +158,98 @@ impl Default for TamingSampling {
 }
 
 impl TamingSampling {
-    pub fn with_settings(mut self, s: &SamplerSettings) -> Result<Self> {
-        if let Some(c) = s.cfg {
-            ensure!(c == 1.0 || c == 0.0, "the taming transformer has no classifier-free guidance (cfg {c} requested)");
+    /// The recipe with the settings that were given applied over it.
+    pub fn with_settings(self, s: &TamingSettings) -> Self {
+        Self {
+            top_k: s.top_k.map(Some).unwrap_or(self.top_k),
+            top_p: s.top_p.unwrap_or(self.top_p),
+            temperature: s.temperature.unwrap_or(self.temperature),
         }
-        ensure!(s.cfg_interval.is_none() && s.cfg_schedule.is_none(), "the taming transformer has no classifier-free guidance");
-        ensure!(s.more_smooth.is_none(), "more_smooth is a VAR setting");
-        ensure!(s.num_iter.is_none() && s.num_sampling_steps.is_none() && s.strategy.is_none(), "taming samples one token per step");
-        if let Some(k) = s.top_k {
-            self.top_k = Some(k);
+    }
+}
+
+/// The taming transformer's sampler settings as written (absent = `sample_fast.py`'s
+/// defaults). It has no classifier-free guidance: `cfg` is accepted only as 0 or 1 (off).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TamingSettings {
+    pub cfg: Option<f64>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub temperature: Option<f64>,
+}
+
+impl crate::family::SamplerSettings for TamingSettings {
+    fn validate(&self) -> std::result::Result<(), SettingsError> {
+        if let Some(c) = self.cfg.filter(|&c| c != 0.0 && c != 1.0) {
+            return Err(SettingsError::new("cfg", format!("the taming transformer has no classifier-free guidance (cfg {c} requested)")));
         }
-        if let Some(p) = s.top_p {
-            ensure!(p > 0.0 && p <= 1.0, "top_p must be in (0, 1], got {p}");
-            self.top_p = p;
+        check_range("top_p", self.top_p, |p| p > 0.0 && p <= 1.0, "must be in (0, 1]")?;
+        check_range("temperature", self.temperature, |t| t > 0.0, "must be > 0 (taming divides by it)")
+    }
+}
+
+/// The taming-transformers class-conditional ImageNet transformer (CompVis/taming-transformers,
+/// VQGAN f16-16384 + GPT): `taming-cin` and fixture configs.
+pub struct TamingFamily;
+
+impl ModelFamily for TamingFamily {
+    fn family(&self) -> Family {
+        Family::RasterAr
+    }
+    fn label(&self) -> &'static str {
+        "taming"
+    }
+    fn names(&self) -> &'static [&'static str] {
+        &["taming-cin"]
+    }
+    fn recognises_config(&self, v: &serde_json::Value) -> bool {
+        TamingConfig::is_reference_json(v)
+    }
+    fn check_settings(&self, settings: &RawSettings) -> std::result::Result<(), SettingsError> {
+        parse_settings::<TamingSettings>(settings).map(|_| ())
+    }
+    fn pixels_per_token(&self) -> usize {
+        TamingConfig::cin().vq.downsample_factor()
+    }
+    fn default_settings(&self, _name: &str) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(TamingSampling::default())?)
+    }
+    fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> Result<ResolvedModel> {
+        let (name, mut cfg, beside) = match config {
+            Some(v) => {
+                let cfg = TamingConfig::from_reference_json(v)?;
+                let name = req.model.clone().unwrap_or_else(|| format!("taming-{}x{}-custom", cfg.gpt.n_layer, cfg.gpt.n_embd));
+                (name, cfg, v["checkpoint"].as_str().map(|f| req.config_dir().join(f)))
+            }
+            None => (req.model.clone().context("taming: give a model name or a config")?, TamingConfig::cin(), None),
+        };
+        req.arch.refuse_unsupported("taming", &["depth", "width", "heads"])?;
+        req.arch.apply_shape(&mut cfg.gpt.n_layer, &mut cfg.gpt.n_embd, &mut cfg.gpt.n_head, None)?;
+        if let Some(px) = req.resolution.filter(|&px| px != cfg.image_size) {
+            bail!("taming-cin runs at {} px only (its GPT has learned positions for that grid), not {px}", cfg.image_size);
         }
-        if let Some(t) = s.temperature {
-            ensure!(t > 0.0 && t.is_finite(), "temperature must be > 0 (taming divides by it), got {t}");
-            self.temperature = t;
-        }
-        Ok(self)
+        let settings = parse_settings::<TamingSettings>(&req.settings).map_err(|e| anyhow::anyhow!("taming: {e}"))?;
+        let sampling = TamingSampling::default().with_settings(&settings);
+        // The VQGAN normally comes from the cin checkpoint itself (`first_stage_model.*`); --vae
+        // may give a separate vqgan_imagenet_f16_16384 file.
+        let paths = req.weight_paths((beside, None), ("last.ckpt (the cin transformer)", ""))?;
+        let (num_classes, image_size) = (cfg.n_classes, cfg.image_size);
+        let model_name = name.clone();
+        Ok(ResolvedModel::new(
+            name,
+            Family::RasterAr,
+            num_classes,
+            image_size,
+            serde_json::to_value(&sampling)?,
+            Box::new(move |device, dtype| {
+                let g = match &paths {
+                    Some((ckpt, vq)) => TamingGenerator::load(&model_name, cfg, ckpt, vq.as_deref(), sampling, device, dtype)?,
+                    None => TamingGenerator::random_init(&model_name, cfg, sampling, 0, device, dtype)?,
+                };
+                Ok(Box::new(g) as Box<dyn Generator>)
+            }),
+        ))
     }
 }
 
@@ -442,8 +516,8 @@ impl TamingGenerator {
         ckpt: &std::path::Path,
         vqgan_ckpt: Option<&std::path::Path>,
         sampling: TamingSampling,
-        dtype: DType,
         device: &Device,
+        dtype: DType,
     ) -> Result<Self> {
         cfg.validate()?;
         let w = StrictWeights::open(ckpt, &["state_dict", ""], &[], device)?;
@@ -479,7 +553,7 @@ impl TamingGenerator {
     }
 
     /// Random weights (`--random-init`), for timing and FLOP work; images are noise.
-    pub fn random_init(name: &str, cfg: TamingConfig, sampling: TamingSampling, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn random_init(name: &str, cfg: TamingConfig, sampling: TamingSampling, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
         let rnd = crate::checkpoint::RandomWeights::new(seed);
         Self::new(name, cfg, rnd.var_builder(dtype, device), rnd.var_builder(DType::F32, device), sampling)
     }

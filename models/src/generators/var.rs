@@ -20,6 +20,7 @@
 //! half is not computed.
 
 use crate::checkpoint::{get_buffer, StrictWeights};
+use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
     to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord,
@@ -568,33 +569,122 @@ impl Default for VarSampling {
 }
 
 impl VarSampling {
-    /// Applies the generic settings VAR understands; refuses the ones it cannot honour.
-    pub fn from_settings(s: &crate::generator::SamplerSettings) -> anyhow::Result<Self> {
-        let mut v = Self::default();
-        if let Some(c) = s.cfg {
-            ensure!(c >= 0.0 && c.is_finite(), "VAR: cfg must be a non-negative number, got {c}");
-            v.cfg = c;
+    /// The recipe with the settings that were given applied over it.
+    pub fn with_settings(self, s: &VarSettings) -> Self {
+        Self {
+            cfg: s.cfg.unwrap_or(self.cfg),
+            top_k: s.top_k.unwrap_or(self.top_k),
+            top_p: s.top_p.unwrap_or(self.top_p),
+            more_smooth: s.more_smooth.unwrap_or(self.more_smooth),
         }
-        if let Some(k) = s.top_k {
-            v.top_k = k;
+    }
+}
+
+/// VAR's sampler settings as written (absent = the README recipe, [`VarSampling::default`]).
+/// The guidance always ramps linearly over the scales and the step count is fixed by
+/// `patch_nums`, so there is nothing else to set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VarSettings {
+    /// Guidance scale at the last scale (the ramp's end).
+    pub cfg: Option<f64>,
+    /// Keep the k most likely tokens (0 = off).
+    pub top_k: Option<usize>,
+    /// Nucleus mass, VAR's rule (`1 - top_p` of the ascending cumsum removed).
+    pub top_p: Option<f64>,
+    /// Gumbel-softmax smoothing (visualisation only, not for FID).
+    pub more_smooth: Option<bool>,
+}
+
+impl crate::family::SamplerSettings for VarSettings {
+    fn validate(&self) -> std::result::Result<(), SettingsError> {
+        check_range("cfg", self.cfg, |c| c >= 0.0, "must be a non-negative number")?;
+        check_range("top_p", self.top_p, |p| (0.0..=1.0).contains(&p), "must lie in [0, 1]")
+    }
+}
+
+/// VAR's scale schedule for an output resolution: 256 and 512 px are the published schedules; a
+/// smaller side cuts the 256 px schedule after the scale whose side is `resolution / 16` (128 px =
+/// the first 7 scales, ending at 8x8), which is what a VAR trained at that size would run.
+pub fn patch_nums_for(resolution: usize) -> anyhow::Result<Vec<usize>> {
+    if resolution == 512 {
+        return Ok(PATCH_NUMS_512.to_vec());
+    }
+    let side = resolution / 16;
+    match PATCH_NUMS_256.iter().position(|&p| p == side) {
+        Some(i) if side * 16 == resolution => Ok(PATCH_NUMS_256[..=i].to_vec()),
+        _ => bail!("VAR: no scale schedule for {resolution} px (512, or 16 x one of the 256 px scales {:?})", PATCH_NUMS_256),
+    }
+}
+
+/// The VAR family (FoundationVision/VAR): `var-d16` ... `var-d36` and fixture configs.
+pub struct VarFamily;
+
+impl ModelFamily for VarFamily {
+    fn family(&self) -> Family {
+        Family::Var
+    }
+    fn label(&self) -> &'static str {
+        "VAR"
+    }
+    fn names(&self) -> &'static [&'static str] {
+        &VarConfig::PUBLISHED
+    }
+    fn recognises_config(&self, v: &serde_json::Value) -> bool {
+        v.get("VAR").is_some() && v.get("VQVAE").is_some()
+    }
+    fn check_settings(&self, settings: &RawSettings) -> std::result::Result<(), SettingsError> {
+        parse_settings::<VarSettings>(settings).map(|_| ())
+    }
+    fn pixels_per_token(&self) -> usize {
+        16
+    }
+    fn default_settings(&self, _name: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::to_value(VarSampling::default())?)
+    }
+    fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> anyhow::Result<ResolvedModel> {
+        let (name, mut cfg, mut vae_cfg) = match config {
+            Some(v) => {
+                let (cfg, vae) = VarConfig::from_reference_json(v)?;
+                (req.model.clone().unwrap_or_else(|| format!("var-d{}-custom", cfg.depth)), cfg, vae)
+            }
+            None => {
+                let name = req.model.clone().context("VAR: give a model name or a config")?;
+                let (cfg, vae) = VarConfig::published(&name).with_context(|| format!("not a VAR model: {name}"))?;
+                (name, cfg, vae)
+            }
+        };
+        // `adaln = false` (Table 3 row 2) would need a start-token-conditioned VAR, which this
+        // implementation does not have; refusing it is better than timing a different network.
+        req.arch.refuse_unsupported("VAR", &["depth", "width", "heads", "mlp_ratio", "attn_norm"])?;
+        req.arch.apply_shape(&mut cfg.depth, &mut cfg.embed_dim, &mut cfg.num_heads, Some(&mut cfg.mlp_ratio))?;
+        if let Some(norm) = req.arch.attn_norm {
+            cfg.attn_l2_norm = norm;
         }
-        if let Some(p) = s.top_p {
-            ensure!((0.0..=1.0).contains(&p), "VAR: top_p must lie in [0, 1], got {p}");
-            v.top_p = p;
+        if let Some(px) = req.resolution.filter(|&px| px != vae_cfg.image_size()) {
+            cfg.patch_nums = patch_nums_for(px)?;
+            vae_cfg = VarVqVaeConfig { patch_nums: cfg.patch_nums.clone(), ..vae_cfg };
         }
-        if let Some(m) = s.more_smooth {
-            v.more_smooth = m;
-        }
-        if let Some(t) = s.temperature {
-            ensure!(t == 1.0, "VAR's sampler has no temperature (got {t}); leave it unset");
-        }
-        if let Some(sched) = &s.cfg_schedule {
-            ensure!(sched == "linear", "VAR always ramps the guidance linearly (got cfg_schedule `{sched}`)");
-        }
-        ensure!(s.cfg_interval.is_none(), "VAR has no cfg_interval");
-        ensure!(s.num_iter.is_none() && s.num_sampling_steps.is_none(), "VAR's step count is fixed by patch_nums");
-        ensure!(s.strategy.is_none(), "VAR has no strategy setting");
-        Ok(v)
+        let settings = parse_settings::<VarSettings>(&req.settings).map_err(|e| anyhow::anyhow!("VAR: {e}"))?;
+        let sampling = VarSampling::default().with_settings(&settings);
+        let paths = req.weight_paths((None, None), ("var_dNN.pth", "vae_ch160v4096z32.pth"))?;
+        let (num_classes, image_size) = (cfg.num_classes, vae_cfg.image_size());
+        let model_name = name.clone();
+        Ok(ResolvedModel::new(
+            name,
+            Family::Var,
+            num_classes,
+            image_size,
+            serde_json::to_value(&sampling)?,
+            Box::new(move |device, dtype| {
+                let weights = match &paths {
+                    Some((var, Some(vae))) => VarWeights::Checkpoints { var, vae },
+                    _ => VarWeights::RandomInit,
+                };
+                let g = VarGenerator::load(&model_name, &cfg, &vae_cfg, weights, sampling, device, dtype)?;
+                Ok(Box::new(g) as Box<dyn Generator>)
+            }),
+        ))
     }
 }
 
@@ -963,10 +1053,21 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
-        use crate::generator::SamplerSettings;
-        let s = VarSampling::from_settings(&SamplerSettings { cfg: Some(4.0), top_k: Some(900), ..Default::default() }).unwrap();
+        let raw = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let s = parse_settings::<VarSettings>(&raw(serde_json::json!({"cfg": 4.0, "top_k": 900}))).unwrap();
+        let s = VarSampling::default().with_settings(&s);
         assert_eq!((s.cfg, s.top_k, s.top_p), (4.0, 900, 0.96));
-        assert!(VarSampling::from_settings(&SamplerSettings { temperature: Some(0.5), ..Default::default() }).is_err());
-        assert!(VarSampling::from_settings(&SamplerSettings { top_p: Some(1.5), ..Default::default() }).is_err());
+        let e = VarFamily.check_settings(&raw(serde_json::json!({"temperature": 0.5}))).unwrap_err();
+        assert_eq!(e.setting.as_deref(), Some("temperature"));
+        let e = VarFamily.check_settings(&raw(serde_json::json!({"top_p": 1.5}))).unwrap_err();
+        assert_eq!((e.setting.as_deref(), e.message.as_str()), (Some("top_p"), "1.5 must lie in [0, 1]"));
+    }
+
+    #[test]
+    fn scale_schedules_per_resolution() {
+        assert_eq!(patch_nums_for(128).unwrap(), [1, 2, 3, 4, 5, 6, 8]);
+        assert_eq!(patch_nums_for(64).unwrap(), [1, 2, 3, 4]);
+        assert_eq!(patch_nums_for(512).unwrap().last(), Some(&32));
+        assert!(patch_nums_for(112).unwrap_err().to_string().contains("112 px"));
     }
 }
