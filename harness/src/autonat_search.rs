@@ -42,7 +42,7 @@ use genbench_metrics::inception::weights::{default_cache_dir, WeightsSource};
 use genbench_metrics::npz;
 use genbench_metrics::stats::{FeatureStats, StatsAccumulator};
 use genbench_models::generator::{to_uint8_nhwc_from_unit, NoObserver};
-use genbench_models::generators::autonat::{autonat_model, AutoNat, AutoNatSpec};
+use genbench_models::generators::autonat::{autonat_model, AutoNatGenerator, AutoNatSpec};
 use genbench_models::generators::autonat_strategy::{ParamGroup, Strategy};
 use genbench_runtime::timer::Stopwatch;
 use genbench_runtime::{RandomSource, SeededSource};
@@ -360,7 +360,7 @@ pub fn run_search(
 /// FID of a strategy: generate `labels.len()` images with the same labels and the same random
 /// streams every time, extract Inception pool3 features, Fréchet distance to the reference.
 pub struct FidObjective<'a> {
-    pub generator: &'a mut AutoNat,
+    pub generator: &'a mut AutoNatGenerator,
     pub extractor: &'a InceptionExtractor,
     pub reference: &'a FeatureStats,
     pub labels: Vec<u32>,

@@ -151,12 +151,7 @@ fn step_records(family: &str, model: &str, batch: u32, log: &StepLog) -> Vec<Ste
             model: model.to_string(),
             batch,
             step: r.step as u32,
-            kind: match r.kind {
-                StepKind::Transformer => "transformer",
-                StepKind::DiffusionMlp => "diffusion_mlp",
-                StepKind::Decode => "decoder",
-            }
-            .to_string(),
+            kind: r.kind.name().to_string(),
             tokens: r.tokens_decoded as u64,
             attended: r.tokens_attended as u64,
             ms: r.wall.as_secs_f64() * 1e3,
@@ -740,7 +735,7 @@ fn write_plots(dir: &Path, results: &[RunResult], points: &[ProfilePoint]) -> Re
         }
         let Some(batch) = r.steps.iter().map(|s| s.batch).min() else { continue };
         drawn.push(&r.model);
-        steps.extend(r.steps.iter().filter(|s| s.batch == batch && s.kind != "decoder").cloned());
+        steps.extend(r.steps.iter().filter(|s| s.batch == batch && s.kind != StepKind::Decode.name()).cloned());
     }
     if !steps.is_empty() {
         for (stem, q) in [("step_time", StepQuantity::Milliseconds), ("step_gflop", StepQuantity::Gflop)] {

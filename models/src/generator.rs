@@ -54,6 +54,34 @@ pub trait StepObserver {
     fn on_step(&mut self, record: &StepRecord);
 }
 
+/// The size of one pass: a [`StepRecord`] but for its wall time.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSize {
+    pub step: usize,
+    pub kind: StepKind,
+    pub batch: usize,
+    pub tokens_decoded: usize,
+    pub tokens_attended: usize,
+    pub flops: f64,
+}
+
+/// Runs one pass between two device synchronisations (`runtime::timer::Stopwatch`, so an
+/// asynchronous launch is not mistaken for its run) and reports it to `observer` with its
+/// size: the one place every family's sampler loop records a step.
+pub fn record_step<T>(
+    observer: &mut dyn StepObserver,
+    device: &candle_core::Device,
+    size: StepSize,
+    pass: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let stopwatch = genbench_runtime::timer::Stopwatch::start(device)?;
+    let out = pass()?;
+    let wall = stopwatch.elapsed()?;
+    let StepSize { step, kind, batch, tokens_decoded, tokens_attended, flops } = size;
+    observer.on_step(&StepRecord { step, kind, batch, tokens_decoded, tokens_attended, wall, flops });
+    Ok(out)
+}
+
 /// Observer that ignores everything.
 pub struct NoObserver;
 impl StepObserver for NoObserver {
@@ -161,6 +189,24 @@ pub fn to_uint8_nhwc_from_unit(x: &candle_core::Tensor) -> Result<(Vec<u8>, usiz
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+    #[test]
+    fn record_step_reports_the_pass_with_its_wall_time() {
+        let mut log = StepLog::default();
+        let size = StepSize { step: 3, kind: StepKind::Decode, batch: 2, tokens_decoded: 0, tokens_attended: 0, flops: 5.0 };
+        let v = record_step(&mut log, &Device::Cpu, size, || {
+            std::thread::sleep(Duration::from_millis(2));
+            Ok(7)
+        })
+        .unwrap();
+        assert_eq!(v, 7);
+        let r = &log.records[0];
+        assert_eq!((log.records.len(), r.step, r.kind, r.batch, r.flops), (1, 3, StepKind::Decode, 2, 5.0));
+        assert!(r.wall >= Duration::from_millis(2));
+        // A failing pass is not reported.
+        assert!(record_step(&mut log, &Device::Cpu, size, || -> Result<()> { anyhow::bail!("no") }).is_err());
+        assert_eq!(log.records.len(), 1);
+    }
+
     #[test]
     fn step_kind_names_are_their_serde_names() {
         for kind in [StepKind::Transformer, StepKind::DiffusionMlp, StepKind::Decode] {

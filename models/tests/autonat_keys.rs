@@ -11,7 +11,7 @@ use candle_core::DType;
 use common::{fixture_dir, load_json};
 use genbench_models::checkpoint::{compare_keys, parse_key_list, KeyShape, ShapeRecorder};
 use genbench_models::generator::Generator;
-use genbench_models::generators::autonat::{AutoNat, AutoNatSpec, UViT, UViTConfig};
+use genbench_models::generators::autonat::{AutoNatGenerator, AutoNatSpec, UViT, UViTConfig};
 use genbench_models::generators::autonat_strategy::{mask_len, Strategy};
 use genbench_models::tokenizers::mage_vqgan::{MageVqgan, MageVqganConfig};
 use std::path::PathBuf;
@@ -122,7 +122,7 @@ fn autonat_l_flops_match_the_reference_summary() {
     let rec = ShapeRecorder::new();
     let net = UViT::load(&UViTConfig::autonat_l(), rec.var_builder(DType::F32)).unwrap();
     let vq = MageVqgan::load(&MageVqganConfig::maskgit_f16_256(), rec.var_builder(DType::F32)).unwrap();
-    let gen = AutoNat::new("autonat-l".into(), net, vq, "autonat-l-t8".into(), Strategy::autonat_l_t8()).unwrap();
+    let gen = AutoNatGenerator::new("autonat-l".into(), net, vq, "autonat-l-t8".into(), Strategy::autonat_l_t8()).unwrap();
     let f = gen.flops_per_image();
     let gf = |x: f64| x / 1e9;
     assert!((gf(UViTConfig::autonat_l().flops_per_forward()) - forward).abs() < 0.006, "one forward");

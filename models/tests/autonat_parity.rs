@@ -17,7 +17,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, D};
 use common::{assert_close, assert_same_ids, fixture_dir, load_io, load_json};
 use genbench_models::generator::NoObserver;
-use genbench_models::generators::autonat::{generate_tokens, load_uvit_file, AutoNat, AutoNatSpec, StepTrace, UViT};
+use genbench_models::generators::autonat::{generate_tokens, load_uvit_file, AutoNatGenerator, AutoNatSpec, StepTrace, UViT};
 use genbench_models::generators::autonat_strategy::{Strategy, TrainMaskSampler};
 use genbench_models::tokenizers::mage_vqgan::MageVqgan;
 use genbench_runtime::ReplaySource;
@@ -58,8 +58,8 @@ impl Fixture {
         let file = self.config["tokenizer"]["checkpoint"].as_str().unwrap();
         MageVqgan::load_file(&self.spec.tokenizer, &self.dir.join(file), DType::F32, &Device::Cpu).unwrap()
     }
-    fn generator(&self, strategy: Strategy) -> AutoNat {
-        AutoNat::new("fixture".into(), self.net(), self.vqgan(), "fixture".into(), strategy).unwrap()
+    fn generator(&self, strategy: Strategy) -> AutoNatGenerator {
+        AutoNatGenerator::new("fixture".into(), self.net(), self.vqgan(), "fixture".into(), strategy).unwrap()
     }
     fn runs(&self) -> Vec<(String, Value)> {
         self.config["runs"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()

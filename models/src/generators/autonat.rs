@@ -19,7 +19,7 @@ use crate::checkpoint::{RandomWeights, StrictWeights};
 use crate::family::{parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
-    to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver,
+    record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize,
     StepRecord,
 };
 use crate::nn::block::PreNormBlock;
@@ -552,7 +552,7 @@ impl AutoNatSpec {
     }
 
     /// Builds the generator on `device` in `dtype`.
-    pub fn build(&self, weights: &WeightSource, device: &Device, dtype: DType) -> Result<AutoNat> {
+    pub fn build(&self, weights: &WeightSource, device: &Device, dtype: DType) -> Result<AutoNatGenerator> {
         let (strategy_name, strategy) = self.resolve_strategy()?;
         let (net, tokenizer) = match weights {
             WeightSource::Files { nnet, vqgan } => (
@@ -564,7 +564,7 @@ impl AutoNatSpec {
                 (UViT::load(&self.net, vb.pp("nnet"))?, MageVqgan::load(&self.tokenizer, vb.pp("vqgan"))?)
             }
         };
-        AutoNat::new(self.name.clone(), net, tokenizer, strategy_name, strategy)
+        AutoNatGenerator::new(self.name.clone(), net, tokenizer, strategy_name, strategy)
     }
 }
 
@@ -707,7 +707,7 @@ pub fn load_uvit_file(cfg: &UViTConfig, path: &Path, dtype: DType, device: &Devi
 }
 
 /// The AutoNAT / MaskGIT generator: U-ViT, strategy, MAGE VQGAN decoder.
-pub struct AutoNat {
+pub struct AutoNatGenerator {
     name: String,
     net: UViT,
     tokenizer: MageVqgan,
@@ -716,7 +716,7 @@ pub struct AutoNat {
     device: Device,
 }
 
-/// The outputs of [`AutoNat::generate`].
+/// The outputs of [`AutoNatGenerator::generate`].
 pub struct Generated {
     /// Final token ids `(B * L)` (the last step's sampled ids).
     pub token_ids: Vec<u32>,
@@ -724,7 +724,7 @@ pub struct Generated {
     pub images: Tensor,
 }
 
-impl AutoNat {
+impl AutoNatGenerator {
     pub fn new(name: String, net: UViT, tokenizer: MageVqgan, strategy_name: String, strategy: Strategy) -> Result<Self> {
         ensure!(
             tokenizer.config().n_embed == net.config().codebook_size,
@@ -812,23 +812,23 @@ impl AutoNat {
             &mut guided,
             Some(&mut report),
         )?;
-        let sw = genbench_runtime::timer::Stopwatch::start(&self.device)?;
-        let ids = Tensor::from_slice(&token_ids, (batch, seq_len), &self.device)?;
-        let images = self.tokenizer.decode_code(&ids)?;
-        observer.on_step(&StepRecord {
+        let size = StepSize {
             step: self.strategy.steps(),
             kind: StepKind::Decode,
             batch,
             tokens_decoded: 0,
             tokens_attended: 0,
-            wall: sw.elapsed()?,
             flops: self.tokenizer.decoder_flops() * batch as f64,
-        });
+        };
+        let images = record_step(observer, &self.device, size, || {
+            let ids = Tensor::from_slice(&token_ids, (batch, seq_len), &self.device)?;
+            Ok(self.tokenizer.decode_code(&ids)?)
+        })?;
         Ok(Generated { token_ids, images })
     }
 }
 
-impl Generator for AutoNat {
+impl Generator for AutoNatGenerator {
     fn name(&self) -> &str {
         &self.name
     }

@@ -15,7 +15,7 @@
 use crate::checkpoint::StrictWeights;
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::generator::{
-    FlopsPerImage, Family, Generator, Samples, StepKind, StepObserver, StepRecord,
+    record_step, FlopsPerImage, Family, Generator, Samples, StepKind, StepObserver, StepSize,
 };
 use crate::nn::attention::{self, reset_layer_caches, KvCache, MultiHeadAttention};
 use crate::nn::cfg;
@@ -30,7 +30,6 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use genbench_runtime::rng::{RandomSource, SeededSource};
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
 
 /// `find_multiple(n, k)`: the smallest multiple of `k` that is >= `n`.
 fn find_multiple(n: usize, k: usize) -> usize {
@@ -674,39 +673,39 @@ impl LlamaGenGpt {
             if step >= 1 && s.cfg_interval > -1 && (step as i64 - 1) > s.cfg_interval {
                 cfg_flag = false;
             }
-            let t0 = Instant::now();
-            let x = if step == 0 {
-                self.class_embeddings(&input_ids)?.to_dtype(self.dtype)?
-            } else {
-                self.token_embeddings(&self.ids(&input_ids)?.unsqueeze(1)?)?
-            };
-            let (_, logits) = self.run(x, step, true)?;
-            let raw = logits.i((.., logits.dim(1)? - 1, ..))?; // (rows, V)
             let guided_now = use_cfg && cfg_flag;
-            let guided = if use_cfg {
-                let (c, u) = cfg::split_halves(&raw)?;
-                if guided_now {
-                    cfg::uncond_plus_scaled_diff(&c, &u, s.cfg_scale)?
-                } else {
-                    c
-                }
-            } else {
-                raw.clone()
-            };
-            // sample(): logits / max(temperature, 1e-5), top-k (ties kept), top-p (HF rule),
-            // softmax, multinomial.
-            let next = TokenSampler::hugging_face(s.temperature, s.top_k, s.top_p).sample(&guided, rng)?.to_vec1::<u32>()?;
-            self.device.synchronize()?;
-            let wall = t0.elapsed();
-            observer.on_step(&StepRecord {
+            let size = StepSize {
                 step,
                 kind: StepKind::Transformer,
                 batch: b,
                 tokens_decoded: 1,
                 tokens_attended: step + 1,
-                wall,
                 flops: rows as f64 * self.forward_flops(1, step + 1),
-            });
+            };
+            let device = self.device.clone();
+            let (raw, guided, next) = record_step(observer, &device, size, || {
+                // Forward: the class token (prefill) or the previous token, through the caches.
+                let x = if step == 0 {
+                    self.class_embeddings(&input_ids)?.to_dtype(self.dtype)?
+                } else {
+                    self.token_embeddings(&self.ids(&input_ids)?.unsqueeze(1)?)?
+                };
+                let (_, logits) = self.run(x, step, true)?;
+                let raw = logits.i((.., logits.dim(1)? - 1, ..))?; // (rows, V)
+                // Guide.
+                let guided = match (use_cfg, guided_now) {
+                    (true, true) => {
+                        let (c, u) = cfg::split_halves(&raw)?;
+                        cfg::uncond_plus_scaled_diff(&c, &u, s.cfg_scale)?
+                    }
+                    (true, false) => cfg::split_halves(&raw)?.0,
+                    (false, _) => raw.clone(),
+                };
+                // Sample (sample(): logits / max(temperature, 1e-5), top-k with ties kept, top-p
+                // by the HF rule, softmax, multinomial).
+                let next = TokenSampler::hugging_face(s.temperature, s.top_k, s.top_p).sample(&guided, rng)?.to_vec1::<u32>()?;
+                Ok((raw, guided, next))
+            })?;
             if let Some(tr) = trace.as_deref_mut() {
                 tr.push(StepTrace { raw_logits: raw, guided_logits: guided, guided: guided_now, input_ids: input_ids.clone(), input_pos: step });
             }
@@ -796,19 +795,19 @@ impl LlamaGenGenerator {
     /// Decodes token ids `(B, N)` to images in [-1, 1] `(B, 3, H, W)`, reporting a decode step.
     pub fn decode(&self, tokens: &[u32], batch: usize, step: usize, observer: &mut dyn StepObserver) -> Result<Tensor> {
         let g = self.cfg.gpt.grid();
-        let t0 = Instant::now();
-        let ids = Tensor::from_slice(tokens, (batch, g * g), self.gpt.device())?;
-        let img = self.vq.decode_code(&ids, g, g)?;
-        self.gpt.device().synchronize()?;
-        observer.on_step(&StepRecord {
+        let size = StepSize {
             step,
             kind: StepKind::Decode,
             batch,
             tokens_decoded: 0,
             tokens_attended: 0,
-            wall: t0.elapsed(),
             flops: batch as f64 * self.vq.decoder_flops(g, g),
-        });
+        };
+        let device = self.gpt.device().clone();
+        let img = record_step(observer, &device, size, || {
+            let ids = Tensor::from_slice(tokens, (batch, g * g), &device)?;
+            Ok(self.vq.decode_code(&ids, g, g)?)
+        })?;
         Ok(img)
     }
 }

@@ -14,7 +14,7 @@
 
 use super::mar_diffusion::{load_diffusion_head, DiffusionHead, DiffusionHeadConfig};
 use crate::generator::{
-    to_uint8_nhwc_rounded_from_signed, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver,
+    record_step, to_uint8_nhwc_rounded_from_signed, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize,
     StepRecord,
 };
 use crate::checkpoint::StrictWeights;
@@ -913,19 +913,16 @@ impl MarGenerator {
         observer: &mut dyn StepObserver,
     ) -> Result<(Tensor, Tensor)> {
         let latents = self.mar.sample_tokens(labels, &self.sampling, rng, observer)?;
-        let sw = Stopwatch::start(self.mar.device())?;
-        let images = self.vae.decode_tokens(&latents)?;
-        let wall = sw.elapsed()?;
         let (_, _, h, w) = latents.dims4()?;
-        observer.on_step(&StepRecord {
+        let size = StepSize {
             step: self.sampling.num_iter,
             kind: StepKind::Decode,
             batch: labels.len(),
             tokens_decoded: h * w,
             tokens_attended: 0,
-            wall,
             flops: labels.len() as f64 * self.vae.config().decode_flops((h, w)),
-        });
+        };
+        let images = record_step(observer, self.mar.device(), size, || Ok(self.vae.decode_tokens(&latents)?))?;
         Ok((latents, images))
     }
 }

@@ -12,8 +12,7 @@
 use crate::checkpoint::StrictWeights;
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::generator::{
-    to_uint8_nhwc_from_signed, FlopsPerImage, Family, Generator, Samples, StepKind, StepObserver,
-    StepRecord,
+    record_step, to_uint8_nhwc_from_signed, FlopsPerImage, Family, Generator, Samples, StepKind, StepObserver, StepSize,
 };
 use crate::nn::attention::{self, reset_layer_caches, KvCache, MultiHeadAttention};
 use crate::nn::linear::RowLinear;
@@ -26,7 +25,6 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 use genbench_runtime::rng::{RandomSource, SeededSource};
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
 
 /// minGPT's constructor arguments (`taming.modules.transformer.mingpt.GPT`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -453,28 +451,30 @@ impl TamingGpt {
         let mut out = vec![0u32; b * tokens];
         let mut input = labels.to_vec();
         for step in 0..tokens {
-            let t0 = Instant::now();
-            let ids = Tensor::new(input.as_slice(), &self.device)?.unsqueeze(1)?;
-            let x = self.embed(&ids, step)?;
-            let (_, logits) = self.run(x, step, true)?;
-            let last = logits.i((.., 0, ..))?;
-            // logits / temperature; the HF top-k + top-p filter only when top_k is given;
-            // softmax; multinomial.
-            let sampler = match s.top_k {
-                Some(k) => TokenSampler::hugging_face(s.temperature, k, s.top_p),
-                None => TokenSampler::hugging_face(s.temperature, 0, 1.0),
-            };
-            let next = sampler.sample(&last, rng)?.to_vec1::<u32>()?;
-            self.device.synchronize()?;
-            observer.on_step(&StepRecord {
+            let size = StepSize {
                 step,
                 kind: StepKind::Transformer,
                 batch: b,
                 tokens_decoded: 1,
                 tokens_attended: step + 1,
-                wall: t0.elapsed(),
                 flops: b as f64 * taming_forward_flops(&self.cfg, 1, step + 1),
-            });
+            };
+            let device = self.device.clone();
+            let (last, next) = record_step(observer, &device, size, || {
+                // Forward through the caches.
+                let ids = Tensor::new(input.as_slice(), &device)?.unsqueeze(1)?;
+                let x = self.embed(&ids, step)?;
+                let (_, logits) = self.run(x, step, true)?;
+                let last = logits.i((.., 0, ..))?;
+                // Sample (no guidance): logits / temperature; the HF top-k + top-p filter only
+                // when top_k is given; softmax; multinomial.
+                let sampler = match s.top_k {
+                    Some(k) => TokenSampler::hugging_face(s.temperature, k, s.top_p),
+                    None => TokenSampler::hugging_face(s.temperature, 0, 1.0),
+                };
+                let next = sampler.sample(&last, rng)?.to_vec1::<u32>()?;
+                Ok((last, next))
+            })?;
             if let Some(tr) = trace.as_deref_mut() {
                 tr.push(StepTrace { logits: last, input_ids: input.clone(), input_pos: step });
             }
@@ -613,19 +613,19 @@ impl Generator for TamingGenerator {
         let s = self.sampling.clone();
         let tokens = self.gpt.generate(labels, n, &s, &mut rng, observer, None)?;
         let g = self.cfg.grid();
-        let t0 = Instant::now();
-        let ids = Tensor::from_slice(&tokens, (labels.len(), n), self.gpt.device())?;
-        let img = self.vq.decode_code(&ids, g, g)?;
-        self.gpt.device().synchronize()?;
-        observer.on_step(&StepRecord {
+        let size = StepSize {
             step: n,
             kind: StepKind::Decode,
             batch: labels.len(),
             tokens_decoded: 0,
             tokens_attended: 0,
-            wall: t0.elapsed(),
             flops: labels.len() as f64 * self.vq.decoder_flops(g, g),
-        });
+        };
+        let device = self.gpt.device().clone();
+        let img = record_step(observer, &device, size, || {
+            let ids = Tensor::from_slice(&tokens, (labels.len(), n), &device)?;
+            Ok(self.vq.decode_code(&ids, g, g)?)
+        })?;
         // sample_fast.py: uint8((255 * (x + 1) / 2).clip(0, 255)), truncating: the ADM rule.
         let (images, n_img, height, width) = to_uint8_nhwc_from_signed(&img)?;
         Ok(Samples { images, n: n_img, height, width, token_ids: Some(tokens), latents: None })

@@ -23,7 +23,8 @@ use crate::checkpoint::{get_buffer, StrictWeights};
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
-    to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord,
+    record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord,
+    StepSize,
 };
 use crate::nn::adaln::AdaLnModulation;
 use crate::nn::attention::{block_causal_mask, KvCache, MultiHeadAttention, QkNorm, QkvProjection};
@@ -830,19 +831,11 @@ impl VarModel {
     pub fn decode(&self, f_hat: &Tensor, step: usize, observer: &mut dyn StepObserver) -> anyhow::Result<Tensor> {
         let dev = self.vae.device().clone();
         let b = f_hat.dim(0)?;
-        let sw = Stopwatch::start(&dev)?;
-        let img = ((self.vae.fhat_to_img(&f_hat.to_dtype(self.vae.quantize.codebook().embedding().dtype())?)? + 1.0)? * 0.5)?;
-        let wall = sw.elapsed()?;
-        observer.on_step(&StepRecord {
-            step,
-            kind: StepKind::Decode,
-            batch: b,
-            tokens_decoded: 0,
-            tokens_attended: 0,
-            wall,
-            flops: b as f64 * self.vae.decode_flops(),
-        });
-        Ok(img)
+        let size = StepSize { step, kind: StepKind::Decode, batch: b, tokens_decoded: 0, tokens_attended: 0, flops: b as f64 * self.vae.decode_flops() };
+        record_step(observer, &dev, size, || {
+            let f_hat = f_hat.to_dtype(self.vae.quantize.codebook().embedding().dtype())?;
+            Ok(((self.vae.fhat_to_img(&f_hat)? + 1.0)? * 0.5)?)
+        })
     }
 }
 
