@@ -217,6 +217,10 @@ fn signed(v: Option<f64>, percent: bool) -> String {
     }
 }
 
+fn seed_list(seeds: &[u64]) -> String {
+    seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// Escapes `|` so cell text cannot break a markdown table.
 fn cell(s: &str) -> String {
     s.replace('|', "\\|")
@@ -302,18 +306,38 @@ pub fn report_markdown(
         if rows.is_empty() {
             continue;
         }
+        if !r.spread.is_empty() {
+            md.push_str(&format!("Mean over {} seeds ({}), ± the sample standard deviation across them.\n\n", r.seeds.len(), seed_list(&r.seeds)));
+        }
         md.push_str("| metric | ours | published | Δ | Δ% | tolerance | result |\n|---|---|---|---|---|---|---|\n");
         for c in rows {
+            let ours = match (c.ours, r.spread.get(&c.metric)) {
+                (Some(v), Some(sd)) => format!("{} ± {}", format_sig(v, 4), format_sig(*sd, 2)),
+                _ => num(c.ours),
+            };
+            let verdict = match r.unavailable.get(&c.metric) {
+                Some(_) if c.ours.is_none() => "unavailable",
+                _ => c.verdict.label(),
+            };
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} |\n",
                 c.metric,
-                num(c.ours),
+                ours,
                 num(c.published),
                 signed(c.delta, false),
                 signed(c.rel_delta, true),
                 c.tolerance.map(Tolerance::describe).unwrap_or_else(|| "-".into()),
-                c.verdict.label()
+                verdict
             ));
+        }
+        for (m, why) in &r.unavailable {
+            md.push_str(&format!("\n{} unavailable: {}\n", m.label(), cell(why)));
+        }
+        if !r.warnings.is_empty() {
+            md.push_str("\nWarnings:\n\n");
+            for w in &r.warnings {
+                md.push_str(&format!("- {w}\n"));
+            }
         }
     }
 
