@@ -351,6 +351,78 @@ pub fn report_markdown(
     md
 }
 
+/// The end-of-suite verdicts: one line per run, and per published value a run was checked
+/// against; whether anything failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdicts {
+    pub lines: Vec<String>,
+    /// Runs that were attempted and failed.
+    pub failed_runs: usize,
+    /// Measured values outside their published tolerance.
+    pub failed_checks: usize,
+}
+
+impl Verdicts {
+    /// Nothing failed: skipped runs (missing inputs) and unavailable metrics do not fail a suite.
+    pub fn ok(&self) -> bool {
+        self.failed_runs == 0 && self.failed_checks == 0
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = String::from("Verdicts:\n");
+        for l in &self.lines {
+            s.push_str(&format!("  {l}\n"));
+        }
+        s.push_str(&format!(
+            "{} run(s) failed, {} check(s) outside tolerance.\n",
+            self.failed_runs, self.failed_checks
+        ));
+        s
+    }
+}
+
+/// Verdicts of every run: `pass` / `FAIL` per published value, `skipped` with the reason (the
+/// run's missing inputs, or why a metric was unavailable), `failed` with the error.
+pub fn verdicts(results: &[RunResult], comparisons: &[Comparison]) -> Verdicts {
+    let mut out = Verdicts { lines: Vec::new(), failed_runs: 0, failed_checks: 0 };
+    for r in results {
+        match &r.status {
+            RunStatus::Skipped { reason } => out.lines.push(format!("skipped  {}: {reason}", r.id)),
+            RunStatus::Failed { error } => {
+                out.failed_runs += 1;
+                out.lines.push(format!("failed   {}: {error}", r.id));
+            }
+            RunStatus::Completed => {
+                let checked: Vec<&Comparison> = comparisons.iter().filter(|c| c.run == r.id && c.published.is_some()).collect();
+                if checked.is_empty() {
+                    out.lines.push(format!("done     {}: nothing published to compare with", r.id));
+                }
+                for c in checked {
+                    let published = format!(
+                        "published {}{}",
+                        num(c.published),
+                        c.tolerance.map(|t| format!(" {}", t.describe())).unwrap_or_default()
+                    );
+                    let line = match (c.verdict, r.unavailable.get(&c.metric)) {
+                        (Verdict::Pass, _) => format!("pass     {} {}: {} ({published})", r.id, c.metric, num(c.ours)),
+                        (Verdict::Fail, _) => {
+                            out.failed_checks += 1;
+                            format!("FAIL     {} {}: {} ({published})", r.id, c.metric, num(c.ours))
+                        }
+                        (_, Some(why)) => format!("skipped  {} {}: unavailable: {why}", r.id, c.metric),
+                        _ => format!("skipped  {} {}: not measured", r.id, c.metric),
+                    };
+                    out.lines.push(line);
+                }
+                for (m, why) in r.unavailable.iter().filter(|(m, _)| !comparisons.iter().any(|c| c.run == r.id && c.metric == **m && c.published.is_some())) {
+                    out.lines.push(format!("skipped  {} {m}: unavailable: {why}", r.id));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Writes `manifest.json`, `metrics.csv`, `steps.csv` and `report.md` into `dir` (created if
 /// needed). Plots are expected under `dir/plots/` already; pass their titles and paths relative
 /// to `dir`.

@@ -17,11 +17,12 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device};
+use genbench_runtime::{DTypePolicy, DeviceChoice};
 use genbench_metrics::evaluate::{
     evaluate, resize_bicubic_torch_u8, EvalOptions, Evaluation, FeatureCollector, FeatureNeeds, FeatureSummary, ProgressLine, Reference,
 };
 use genbench_metrics::features::{ExtractorOptions, FeatureCache, Features, InceptionExtractor};
-use genbench_metrics::precision_recall::DistancePrecision;
+use genbench_metrics::precision_recall::{DistancePrecision, PrConfig};
 use genbench_models::generator::{Generator, StepKind, StepLog};
 
 use crate::fit::format_sig;
@@ -43,11 +44,16 @@ pub struct RunnerOptions {
     pub inception_cache: Option<PathBuf>,
     /// Print progress lines to stderr.
     pub verbose: bool,
+    /// Where generators and the Inception network run (`--device`).
+    pub device: DeviceChoice,
+    /// Overrides every run's dtype (`--dtype`); the runtime's dtype policy decides what the
+    /// device can run, and a refusal names the run.
+    pub dtype: Option<DTypePolicy>,
 }
 
 impl RunnerOptions {
-    pub fn new(results_root: impl Into<PathBuf>) -> Self {
-        Self { results_root: results_root.into(), only: Vec::new(), inception_cache: None, verbose: true }
+    pub fn new(results_root: impl Into<PathBuf>, device: DeviceChoice) -> Self {
+        Self { results_root: results_root.into(), only: Vec::new(), inception_cache: None, verbose: true, device, dtype: None }
     }
 }
 
@@ -110,12 +116,21 @@ fn log(opts: &RunnerOptions, msg: impl AsRef<str>) {
     }
 }
 
-fn candle_dtype(d: Dtype) -> DType {
+fn dtype_policy(d: Dtype) -> DTypePolicy {
     match d {
-        Dtype::F32 => DType::F32,
-        Dtype::F16 => DType::F16,
-        Dtype::Bf16 => DType::BF16,
+        Dtype::F32 => DTypePolicy::F32,
+        Dtype::F16 => DTypePolicy::F16,
+        Dtype::Bf16 => DTypePolicy::BF16,
     }
+}
+
+/// The dtype a run's generator uses on `device`: `--dtype` if given, else the run's own, as the
+/// runtime's dtype policy allows it (a refusal names the run).
+fn run_dtype(run_id: &str, model: &ModelSpec, device: &Device, dtype_override: Option<DTypePolicy>) -> Result<DType> {
+    let policy = dtype_override.unwrap_or_else(|| dtype_policy(model.dtype));
+    policy.compute_dtype(device).with_context(|| {
+        format!("run `{run_id}` asks for {} on {}", policy.name(), genbench_runtime::device::describe(device))
+    })
 }
 
 /// The registry request for a model spec, at `resolution`. `model` is a published name, or a
@@ -142,7 +157,7 @@ pub fn model_request(model: &ModelSpec, resolution: u32, suite_dir: &Path) -> Mo
     }
 }
 
-fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device: &Device) -> Result<Box<dyn Generator>> {
+fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn Generator>> {
     let resolved = resolve(&model_request(model, resolution, suite_dir))?;
     // The suite names the family for its tables; a model of another family is a suite mistake.
     ensure!(
@@ -152,7 +167,7 @@ fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device:
         family_name(resolved.family),
         family_name(model.family)
     );
-    resolved.build(device, candle_dtype(model.dtype))
+    resolved.build(device, dtype)
 }
 
 /// Converts the generator's step records into the report's, for one batch.
@@ -205,29 +220,32 @@ struct ProfileOutput {
 
 fn run_profile(run: &Run, model: &ModelSpec, seeds: &[u64], profile: &ProfileSettings, suite_dir: &Path, device: &Device, opts: &RunnerOptions) -> Result<ProfileOutput> {
     let family = family_name(model.family).to_string();
-    let seed = seeds.first().copied().unwrap_or(0);
+    let first_seed = seeds.first().copied().unwrap_or(0);
+    // Every seed's timed repeats count: the timings average over all of them.
+    let timed: Vec<u64> = seeds.iter().flat_map(|&s| (0..u64::from(profile.repeats.max(1))).map(move |r| s + 1000 + r)).collect();
     let mut points = Vec::new();
     let mut steps = Vec::new();
     let mut images = 0u64;
     let mut generator_settings = BTreeMap::new();
     let resolutions = profile_resolutions(model, profile);
+    let dtype = run_dtype(&run.id, model, device, opts.dtype)?;
     for &px in &resolutions {
-        let mut generator = build_generator(model, px, suite_dir, device).with_context(|| format!("building {} at {px} px", model.model))?;
+        let mut generator = build_generator(model, px, suite_dir, device, dtype).with_context(|| format!("building {} at {px} px", model.model))?;
         generator_settings.insert(px.to_string(), generator.settings());
         let flops = generator.flops_per_image();
         for &batch in &profile.batches {
             let labels = labels_for(0, batch as usize, generator.num_classes());
             for w in 0..profile.warmup {
-                generator.sample(&labels, seed + u64::from(w), &mut genbench_models::generator::NoObserver)?;
+                generator.sample(&labels, first_seed + u64::from(w), &mut genbench_models::generator::NoObserver)?;
             }
             let mut total = 0.0;
             let mut sampling_total = 0.0;
             let mut last_log = StepLog::default();
             let mut n_steps = 0;
-            for r in 0..profile.repeats.max(1) {
+            for &sample_seed in &timed {
                 let mut step_log = StepLog::default();
                 let t = Instant::now();
-                let s = generator.sample(&labels, seed + 1000 + u64::from(r), &mut step_log)?;
+                let s = generator.sample(&labels, sample_seed, &mut step_log)?;
                 total += t.elapsed().as_secs_f64();
                 sampling_total += step_log.records.iter().filter(|r| r.kind != StepKind::Decode).map(|r| r.wall.as_secs_f64()).sum::<f64>();
                 ensure!(s.n == batch as usize, "{}: asked for {batch} images, got {}", model.model, s.n);
@@ -235,8 +253,8 @@ fn run_profile(run: &Run, model: &ModelSpec, seeds: &[u64], profile: &ProfileSet
                 n_steps = step_log.records.iter().filter(|r| r.kind != StepKind::Decode).map(|r| r.step + 1).max().unwrap_or(0);
                 last_log = step_log;
             }
-            let sec_per_image = total / f64::from(profile.repeats.max(1)) / f64::from(batch);
-            let sampling_sec_per_image = sampling_total / f64::from(profile.repeats.max(1)) / f64::from(batch);
+            let sec_per_image = total / timed.len() as f64 / f64::from(batch);
+            let sampling_sec_per_image = sampling_total / timed.len() as f64 / f64::from(batch);
             log(
                 opts,
                 format!(
@@ -334,16 +352,14 @@ impl Scorer {
 
     /// The metric formulas' settings, with why IS is unavailable when the weights lack the
     /// classifier.
-    fn options(&mut self, evaluator: Evaluator, pr_precision: Option<DistancePrecision>, reference: &str) -> Result<EvalOptions> {
+    fn options(&mut self, evaluator: Evaluator, pr_distances: DistancePrecision, reference: &str) -> Result<EvalOptions> {
         let extractor = self.extractor(evaluator)?;
-        let mut options = EvalOptions {
+        let options = EvalOptions {
+            pr: PrConfig { precision: pr_distances, ..PrConfig::default() },
             no_logits_reason: (!extractor.has_logits()).then(|| extractor.no_fc_message().to_owned()),
             reference_label: reference.to_owned(),
             ..EvalOptions::default()
         };
-        if let Some(p) = pr_precision {
-            options.pr.precision = p;
-        }
         Ok(options)
     }
 
@@ -419,7 +435,7 @@ fn run_metric_check(
     images: &[crate::suite::PathSpec],
     split_at: usize,
     evaluator: Evaluator,
-    pr_precision: Option<DistancePrecision>,
+    pr_distances: DistancePrecision,
     scorer: &mut Scorer,
     counts: &mut CacheCounts,
 ) -> Result<CheckOutput> {
@@ -456,7 +472,7 @@ fn run_metric_check(
     };
     let reference = summarize(&all.slice(0, split_at), FeatureNeeds::reference(&run.metrics, &Default::default()))?;
     let samples = summarize(&all.slice(split_at, all.n), FeatureNeeds::samples(&run.metrics))?;
-    let options = scorer.options(evaluator, pr_precision, &format!("the first {split_at} images"))?;
+    let options = scorer.options(evaluator, pr_distances, &format!("the first {split_at} images"))?;
     let mut scored = Scored::default();
     scored.add(0, evaluate(&samples, Some(&reference), &run.metrics, &options)?);
     Ok(CheckOutput {
@@ -494,6 +510,7 @@ fn run_generate(
     seeds: &[u64],
     reference: Option<&crate::suite::PathSpec>,
     evaluator: Evaluator,
+    pr_distances: DistancePrecision,
     eval_resolution: Option<u32>,
     cache_root: &Path,
     suite_dir: &Path,
@@ -509,6 +526,7 @@ fn run_generate(
             weight_hashes.insert(role.to_string(), genbench_runtime::hash::sha256_file(&p)?);
         }
     }
+    let dtype = run_dtype(&run.id, model, device, opts.dtype)?;
     let sample_key = run.sample_cache_key(&weight_hashes).context("generate runs have a sample key")?;
     let sample_dir = cache_root.join(&sample_key);
     let image_metrics: Vec<Metric> = run.metrics.iter().copied().filter(|m| m.is_image_metric()).collect();
@@ -560,7 +578,7 @@ fn run_generate(
                 }
             } else {
                 if generator.is_none() {
-                    generator = Some(build_generator(model, model.resolution, suite_dir, device)?);
+                    generator = Some(build_generator(model, model.resolution, suite_dir, device, dtype)?);
                 }
                 let g = generator.as_mut().expect("built above");
                 let start = b * batch as usize;
@@ -607,7 +625,7 @@ fn run_generate(
             }
             let summary = collector.finish()?;
             let label = reference_summary.as_ref().map(|(p, _)| p.display().to_string()).unwrap_or_default();
-            let options = scorer.options(evaluator, None, &label)?;
+            let options = scorer.options(evaluator, pr_distances, &label)?;
             scored.add(seed, evaluate(&summary, reference_summary.as_ref().map(|(_, s)| s), &image_metrics, &options)?);
         }
     }
@@ -617,7 +635,7 @@ fn run_generate(
         let g = match generator.as_ref() {
             Some(g) => g,
             None => {
-                generator = Some(build_generator(model, model.resolution, suite_dir, device)?);
+                generator = Some(build_generator(model, model.resolution, suite_dir, device, dtype)?);
                 generator.as_ref().expect("built")
             }
         };
@@ -652,7 +670,7 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
     let started = SystemTime::now();
     let dir = results_dir(&opts.results_root, &suite.name, started);
     let cache_root = opts.results_root.join(&suite.name).join("cache");
-    let device = Device::Cpu;
+    let device = opts.device.open()?;
     let suite_dir = suite.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut scorer = Scorer { weights_dir: opts.inception_cache.clone(), device: device.clone(), cache: FeatureCache::in_folder(&cache_root), adm: None };
     let mut counts = CacheCounts::default();
@@ -682,13 +700,13 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
                     result.seeds = seeds.clone();
                     profile_points.extend(out.points);
                 }
-                Task::MetricCheck { images, split_at, evaluator } => {
-                    let out = run_metric_check(run, images, *split_at, *evaluator, None, &mut scorer, &mut counts)?;
+                Task::MetricCheck { images, split_at, evaluator, pr_distances } => {
+                    let out = run_metric_check(run, images, *split_at, *evaluator, *pr_distances, &mut scorer, &mut counts)?;
                     result.images = out.images;
                     result.settings = out.settings;
                     record_scored(&mut result, out.scored);
                 }
-                Task::Generate { model: spec, samples, batch, seeds, reference, evaluator, eval_resolution } => {
+                Task::Generate { model: spec, samples, batch, seeds, reference, evaluator, pr_distances, eval_resolution } => {
                     let out = run_generate(
                         run,
                         spec,
@@ -697,6 +715,7 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
                         seeds,
                         reference.as_ref(),
                         *evaluator,
+                        *pr_distances,
                         *eval_resolution,
                         &cache_root,
                         &suite_dir,
@@ -904,15 +923,15 @@ pub struct PlanRow {
 
 /// The plan of `--dry-run`: per run, analytic FLOPs (built with random weights: the FLOP count
 /// depends on shapes only) and an estimated time = FLOPs / the probed matmul throughput.
-pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64) -> Result<Vec<PlanRow>> {
-    let device = Device::Cpu;
+pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64, device: &Device, dtype_override: Option<DTypePolicy>) -> Result<Vec<PlanRow>> {
     let suite_dir = suite.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut rows = Vec::new();
     for run in suite.select(only).map_err(anyhow::Error::msg)? {
         let missing = run.missing_inputs();
         let (kind, images_by_px): (&'static str, Vec<(u32, u64)>) = match &run.task {
-            Task::Profile { model, profile, .. } => {
-                let per_px: u64 = profile.batches.iter().map(|&b| u64::from(b) * u64::from(profile.warmup + profile.repeats.max(1))).sum();
+            Task::Profile { model, profile, seeds } => {
+                let calls = u64::from(profile.warmup) + u64::from(profile.repeats.max(1)) * seeds.len().max(1) as u64;
+                let per_px: u64 = profile.batches.iter().map(|&b| u64::from(b) * calls).sum();
                 ("profile", profile_resolutions(model, profile).into_iter().map(|px| (px, per_px)).collect())
             }
             Task::Generate { model, samples, .. } => ("generate", vec![(model.resolution, *samples)]),
@@ -934,8 +953,9 @@ pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64) -> Result<Vec<Pla
             random.weights = Weights::Random;
             let mut total = 0.0;
             let mut ok = true;
+            let dtype = run_dtype(&run.id, spec, device, dtype_override);
             for (px, n) in &images_by_px {
-                match build_generator(&random, *px, &suite_dir, &device) {
+                match dtype.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|d| build_generator(&random, *px, &suite_dir, device, *d)) {
                     Ok(g) => {
                         let gflop = g.flops_per_image().total() / 1e9;
                         if *px == spec.resolution || row.gflop_per_image.is_none() {

@@ -52,6 +52,7 @@ pub enum RunKind {
 
 /// The workspace's one metric vocabulary (image metrics and cost metrics).
 pub use genbench_metrics::evaluate::Metric;
+pub use genbench_metrics::precision_recall::DistancePrecision;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -145,6 +146,8 @@ struct RunTable {
     metrics: Option<Vec<Metric>>,
     reference: Option<String>,
     evaluator: Option<Evaluator>,
+    /// Arithmetic of precision/recall's distances (default ADM's fp16).
+    pr_distances: Option<DistancePrecision>,
     relative_to: Option<String>,
     images: Option<Vec<String>>,
     split_at: Option<usize>,
@@ -224,6 +227,7 @@ impl RunTable {
                 d.samples = None;
                 d.eval_resolution = None;
                 d.evaluator = None;
+                d.pr_distances = None;
                 d.images = None;
                 d.split_at = None;
             }
@@ -239,8 +243,8 @@ impl RunTable {
     fn with_defaults(mut self, all_defaults: &RunTable) -> RunTable {
         let d = &all_defaults.defaults_for(self.kind.or(all_defaults.kind).unwrap_or_default());
         merge_fields!(self, d; kind, family, model, checkpoint, tokenizer, random_weights, resolution,
-            eval_resolution, dtype, samples, batch, seeds, metrics, reference, evaluator, relative_to,
-            images, split_at);
+            eval_resolution, dtype, samples, batch, seeds, metrics, reference, evaluator, pr_distances,
+            relative_to, images, split_at);
         self.sampler = match (self.sampler.take(), &d.sampler) {
             (Some(mut s), Some(ds)) => {
                 merge_fields!(s, ds; cfg, cfg_schedule, cfg_interval, top_k, top_p, temperature, more_smooth, num_iter,
@@ -339,6 +343,7 @@ pub enum Task {
         seeds: Vec<u64>,
         reference: Option<PathSpec>,
         evaluator: Evaluator,
+        pr_distances: DistancePrecision,
         /// Images are resized to this before scoring (LlamaGen's 384 -> 256 protocol).
         eval_resolution: Option<u32>,
     },
@@ -352,6 +357,8 @@ pub enum Task {
         /// The first `split_at` images are the reference set, the rest the samples.
         split_at: usize,
         evaluator: Evaluator,
+        /// Golden values computed in float32 (numpy) need `f32` here.
+        pr_distances: DistancePrecision,
     },
 }
 
@@ -999,6 +1006,7 @@ impl Validator<'_> {
             seeds: seeds?,
             reference,
             evaluator: t.evaluator.unwrap_or_default(),
+            pr_distances: t.pr_distances.unwrap_or(DistancePrecision::Fp16Adm),
             eval_resolution: t.eval_resolution,
         })
     }
@@ -1015,6 +1023,7 @@ impl Validator<'_> {
                 ("split_at", t.split_at.is_some()),
                 ("samples", t.samples.is_some()),
                 ("eval_resolution", t.eval_resolution.is_some()),
+                ("pr_distances", t.pr_distances.is_some()),
             ],
         );
         let p = t.profile.clone().unwrap_or_default();
@@ -1095,6 +1104,7 @@ impl Validator<'_> {
             images,
             split_at: split_at?,
             evaluator: t.evaluator.unwrap_or_default(),
+            pr_distances: t.pr_distances.unwrap_or(DistancePrecision::Fp16Adm),
         })
     }
 

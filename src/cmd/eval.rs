@@ -20,7 +20,8 @@ use genbench_metrics::kid::KidConfig;
 use genbench_metrics::npz;
 use genbench_metrics::precision_recall::{DistancePrecision, PrConfig};
 use genbench_metrics::preprocess::Preprocess;
-use genbench_runtime::device::DeviceChoice;
+
+use super::DeviceArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
@@ -68,9 +69,8 @@ pub struct ExtractorArgs {
     /// Resize/normalisation convention: adm (TF1 bilinear), clean (Pillow bicubic) or pytorch.
     #[arg(long, default_value = "adm")]
     pub preprocess: Preprocess,
-    /// cpu, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Images per forward pass.
     #[arg(long, default_value_t = 50)]
     pub batch_size: usize,
@@ -88,13 +88,14 @@ fn parse_pr_precision(s: &str) -> Result<DistancePrecision, String> {
     }
 }
 
-fn make_extractor(args: &ExtractorArgs) -> Result<InceptionExtractor> {
+fn make_extractor(args: &ExtractorArgs, command: &str) -> Result<InceptionExtractor> {
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    args.device.require_f32(command)?;
     let weights = match &args.inception_weights {
         Some(path) => WeightsSource::File(path.clone()),
         None => WeightsSource::Default,
     };
-    let device = args.device.open()?;
+    let device = args.device.device.open()?;
     InceptionExtractor::new(ExtractorOptions { preprocess: args.preprocess, device, batch_size: args.batch_size, weights })
         .context("cannot set up the Inception feature extractor")
 }
@@ -180,7 +181,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         check_output_dir(out)?;
     }
 
-    let extractor = make_extractor(&args.extractor)?;
+    let extractor = make_extractor(&args.extractor, "eval")?;
     let batch = args.extractor.batch_size;
     let sample_summary =
         collect_features(&extractor, None, &samples, FeatureNeeds::samples(&metrics), batch, &mut *progress("samples", n_samples))?;
@@ -245,7 +246,7 @@ fn eval_report(
         "settings": {
             "metrics": metrics,
             "preprocess": args.extractor.preprocess.to_string(),
-            "device": args.extractor.device.to_string(),
+            "device": args.extractor.device.device.to_string(),
             "batch_size": args.extractor.batch_size,
             "pr": options.pr,
             "is_split_size": options.is_split_size,
@@ -284,7 +285,7 @@ pub fn run_stats(args: StatsArgs) -> Result<()> {
     let n = source.info().n;
     ensure!(n >= 2, "{}: {n} image(s); statistics need at least 2", args.input.display());
     check_output_dir(&args.out)?;
-    let extractor = make_extractor(&args.extractor)?;
+    let extractor = make_extractor(&args.extractor, "stats")?;
     let needs = FeatureNeeds { pool_stats: true, spatial_stats: true, ..FeatureNeeds::default() };
     let summary = collect_features(&extractor, None, &source, needs, args.extractor.batch_size, &mut *progress("images", n))?;
     let pool = summary.pool_stats.context("internal: pool statistics missing")?;
