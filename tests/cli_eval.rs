@@ -267,3 +267,82 @@ fn end_to_end_eval_and_stats() {
         assert!(v.abs() < 1e-4, "{key} of a set against its own statistics: {v}");
     }
 }
+
+/// A metric-check suite over the Inception fixture images, checked against `golden` (a JSON
+/// file with `fid`, `precision`, `recall`), plus a run whose images do not exist.
+fn verdict_suite(dir: &Path, file: &str, golden: &Value) -> PathBuf {
+    let fixtures = fixture_dir();
+    let images: Vec<String> = ["photos128", "photos299", "photos512", "gray64"]
+        .iter()
+        .map(|g| format!("\"{}\"", fixtures.join(format!("{g}_images.npy")).display()))
+        .collect();
+    let golden_path = dir.join(format!("{file}.json"));
+    std::fs::write(&golden_path, golden.to_string()).unwrap();
+    let text = format!(
+        r#"
+[suite]
+name = "verdicts"
+
+[[run]]
+id = "self-check"
+kind = "metric_check"
+images = [{images}]
+split_at = 18
+metrics = ["fid", "precision", "recall", "is"]
+pr_distances = "f32"
+[run.published]
+json = "{golden}"
+tolerance.fid = {{ abs = 1e-3, pointer = "/fid" }}
+tolerance.precision = {{ abs = 1e-6, pointer = "/precision" }}
+tolerance.recall = {{ abs = 1e-6, pointer = "/recall" }}
+
+[[run]]
+id = "missing-images"
+kind = "metric_check"
+images = ["{missing}"]
+split_at = 1
+metrics = ["fid"]
+"#,
+        images = images.join(", "),
+        golden = golden_path.display(),
+        missing = dir.join("nowhere/x_images.npy").display(),
+    );
+    let path = dir.join(format!("{file}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn suite_exit_code_follows_the_verdicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let golden: Value = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("golden.json")).unwrap()).unwrap();
+    let good = serde_json::json!({
+        "fid": golden["fid_real_split"]["fid_sqrtm"],
+        "precision": golden["precision_recall_real_split"]["precision"],
+        "recall": golden["precision_recall_real_split"]["recall"],
+    });
+    let results = tmp.path().join("results");
+    let run = |suite: &Path| genbench(&["suite", arg(suite), "--results", arg(&results), "--device", "cpu"]);
+
+    // Every check within tolerance, one run skipped for its missing input: success, with the
+    // verdicts printed and the path that was looked for.
+    let out = run(&verdict_suite(tmp.path(), "good", &good));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for needle in ["Verdicts:", "pass     self-check fid", "pass     self-check precision", "pass     self-check recall", "skipped  missing-images", "nowhere/x_images.npy"] {
+        assert!(stdout.contains(needle), "stdout lacks {needle:?}: {stdout}");
+    }
+    // IS is computed, or reported unavailable with the reason; FID and the rest are kept.
+    assert!(stdout.contains("self-check is: unavailable: ") || !stdout.contains("unavailable"), "{stdout}");
+
+    // A check outside its tolerance: the suite still reports everything, then exits non-zero.
+    let mut bad = good.clone();
+    bad["fid"] = serde_json::json!(good["fid"].as_f64().unwrap() + 10.0);
+    let out = run(&verdict_suite(tmp.path(), "bad", &bad));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.contains("FAIL     self-check fid") && stdout.contains("pass     self-check precision"), "{stdout}");
+    assert!(stderr.contains("1 check(s) came out outside their tolerance"), "{stderr}");
+}

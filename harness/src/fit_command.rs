@@ -24,8 +24,11 @@ pub struct FitRequest {
     /// Fit the lower envelope of loss over compute across all rows (VAR Fig. 6, `C_min`).
     pub frontier: bool,
     /// Where to write the plot: this path's extension is replaced by `png` and `svg`. `None`
-    /// writes next to the log ([`default_plot_path`]).
+    /// writes into `out_dir` ([`default_plot_path`]).
     pub plot: Option<PathBuf>,
+    /// Folder of the outputs (the `--out` file's folder); `None` = the current directory. The
+    /// log's own folder is never written to: it may be read-only or shared.
+    pub out_dir: Option<PathBuf>,
     pub no_plot: bool,
 }
 
@@ -72,11 +75,11 @@ pub const FRONTIER_DEFINITION: &str =
 pub const BETA_CI_METHOD: &str =
     "delta method on ln(beta) = c/alpha with the full (c, alpha) covariance, Student t with n-2 dof, mapped back by exp";
 
-/// `<log dir>/<log stem>.fit-<y>-vs-<x>[-frontier].png` (the SVG goes beside it).
-pub fn default_plot_path(log: &Path, x: &str, y: &str, frontier: bool) -> PathBuf {
+/// `<out_dir>/<log stem>.fit-<y>-vs-<x>[-frontier].png` (the SVG goes beside it).
+pub fn default_plot_path(out_dir: &Path, log: &Path, x: &str, y: &str, frontier: bool) -> PathBuf {
     let stem = log.file_stem().and_then(|s| s.to_str()).unwrap_or("log");
     let suffix = if frontier { "-frontier" } else { "" };
-    log.with_file_name(format!("{stem}.fit-{}-vs-{}{suffix}.png", sanitize(y), sanitize(x)))
+    out_dir.join(format!("{stem}.fit-{}-vs-{}{suffix}.png", sanitize(y), sanitize(x)))
 }
 
 fn sanitize(s: &str) -> String {
@@ -131,7 +134,7 @@ pub fn run(req: &FitRequest) -> Result<FitOutcome> {
         let stem = req
             .plot
             .clone()
-            .unwrap_or_else(|| default_plot_path(&req.log, &names.x, &names.y, req.frontier));
+            .unwrap_or_else(|| default_plot_path(req.out_dir.as_deref().unwrap_or(Path::new(".")), &req.log, &names.x, &names.y, req.frontier));
         let title = format!(
             "{} vs {} ({})",
             names.y,
@@ -280,14 +283,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_plot_name_sits_next_to_the_log() {
+    fn default_plot_name_sits_in_the_output_folder() {
         assert_eq!(
-            default_plot_path(Path::new("logs/sweep.csv"), "params", "loss_last", false),
-            PathBuf::from("logs/sweep.fit-loss_last-vs-params.png")
+            default_plot_path(Path::new("out"), Path::new("logs/sweep.csv"), "params", "loss_last", false),
+            PathBuf::from("out/sweep.fit-loss_last-vs-params.png")
         );
         assert_eq!(
-            default_plot_path(Path::new("run.jsonl"), "compute", "loss", true),
-            PathBuf::from("run.fit-loss-vs-compute-frontier.png")
+            default_plot_path(Path::new("."), Path::new("data/run.jsonl"), "compute", "loss", true),
+            PathBuf::from("./run.fit-loss-vs-compute-frontier.png")
         );
     }
 }

@@ -64,12 +64,12 @@ pub struct QuickstartSummary {
     pub text: String,
 }
 
-/// Runs the embedded quickstart suite into `results_root` and summarises it.
-pub fn run_quickstart(results_root: &Path, inception_cache: Option<PathBuf>, verbose: bool) -> Result<QuickstartSummary> {
+/// Runs the embedded quickstart suite as `opts` say (results root, device, dtype) and
+/// summarises it.
+pub fn run_quickstart(opts: &RunnerOptions) -> Result<QuickstartSummary> {
     let path = default_suite_path();
     let suite = Suite::parse(&path, QUICKSTART_SUITE, &|name| std::env::var(name).ok()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let opts = RunnerOptions { results_root: results_root.to_path_buf(), only: Vec::new(), inception_cache, verbose };
-    let outcome = run_suite(&suite, &opts)?;
+    let outcome = run_suite(&suite, opts)?;
     let profile_points: Vec<&ProfilePoint> = outcome.profile.iter().filter(|p| p.run.starts_with("profile-")).collect();
     let (baseline, ratios) = speed_ratios(&profile_points);
     let exponents = cost_exponents(&outcome.profile);

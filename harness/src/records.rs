@@ -73,6 +73,29 @@ pub struct RunResult {
     /// SHA-256 of each weight file used, keyed by its role (`checkpoint`, `tokenizer`, ...).
     pub weight_hashes: BTreeMap<String, String>,
     pub steps: Vec<StepRecord>,
+    /// Spread of each metric measured over several seeds: the sample standard deviation (N-1)
+    /// of the per-seed values, whose mean is in `metrics`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub spread: BTreeMap<Metric, f64>,
+    /// Image-metric evaluations, one per seed, with the diagnostics `genbench eval` reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evaluations: Vec<SeedEvaluation>,
+    /// Metrics the run asked for that could not be computed, with the reason (e.g. IS with
+    /// Inception weights that lack the classifier); the run's other metrics are kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unavailable: BTreeMap<Metric, String>,
+    /// Conditions a reader should know about (rank-deficient covariances, fp16 fall-backs, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One seed's image-metric evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedEvaluation {
+    pub seed: u64,
+    pub values: BTreeMap<Metric, f64>,
+    /// [`genbench_metrics::evaluate::Diagnostics`] as JSON.
+    pub diagnostics: serde_json::Value,
 }
 
 impl RunResult {
@@ -90,6 +113,10 @@ impl RunResult {
             settings: serde_json::Value::Null,
             weight_hashes: BTreeMap::new(),
             steps: Vec::new(),
+            spread: BTreeMap::new(),
+            evaluations: Vec::new(),
+            unavailable: BTreeMap::new(),
+            warnings: Vec::new(),
         }
     }
 }

@@ -217,6 +217,10 @@ fn signed(v: Option<f64>, percent: bool) -> String {
     }
 }
 
+fn seed_list(seeds: &[u64]) -> String {
+    seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// Escapes `|` so cell text cannot break a markdown table.
 fn cell(s: &str) -> String {
     s.replace('|', "\\|")
@@ -302,18 +306,38 @@ pub fn report_markdown(
         if rows.is_empty() {
             continue;
         }
+        if !r.spread.is_empty() {
+            md.push_str(&format!("Mean over {} seeds ({}), ± the sample standard deviation across them.\n\n", r.seeds.len(), seed_list(&r.seeds)));
+        }
         md.push_str("| metric | ours | published | Δ | Δ% | tolerance | result |\n|---|---|---|---|---|---|---|\n");
         for c in rows {
+            let ours = match (c.ours, r.spread.get(&c.metric)) {
+                (Some(v), Some(sd)) => format!("{} ± {}", format_sig(v, 4), format_sig(*sd, 2)),
+                _ => num(c.ours),
+            };
+            let verdict = match r.unavailable.get(&c.metric) {
+                Some(_) if c.ours.is_none() => "unavailable",
+                _ => c.verdict.label(),
+            };
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} |\n",
                 c.metric,
-                num(c.ours),
+                ours,
                 num(c.published),
                 signed(c.delta, false),
                 signed(c.rel_delta, true),
                 c.tolerance.map(Tolerance::describe).unwrap_or_else(|| "-".into()),
-                c.verdict.label()
+                verdict
             ));
+        }
+        for (m, why) in &r.unavailable {
+            md.push_str(&format!("\n{} unavailable: {}\n", m.label(), cell(why)));
+        }
+        if !r.warnings.is_empty() {
+            md.push_str("\nWarnings:\n\n");
+            for w in &r.warnings {
+                md.push_str(&format!("- {w}\n"));
+            }
         }
     }
 
@@ -325,6 +349,78 @@ pub fn report_markdown(
     }
     md.push_str("\nFiles: `metrics.csv` (every metric at full precision), `steps.csv` (per-step time and FLOPs), `manifest.json` (versions, machine, settings, seeds, weight hashes).\n");
     md
+}
+
+/// The end-of-suite verdicts: one line per run, and per published value a run was checked
+/// against; whether anything failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdicts {
+    pub lines: Vec<String>,
+    /// Runs that were attempted and failed.
+    pub failed_runs: usize,
+    /// Measured values outside their published tolerance.
+    pub failed_checks: usize,
+}
+
+impl Verdicts {
+    /// Nothing failed: skipped runs (missing inputs) and unavailable metrics do not fail a suite.
+    pub fn ok(&self) -> bool {
+        self.failed_runs == 0 && self.failed_checks == 0
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = String::from("Verdicts:\n");
+        for l in &self.lines {
+            s.push_str(&format!("  {l}\n"));
+        }
+        s.push_str(&format!(
+            "{} run(s) failed, {} check(s) outside tolerance.\n",
+            self.failed_runs, self.failed_checks
+        ));
+        s
+    }
+}
+
+/// Verdicts of every run: `pass` / `FAIL` per published value, `skipped` with the reason (the
+/// run's missing inputs, or why a metric was unavailable), `failed` with the error.
+pub fn verdicts(results: &[RunResult], comparisons: &[Comparison]) -> Verdicts {
+    let mut out = Verdicts { lines: Vec::new(), failed_runs: 0, failed_checks: 0 };
+    for r in results {
+        match &r.status {
+            RunStatus::Skipped { reason } => out.lines.push(format!("skipped  {}: {reason}", r.id)),
+            RunStatus::Failed { error } => {
+                out.failed_runs += 1;
+                out.lines.push(format!("failed   {}: {error}", r.id));
+            }
+            RunStatus::Completed => {
+                let checked: Vec<&Comparison> = comparisons.iter().filter(|c| c.run == r.id && c.published.is_some()).collect();
+                if checked.is_empty() {
+                    out.lines.push(format!("done     {}: nothing published to compare with", r.id));
+                }
+                for c in checked {
+                    let published = format!(
+                        "published {}{}",
+                        num(c.published),
+                        c.tolerance.map(|t| format!(" {}", t.describe())).unwrap_or_default()
+                    );
+                    let line = match (c.verdict, r.unavailable.get(&c.metric)) {
+                        (Verdict::Pass, _) => format!("pass     {} {}: {} ({published})", r.id, c.metric, num(c.ours)),
+                        (Verdict::Fail, _) => {
+                            out.failed_checks += 1;
+                            format!("FAIL     {} {}: {} ({published})", r.id, c.metric, num(c.ours))
+                        }
+                        (_, Some(why)) => format!("skipped  {} {}: unavailable: {why}", r.id, c.metric),
+                        _ => format!("skipped  {} {}: not measured", r.id, c.metric),
+                    };
+                    out.lines.push(line);
+                }
+                for (m, why) in r.unavailable.iter().filter(|(m, _)| !comparisons.iter().any(|c| c.run == r.id && c.metric == **m && c.published.is_some())) {
+                    out.lines.push(format!("skipped  {} {m}: unavailable: {why}", r.id));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Writes `manifest.json`, `metrics.csv`, `steps.csv` and `report.md` into `dir` (created if

@@ -17,14 +17,19 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device};
-use genbench_metrics::features::{ExtractorOptions, Features, InceptionExtractor};
+use genbench_runtime::{DTypePolicy, DeviceChoice};
+use genbench_metrics::evaluate::{
+    evaluate, resize_bicubic_torch_u8, EvalOptions, Evaluation, FeatureCollector, FeatureNeeds, FeatureSummary, ProgressLine, Reference,
+};
+use genbench_metrics::features::{ExtractorOptions, FeatureCache, Features, InceptionExtractor};
+use genbench_metrics::precision_recall::{DistancePrecision, PrConfig};
 use genbench_models::generator::{Generator, StepKind, StepLog};
 
 use crate::fit::format_sig;
 use crate::manifest::{git_state, results_dir, Machine, Manifest};
 use crate::model_registry::{resolve, ModelRequest};
 use crate::plots::{per_step_chart, resolution_chart, write_atomically, write_chart, ResolutionPoint, StepQuantity};
-use crate::records::{RunResult, RunStatus, StepRecord};
+use crate::records::{RunResult, RunStatus, SeedEvaluation, StepRecord};
 use crate::report::{derive_relative_metrics, write_results, Comparison};
 use crate::suite::{family_name, Dtype, Evaluator, Metric, ModelSpec, ProfileSettings, Run, Suite, Task, Weights};
 
@@ -39,11 +44,16 @@ pub struct RunnerOptions {
     pub inception_cache: Option<PathBuf>,
     /// Print progress lines to stderr.
     pub verbose: bool,
+    /// Where generators and the Inception network run (`--device`).
+    pub device: DeviceChoice,
+    /// Overrides every run's dtype (`--dtype`); the runtime's dtype policy decides what the
+    /// device can run, and a refusal names the run.
+    pub dtype: Option<DTypePolicy>,
 }
 
 impl RunnerOptions {
-    pub fn new(results_root: impl Into<PathBuf>) -> Self {
-        Self { results_root: results_root.into(), only: Vec::new(), inception_cache: None, verbose: true }
+    pub fn new(results_root: impl Into<PathBuf>, device: DeviceChoice) -> Self {
+        Self { results_root: results_root.into(), only: Vec::new(), inception_cache: None, verbose: true, device, dtype: None }
     }
 }
 
@@ -91,18 +101,36 @@ pub struct SuiteOutcome {
     pub plots: Vec<(String, PathBuf)>,
 }
 
+/// Copies a run's scored image metrics into its result.
+fn record_scored(result: &mut RunResult, scored: Scored) {
+    result.metrics = scored.metrics;
+    result.spread = scored.spread;
+    result.evaluations = scored.evaluations;
+    result.unavailable = scored.unavailable;
+    result.warnings = scored.warnings;
+}
+
 fn log(opts: &RunnerOptions, msg: impl AsRef<str>) {
     if opts.verbose {
         eprintln!("{}", msg.as_ref());
     }
 }
 
-fn candle_dtype(d: Dtype) -> DType {
+fn dtype_policy(d: Dtype) -> DTypePolicy {
     match d {
-        Dtype::F32 => DType::F32,
-        Dtype::F16 => DType::F16,
-        Dtype::Bf16 => DType::BF16,
+        Dtype::F32 => DTypePolicy::F32,
+        Dtype::F16 => DTypePolicy::F16,
+        Dtype::Bf16 => DTypePolicy::BF16,
     }
+}
+
+/// The dtype a run's generator uses on `device`: `--dtype` if given, else the run's own, as the
+/// runtime's dtype policy allows it (a refusal names the run).
+fn run_dtype(run_id: &str, model: &ModelSpec, device: &Device, dtype_override: Option<DTypePolicy>) -> Result<DType> {
+    let policy = dtype_override.unwrap_or_else(|| dtype_policy(model.dtype));
+    policy.compute_dtype(device).with_context(|| {
+        format!("run `{run_id}` asks for {} on {}", policy.name(), genbench_runtime::device::describe(device))
+    })
 }
 
 /// The registry request for a model spec, at `resolution`. `model` is a published name, or a
@@ -129,7 +157,7 @@ pub fn model_request(model: &ModelSpec, resolution: u32, suite_dir: &Path) -> Mo
     }
 }
 
-fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device: &Device) -> Result<Box<dyn Generator>> {
+fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn Generator>> {
     let resolved = resolve(&model_request(model, resolution, suite_dir))?;
     // The suite names the family for its tables; a model of another family is a suite mistake.
     ensure!(
@@ -139,7 +167,7 @@ fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device:
         family_name(resolved.family),
         family_name(model.family)
     );
-    resolved.build(device, candle_dtype(model.dtype))
+    resolved.build(device, dtype)
 }
 
 /// Converts the generator's step records into the report's, for one batch.
@@ -187,29 +215,32 @@ struct ProfileOutput {
 
 fn run_profile(run: &Run, model: &ModelSpec, seeds: &[u64], profile: &ProfileSettings, suite_dir: &Path, device: &Device, opts: &RunnerOptions) -> Result<ProfileOutput> {
     let family = family_name(model.family).to_string();
-    let seed = seeds.first().copied().unwrap_or(0);
+    let first_seed = seeds.first().copied().unwrap_or(0);
+    // Every seed's timed repeats count: the timings average over all of them.
+    let timed: Vec<u64> = seeds.iter().flat_map(|&s| (0..u64::from(profile.repeats.max(1))).map(move |r| s + 1000 + r)).collect();
     let mut points = Vec::new();
     let mut steps = Vec::new();
     let mut images = 0u64;
     let mut generator_settings = BTreeMap::new();
     let resolutions = profile_resolutions(model, profile);
+    let dtype = run_dtype(&run.id, model, device, opts.dtype)?;
     for &px in &resolutions {
-        let mut generator = build_generator(model, px, suite_dir, device).with_context(|| format!("building {} at {px} px", model.model))?;
+        let mut generator = build_generator(model, px, suite_dir, device, dtype).with_context(|| format!("building {} at {px} px", model.model))?;
         generator_settings.insert(px.to_string(), generator.settings());
         let flops = generator.flops_per_image();
         for &batch in &profile.batches {
             let labels = labels_for(0, batch as usize, generator.num_classes());
             for w in 0..profile.warmup {
-                generator.sample(&labels, seed + u64::from(w), &mut genbench_models::generator::NoObserver)?;
+                generator.sample(&labels, first_seed + u64::from(w), &mut genbench_models::generator::NoObserver)?;
             }
             let mut total = 0.0;
             let mut sampling_total = 0.0;
             let mut last_log = StepLog::default();
             let mut n_steps = 0;
-            for r in 0..profile.repeats.max(1) {
+            for &sample_seed in &timed {
                 let mut step_log = StepLog::default();
                 let t = Instant::now();
-                let s = generator.sample(&labels, seed + 1000 + u64::from(r), &mut step_log)?;
+                let s = generator.sample(&labels, sample_seed, &mut step_log)?;
                 total += t.elapsed().as_secs_f64();
                 sampling_total += step_log.records.iter().filter(|r| r.kind != StepKind::Decode).map(|r| r.wall.as_secs_f64()).sum::<f64>();
                 ensure!(s.n == batch as usize, "{}: asked for {batch} images, got {}", model.model, s.n);
@@ -217,8 +248,8 @@ fn run_profile(run: &Run, model: &ModelSpec, seeds: &[u64], profile: &ProfileSet
                 n_steps = step_log.records.iter().filter(|r| r.kind != StepKind::Decode).map(|r| r.step + 1).max().unwrap_or(0);
                 last_log = step_log;
             }
-            let sec_per_image = total / f64::from(profile.repeats.max(1)) / f64::from(batch);
-            let sampling_sec_per_image = sampling_total / f64::from(profile.repeats.max(1)) / f64::from(batch);
+            let sec_per_image = total / timed.len() as f64 / f64::from(batch);
+            let sampling_sec_per_image = sampling_total / timed.len() as f64 / f64::from(batch);
             log(
                 opts,
                 format!(
@@ -279,102 +310,108 @@ fn run_profile(run: &Run, model: &ModelSpec, seeds: &[u64], profile: &ProfileSet
 }
 
 // ---------------------------------------------------------------------------------------------
-// Inception features, cached
+// Scoring: one extractor, one feature cache, the metrics crate's pipeline
 // ---------------------------------------------------------------------------------------------
 
-/// Lazily built extractor: suites without image metrics never load Inception.
-struct Extractors {
-    cache_dir: Option<PathBuf>,
+/// The Inception extractor (built lazily: suites without image metrics never load it) and the
+/// suite's feature cache (`<cache>/features/`, keyed by image content, weights hash and
+/// preprocessing: [`FeatureCache`]).
+struct Scorer {
+    weights_dir: Option<PathBuf>,
+    device: Device,
+    cache: FeatureCache,
     adm: Option<InceptionExtractor>,
 }
 
-impl Extractors {
-    fn get(&mut self, evaluator: Evaluator) -> Result<&InceptionExtractor> {
+impl Scorer {
+    fn extractor(&mut self, evaluator: Evaluator) -> Result<&InceptionExtractor> {
         if evaluator != Evaluator::Adm {
             bail!("evaluator `{evaluator:?}` is not implemented by the runner; use evaluator = \"adm\"");
         }
         if self.adm.is_none() {
-            let opts = ExtractorOptions::default();
-            self.adm = Some(match &self.cache_dir {
+            let opts = ExtractorOptions { device: self.device.clone(), ..ExtractorOptions::default() };
+            self.adm = Some(match &self.weights_dir {
                 Some(dir) => InceptionExtractor::new_in(opts, dir)?,
                 None => InceptionExtractor::new(opts)?,
             });
         }
         Ok(self.adm.as_ref().expect("just built"))
     }
-}
 
-/// Features of `images` from `path` if present, else extracted and written there atomically.
-fn cached_features(
-    path: &Path,
-    extractors: &mut Extractors,
-    evaluator: Evaluator,
-    images: impl FnOnce() -> Result<(Vec<u8>, usize, usize, usize)>,
-    counts: &mut CacheCounts,
-) -> Result<Features> {
-    if path.is_file() {
-        if let Ok(f) = Features::load(path) {
-            counts.feature_sets_reused += 1;
-            return Ok(f);
-        }
+    /// Features of one batch of images, from the cache when it has them.
+    fn features(&mut self, evaluator: Evaluator, pixels: &[u8], n: usize, h: usize, w: usize) -> Result<Features> {
+        self.extractor(evaluator)?;
+        let extractor = self.adm.as_ref().expect("built above");
+        Ok(self.cache.extract(extractor, pixels, n, h, w)?.0)
     }
-    let (px, n, h, w) = images()?;
-    let f = extractors.get(evaluator)?.extract(&px, n, h, w)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    f.save(path)?;
-    counts.feature_sets_extracted += 1;
-    Ok(f)
-}
 
-/// Image metrics of `samples` against `reference` (pool3 / spatial / logits), ADM formulas.
-fn image_metrics(metrics: &[Metric], samples: &Features, reference: Option<&Features>) -> Result<BTreeMap<Metric, f64>> {
-    use genbench_metrics::stats::FeatureStats;
-    const POOL: usize = 2048;
-    const SPATIAL: usize = 2023;
-    let mut out = BTreeMap::new();
-    for &m in metrics.iter().filter(|m| m.is_image_metric()) {
-        let reference = || reference.with_context(|| format!("`{m}` needs a reference set"));
-        let value = match m {
-            Metric::Fid => {
-                let (s, r) = (FeatureStats::from_features(&samples.pool3, POOL)?, FeatureStats::from_features(&reference()?.pool3, POOL)?);
-                genbench_metrics::fid::frechet_distance(&s, &r)?.value
-            }
-            Metric::Sfid => {
-                let (s, r) = (
-                    FeatureStats::from_features(&samples.spatial, SPATIAL)?,
-                    FeatureStats::from_features(&reference()?.spatial, SPATIAL)?,
-                );
-                genbench_metrics::fid::spatial_frechet_distance(&s, &r)?.value
-            }
-            Metric::Is => {
-                let logits = samples.logits.as_ref().context("IS needs the Inception classifier logits, which these weights lack")?;
-                // ADM's evaluator scores splits of 5000 images.
-                genbench_metrics::inception_score::inception_score_adm(logits, 1008, 5000)?.mean
-            }
-            Metric::Precision | Metric::Recall => {
-                let pr = genbench_metrics::precision_recall::precision_recall(
-                    &reference()?.pool3,
-                    &samples.pool3,
-                    POOL,
-                    &genbench_metrics::precision_recall::PrConfig::default(),
-                )?;
-                if m == Metric::Precision {
-                    pr.precision
-                } else {
-                    pr.recall
-                }
-            }
-            Metric::Kid => {
-                let cfg = genbench_metrics::kid::KidConfig::default();
-                genbench_metrics::kid::kernel_inception_distance(&samples.pool3, &reference()?.pool3, POOL, &cfg)?.mean
-            }
-            _ => unreachable!("filtered to image metrics"),
+    /// The metric formulas' settings, with why IS is unavailable when the weights lack the
+    /// classifier.
+    fn options(&mut self, evaluator: Evaluator, pr_distances: DistancePrecision, reference: &str) -> Result<EvalOptions> {
+        let extractor = self.extractor(evaluator)?;
+        let options = EvalOptions {
+            pr: PrConfig { precision: pr_distances, ..PrConfig::default() },
+            no_logits_reason: (!extractor.has_logits()).then(|| extractor.no_fc_message().to_owned()),
+            reference_label: reference.to_owned(),
+            ..EvalOptions::default()
         };
-        out.insert(m, value);
+        Ok(options)
     }
-    Ok(out)
+
+    /// Runs `f` and counts it as one feature set extracted (any batch ran the network) or reused.
+    fn counted<T>(&mut self, counts: &mut CacheCounts, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let (_, misses) = self.cache.counts();
+        let out = f(self)?;
+        if self.cache.counts().1 > misses {
+            counts.feature_sets_extracted += 1;
+        } else {
+            counts.feature_sets_reused += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// What the per-seed evaluations of a run add up to: the mean of each metric over seeds, its
+/// spread, every seed's diagnostics, and the warnings and unavailable metrics of any seed.
+#[derive(Default)]
+struct Scored {
+    metrics: BTreeMap<Metric, f64>,
+    spread: BTreeMap<Metric, f64>,
+    evaluations: Vec<SeedEvaluation>,
+    unavailable: BTreeMap<Metric, String>,
+    warnings: Vec<String>,
+}
+
+impl Scored {
+    fn add(&mut self, seed: u64, e: Evaluation) {
+        for w in e.warnings {
+            if !self.warnings.contains(&w) {
+                self.warnings.push(w);
+            }
+        }
+        self.unavailable.extend(e.unavailable);
+        self.evaluations.push(SeedEvaluation {
+            seed,
+            values: e.values,
+            diagnostics: serde_json::to_value(&e.diagnostics).unwrap_or(serde_json::Value::Null),
+        });
+    }
+
+    /// Mean over seeds, and the sample standard deviation (N-1) where there are several.
+    fn finish(mut self) -> Self {
+        let metrics: Vec<Metric> = self.evaluations.iter().flat_map(|e| e.values.keys().copied()).collect();
+        for m in metrics {
+            let values: Vec<f64> = self.evaluations.iter().filter_map(|e| e.values.get(&m).copied()).collect();
+            let n = values.len() as f64;
+            let mean = values.iter().sum::<f64>() / n;
+            self.metrics.insert(m, mean);
+            if values.len() > 1 {
+                let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+                self.spread.insert(m, var.sqrt());
+            }
+        }
+        self
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,38 +419,27 @@ fn image_metrics(metrics: &[Metric], samples: &Features, reference: Option<&Feat
 // ---------------------------------------------------------------------------------------------
 
 struct CheckOutput {
-    metrics: BTreeMap<Metric, f64>,
+    scored: Scored,
     images: u64,
     settings: serde_json::Value,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_metric_check(
     run: &Run,
     images: &[crate::suite::PathSpec],
     split_at: usize,
     evaluator: Evaluator,
-    cache_root: &Path,
-    extractors: &mut Extractors,
+    pr_distances: DistancePrecision,
+    scorer: &mut Scorer,
     counts: &mut CacheCounts,
 ) -> Result<CheckOutput> {
     let mut parts = Vec::new();
     let mut pool3_check = serde_json::Map::new();
     for spec in images {
         let path = spec.resolved.clone().map_err(anyhow::Error::msg)?;
-        // Keyed by content, so an edited fixture is re-extracted.
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let key = genbench_runtime::hash::sha256_bytes(&bytes)[..16].to_string();
-        let feat_path = cache_root.join(format!("features-{key}-{evaluator:?}.safetensors").to_lowercase());
-        let f = cached_features(
-            &feat_path,
-            extractors,
-            evaluator,
-            || {
-                let (px, info) = genbench_metrics::npz::read_npy_images(&path)?;
-                Ok((px, info.n, info.h, info.w))
-            },
-            counts,
-        )?;
+        let (px, info) = genbench_metrics::npz::read_npy_images(&path)?;
+        let f = scorer.counted(counts, |s| s.features(evaluator, &px, info.n, info.h, info.w))?;
         // A `<name>_pool3.npy` beside `<name>_images.npy` holds the reference network's own
         // features: the extractor must agree with it, not only the metrics downstream.
         if let Some(stem) = path.file_name().and_then(|s| s.to_str()).and_then(|s| s.strip_suffix("_images.npy")) {
@@ -434,13 +460,20 @@ fn run_metric_check(
     }
     let all = Features::concat(parts)?;
     ensure!(split_at > 0 && split_at < all.n, "split_at {split_at} must leave images on both sides of {}", all.n);
-    let reference = all.slice(0, split_at);
-    let samples = all.slice(split_at, all.n);
-    let metrics = image_metrics(&run.metrics, &samples, Some(&reference))?;
+    let summarize = |f: &Features, needs: FeatureNeeds| -> Result<FeatureSummary> {
+        let mut c = FeatureCollector::new(needs);
+        c.push(f)?;
+        c.finish()
+    };
+    let reference = summarize(&all.slice(0, split_at), FeatureNeeds::reference(&run.metrics, &Default::default()))?;
+    let samples = summarize(&all.slice(split_at, all.n), FeatureNeeds::samples(&run.metrics))?;
+    let options = scorer.options(evaluator, pr_distances, &format!("the first {split_at} images"))?;
+    let mut scored = Scored::default();
+    scored.add(0, evaluate(&samples, Some(&reference), &run.metrics, &options)?);
     Ok(CheckOutput {
-        metrics,
+        scored: scored.finish(),
         images: all.n as u64,
-        settings: serde_json::json!({ "task": run.settings_json(), "pool3_max_abs_diff": pool3_check }),
+        settings: serde_json::json!({ "task": run.settings_json(), "pool3_max_abs_diff": pool3_check, "pr": options.pr }),
     })
 }
 
@@ -450,10 +483,17 @@ fn run_metric_check(
 
 struct GenerateOutput {
     metrics: BTreeMap<Metric, f64>,
+    scored: Scored,
     images: u64,
     steps: Vec<StepRecord>,
     settings: serde_json::Value,
     weight_hashes: BTreeMap<String, String>,
+}
+
+/// Reads a cached sample batch (uint8 NHWC) with its height and width.
+fn read_batch(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
+    let (px, info) = genbench_metrics::npz::read_images(path)?;
+    Ok((px, info.h, info.w))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -465,15 +505,15 @@ fn run_generate(
     seeds: &[u64],
     reference: Option<&crate::suite::PathSpec>,
     evaluator: Evaluator,
+    pr_distances: DistancePrecision,
     eval_resolution: Option<u32>,
     cache_root: &Path,
     suite_dir: &Path,
     device: &Device,
-    extractors: &mut Extractors,
+    scorer: &mut Scorer,
     counts: &mut CacheCounts,
     opts: &RunnerOptions,
 ) -> Result<GenerateOutput> {
-    ensure!(eval_resolution.is_none(), "eval_resolution (resizing before scoring) is not implemented by the runner");
     let mut weight_hashes = BTreeMap::new();
     if let Weights::Checkpoint { checkpoint, tokenizer } = &model.weights {
         for (role, spec) in std::iter::once(("checkpoint", checkpoint)).chain(tokenizer.iter().map(|t| ("tokenizer", t))) {
@@ -481,97 +521,116 @@ fn run_generate(
             weight_hashes.insert(role.to_string(), genbench_runtime::hash::sha256_file(&p)?);
         }
     }
+    let dtype = run_dtype(&run.id, model, device, opts.dtype)?;
     let sample_key = run.sample_cache_key(&weight_hashes).context("generate runs have a sample key")?;
     let sample_dir = cache_root.join(&sample_key);
-    std::fs::create_dir_all(&sample_dir).with_context(|| format!("creating {}", sample_dir.display()))?;
-    let feature_key = run.feature_cache_key(&sample_key).context("generate runs have a feature key")?;
-    let feature_path = cache_root.join(&feature_key).join("features.safetensors");
+    let image_metrics: Vec<Metric> = run.metrics.iter().copied().filter(|m| m.is_image_metric()).collect();
+
+    // The reference first: a bad reference fails the run before any sampling.
+    let reference_summary = match reference {
+        Some(spec) if image_metrics.iter().any(|m| m.needs_reference()) => {
+            let path = spec.resolved.clone().map_err(anyhow::Error::msg)?;
+            let reference = Reference::open(&path)?;
+            reference.feasible(image_metrics.clone(), true, &mut Vec::new())?;
+            let summary = scorer.counted(counts, |s| {
+                s.extractor(evaluator)?;
+                let extractor = s.adm.as_ref().expect("built above");
+                let mut line = ProgressLine::new(format!("  {}: reference features", run.id), 30.0);
+                let mut progress = |done, total| {
+                    if opts.verbose {
+                        line.update(done, total)
+                    }
+                };
+                reference.summarize(extractor, Some(&s.cache), &image_metrics, 32, &mut progress)
+            })?;
+            Some((path, summary))
+        }
+        _ => None,
+    };
 
     // The generator is built only if some batch is missing: a finished run re-scores from cache.
     let mut generator: Option<Box<dyn Generator>> = None;
     let family = family_name(model.family).to_string();
     let mut steps = Vec::new();
     let batches = samples.div_ceil(u64::from(batch.max(1))) as usize;
-    let seed = seeds.first().copied().unwrap_or(0);
-    let mut batch_files = Vec::new();
-    for b in 0..batches {
-        let path = sample_dir.join(format!("batch-{b:05}.npz"));
-        batch_files.push(path.clone());
-        if path.is_file() {
-            counts.sample_batches_reused += 1;
-            continue;
-        }
-        if generator.is_none() {
-            generator = Some(build_generator(model, model.resolution, suite_dir, device)?);
-        }
-        let g = generator.as_mut().expect("built above");
-        let start = b * batch as usize;
-        let n = (samples as usize - start).min(batch as usize);
-        let labels = labels_for(start, n, g.num_classes());
-        let mut step_log = StepLog::default();
-        // One seed per batch, derived from the run's seed, so batches are independent of order.
-        let s = g.sample(&labels, seed.wrapping_mul(1_000_003).wrapping_add(b as u64), &mut step_log)?;
-        if b == 0 {
-            steps.extend(step_records(&family, &model.model, batch, &step_log));
-        }
-        let labels_i64: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
-        let shape = [n as u64];
-        genbench_metrics::npz::write_images_npz(
-            &path,
-            &s.images,
-            s.n,
-            s.height,
-            s.width,
-            &[genbench_metrics::npz::NpyArray::I64 { name: "arr_1", shape: &shape, data: &labels_i64 }],
-        )?;
-        counts.sample_batches_generated += 1;
-        log(opts, format!("  {}: batch {}/{batches} sampled", run.id, b + 1));
-    }
-    let image_metrics_wanted: Vec<Metric> = run.metrics.iter().copied().filter(|m| m.is_image_metric()).collect();
-    let mut metrics = BTreeMap::new();
-    if !image_metrics_wanted.is_empty() {
-        let sample_features = cached_features(
-            &feature_path,
-            extractors,
-            evaluator,
-            || {
-                let mut all = Vec::new();
-                let (mut n, mut h, mut w) = (0, 0, 0);
-                for f in &batch_files {
-                    let (px, info) = genbench_metrics::npz::read_images(f)?;
-                    all.extend(px);
-                    n += info.n;
-                    (h, w) = (info.h, info.w);
+    let mut scored = Scored::default();
+    for &seed in seeds {
+        let seed_dir = sample_dir.join(format!("seed-{seed}"));
+        std::fs::create_dir_all(&seed_dir).with_context(|| format!("creating {}", seed_dir.display()))?;
+        // Generation feeds feature extraction batch by batch: no more than one batch of images
+        // is held at a time, whatever the number of samples.
+        let mut collector = FeatureCollector::new(FeatureNeeds::samples(&image_metrics));
+        let extracted_before = scorer.cache.counts().1;
+        let mut line = ProgressLine::new(format!("  {} seed {seed}", run.id), 30.0);
+        for b in 0..batches {
+            let path = seed_dir.join(format!("batch-{b:05}.npz"));
+            let images = if path.is_file() {
+                counts.sample_batches_reused += 1;
+                if image_metrics.is_empty() {
+                    None
+                } else {
+                    Some(read_batch(&path)?)
                 }
-                Ok((all, n, h, w))
-            },
-            counts,
-        )?;
-        let reference_features = match reference {
-            Some(spec) => {
-                let path = spec.resolved.clone().map_err(anyhow::Error::msg)?;
-                let key = genbench_runtime::hash::sha256_file(&path)?[..16].to_string();
-                Some(cached_features(
-                    &cache_root.join(format!("reference-{key}.safetensors")),
-                    extractors,
-                    evaluator,
-                    || {
-                        let (px, info) = genbench_metrics::npz::read_images(&path)
-                            .with_context(|| format!("{}: the runner scores against the reference batch's images (arr_0)", path.display()))?;
-                        Ok((px, info.n, info.h, info.w))
-                    },
-                    counts,
-                )?)
+            } else {
+                if generator.is_none() {
+                    generator = Some(build_generator(model, model.resolution, suite_dir, device, dtype)?);
+                }
+                let g = generator.as_mut().expect("built above");
+                let start = b * batch as usize;
+                let n = (samples as usize - start).min(batch as usize);
+                let labels = labels_for(start, n, g.num_classes());
+                let mut step_log = StepLog::default();
+                // One seed per batch, derived from the run's seed, so batches are independent of order.
+                let s = g.sample(&labels, seed.wrapping_mul(1_000_003).wrapping_add(b as u64), &mut step_log)?;
+                if steps.is_empty() {
+                    steps.extend(step_records(&family, &model.model, batch, &step_log));
+                }
+                let labels_i64: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+                let shape = [n as u64];
+                genbench_metrics::npz::write_images_npz(
+                    &path,
+                    &s.images,
+                    s.n,
+                    s.height,
+                    s.width,
+                    &[genbench_metrics::npz::NpyArray::I64 { name: "arr_1", shape: &shape, data: &labels_i64 }],
+                )?;
+                counts.sample_batches_generated += 1;
+                Some((s.images, s.height, s.width))
+            };
+            if let Some((mut pixels, mut h, mut w)) = images {
+                let n = pixels.len() / (h * w * 3);
+                if let Some(px) = eval_resolution {
+                    pixels = resize_bicubic_torch_u8(&pixels, n, h, w, px as usize)?;
+                    (h, w) = (px as usize, px as usize);
+                }
+                let f = scorer.features(evaluator, &pixels, n, h, w)?;
+                collector.push(&f)?;
             }
-            None => None,
-        };
-        metrics = image_metrics(&image_metrics_wanted, &sample_features, reference_features.as_ref())?;
+            if opts.verbose {
+                line.update(((b + 1) * batch as usize).min(samples as usize), samples as usize);
+            }
+        }
+        if !image_metrics.is_empty() {
+            let extracted_now = scorer.cache.counts().1;
+            if extracted_now > extracted_before {
+                counts.feature_sets_extracted += 1;
+            } else {
+                counts.feature_sets_reused += 1;
+            }
+            let summary = collector.finish()?;
+            let label = reference_summary.as_ref().map(|(p, _)| p.display().to_string()).unwrap_or_default();
+            let options = scorer.options(evaluator, pr_distances, &label)?;
+            scored.add(seed, evaluate(&summary, reference_summary.as_ref().map(|(_, s)| s), &image_metrics, &options)?);
+        }
     }
+    let scored = scored.finish();
+    let mut metrics = scored.metrics.clone();
     if run.metrics.contains(&Metric::GflopPerImage) {
         let g = match generator.as_ref() {
             Some(g) => g,
             None => {
-                generator = Some(build_generator(model, model.resolution, suite_dir, device)?);
+                generator = Some(build_generator(model, model.resolution, suite_dir, device, dtype)?);
                 generator.as_ref().expect("built")
             }
         };
@@ -583,9 +642,15 @@ fn run_generate(
     }
     Ok(GenerateOutput {
         metrics,
-        images: samples,
+        scored,
+        images: samples * seeds.len() as u64,
         steps,
-        settings: serde_json::json!({ "task": run.settings_json(), "sample_cache": sample_key, "feature_cache": feature_key }),
+        settings: serde_json::json!({
+            "task": run.settings_json(),
+            "sample_cache": sample_key,
+            "eval_resolution": eval_resolution,
+            "reference": reference_summary.as_ref().map(|(p, _)| p),
+        }),
         weight_hashes,
     })
 }
@@ -600,9 +665,9 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
     let started = SystemTime::now();
     let dir = results_dir(&opts.results_root, &suite.name, started);
     let cache_root = opts.results_root.join(&suite.name).join("cache");
-    let device = Device::Cpu;
+    let device = opts.device.open()?;
     let suite_dir = suite.path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut extractors = Extractors { cache_dir: opts.inception_cache.clone(), adm: None };
+    let mut scorer = Scorer { weights_dir: opts.inception_cache.clone(), device: device.clone(), cache: FeatureCache::in_folder(&cache_root), adm: None };
     let mut counts = CacheCounts::default();
     let mut results = Vec::new();
     let mut profile_points = Vec::new();
@@ -630,13 +695,13 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
                     result.seeds = seeds.clone();
                     profile_points.extend(out.points);
                 }
-                Task::MetricCheck { images, split_at, evaluator } => {
-                    let out = run_metric_check(run, images, *split_at, *evaluator, &cache_root, &mut extractors, &mut counts)?;
-                    result.metrics = out.metrics;
+                Task::MetricCheck { images, split_at, evaluator, pr_distances } => {
+                    let out = run_metric_check(run, images, *split_at, *evaluator, *pr_distances, &mut scorer, &mut counts)?;
                     result.images = out.images;
                     result.settings = out.settings;
+                    record_scored(&mut result, out.scored);
                 }
-                Task::Generate { model: spec, samples, batch, seeds, reference, evaluator, eval_resolution } => {
+                Task::Generate { model: spec, samples, batch, seeds, reference, evaluator, pr_distances, eval_resolution } => {
                     let out = run_generate(
                         run,
                         spec,
@@ -645,14 +710,16 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
                         seeds,
                         reference.as_ref(),
                         *evaluator,
+                        *pr_distances,
                         *eval_resolution,
                         &cache_root,
                         &suite_dir,
                         &device,
-                        &mut extractors,
+                        &mut scorer,
                         &mut counts,
                         opts,
                     )?;
+                    record_scored(&mut result, out.scored);
                     result.metrics = out.metrics;
                     result.images = out.images;
                     result.steps = out.steps;
@@ -682,6 +749,7 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
     std::fs::create_dir_all(dir.join("plots")).with_context(|| format!("creating {}", dir.join("plots").display()))?;
     let plots = write_plots(&dir, &results, &profile_points)?;
     write_profile_csv(&dir.join("profile.csv"), &profile_points)?;
+    write_evaluations_json(&dir.join("evaluations.json"), &results)?;
     let finished = SystemTime::now();
     let manifest = Manifest::new(
         suite,
@@ -694,6 +762,28 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
     );
     let comparisons = write_results(&dir, suite, &manifest, &results, &plots)?;
     Ok(SuiteOutcome { dir, results, comparisons, profile: profile_points, cache: counts, plots })
+}
+
+/// `evaluations.json`: per run, every seed's image-metric values and diagnostics (the same
+/// object `genbench eval --out` writes under `metrics`), the spread over seeds, metrics that were
+/// unavailable and why, and the warnings.
+fn write_evaluations_json(path: &Path, results: &[RunResult]) -> Result<()> {
+    let runs: Vec<serde_json::Value> = results
+        .iter()
+        .filter(|r| !r.evaluations.is_empty())
+        .map(|r| {
+            serde_json::json!({
+                "run": r.id,
+                "seeds": r.evaluations,
+                "mean": r.metrics.iter().filter(|(m, _)| m.is_image_metric()).collect::<BTreeMap<_, _>>(),
+                "spread": r.spread,
+                "unavailable": r.unavailable,
+                "warnings": r.warnings,
+            })
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "runs": runs }))? + "\n";
+    write_atomically(path, |tmp| std::fs::write(tmp, &text).with_context(|| format!("writing {}", tmp.display())))
 }
 
 fn write_profile_csv(path: &Path, points: &[ProfilePoint]) -> Result<()> {
@@ -828,15 +918,15 @@ pub struct PlanRow {
 
 /// The plan of `--dry-run`: per run, analytic FLOPs (built with random weights: the FLOP count
 /// depends on shapes only) and an estimated time = FLOPs / the probed matmul throughput.
-pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64) -> Result<Vec<PlanRow>> {
-    let device = Device::Cpu;
+pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64, device: &Device, dtype_override: Option<DTypePolicy>) -> Result<Vec<PlanRow>> {
     let suite_dir = suite.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut rows = Vec::new();
     for run in suite.select(only).map_err(anyhow::Error::msg)? {
         let missing = run.missing_inputs();
         let (kind, images_by_px): (&'static str, Vec<(u32, u64)>) = match &run.task {
-            Task::Profile { model, profile, .. } => {
-                let per_px: u64 = profile.batches.iter().map(|&b| u64::from(b) * u64::from(profile.warmup + profile.repeats.max(1))).sum();
+            Task::Profile { model, profile, seeds } => {
+                let calls = u64::from(profile.warmup) + u64::from(profile.repeats.max(1)) * seeds.len().max(1) as u64;
+                let per_px: u64 = profile.batches.iter().map(|&b| u64::from(b) * calls).sum();
                 ("profile", profile_resolutions(model, profile).into_iter().map(|px| (px, per_px)).collect())
             }
             Task::Generate { model, samples, .. } => ("generate", vec![(model.resolution, *samples)]),
@@ -858,8 +948,9 @@ pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64) -> Result<Vec<Pla
             random.weights = Weights::Random;
             let mut total = 0.0;
             let mut ok = true;
+            let dtype = run_dtype(&run.id, spec, device, dtype_override);
             for (px, n) in &images_by_px {
-                match build_generator(&random, *px, &suite_dir, &device) {
+                match dtype.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|d| build_generator(&random, *px, &suite_dir, device, *d)) {
                     Ok(g) => {
                         let gflop = g.flops_per_image().total() / 1e9;
                         if *px == spec.resolution || row.gflop_per_image.is_none() {

@@ -53,82 +53,9 @@ pub enum RunKind {
     MetricCheck,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    Fid,
-    Sfid,
-    Is,
-    Precision,
-    Recall,
-    Kid,
-    /// Wall-clock seconds per generated image.
-    SecPerImage,
-    /// `sec_per_image` divided by that of the run named in `relative_to`.
-    RelTime,
-    /// Analytic forward GFLOP per image.
-    GflopPerImage,
-    /// `gflop_per_image` divided by that of the run named in `relative_to`.
-    RelGflop,
-}
-
-impl Metric {
-    pub const ALL: [Metric; 10] = [
-        Metric::Fid,
-        Metric::Sfid,
-        Metric::Is,
-        Metric::Precision,
-        Metric::Recall,
-        Metric::Kid,
-        Metric::SecPerImage,
-        Metric::RelTime,
-        Metric::GflopPerImage,
-        Metric::RelGflop,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::Fid => "fid",
-            Metric::Sfid => "sfid",
-            Metric::Is => "is",
-            Metric::Precision => "precision",
-            Metric::Recall => "recall",
-            Metric::Kid => "kid",
-            Metric::SecPerImage => "sec_per_image",
-            Metric::RelTime => "rel_time",
-            Metric::GflopPerImage => "gflop_per_image",
-            Metric::RelGflop => "rel_gflop",
-        }
-    }
-
-    /// Computed from Inception features of images.
-    pub fn is_image_metric(self) -> bool {
-        matches!(
-            self,
-            Metric::Fid | Metric::Sfid | Metric::Is | Metric::Precision | Metric::Recall | Metric::Kid
-        )
-    }
-
-    /// Compares samples with a reference set (IS alone does not).
-    pub fn needs_reference(self) -> bool {
-        self.is_image_metric() && self != Metric::Is
-    }
-
-    /// The absolute metric a relative one divides, if it is relative.
-    pub fn relative_base(self) -> Option<Metric> {
-        match self {
-            Metric::RelTime => Some(Metric::SecPerImage),
-            Metric::RelGflop => Some(Metric::GflopPerImage),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Metric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The workspace's one metric vocabulary (image metrics and cost metrics).
+pub use genbench_metrics::evaluate::Metric;
+pub use genbench_metrics::precision_recall::DistancePrecision;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -195,6 +122,8 @@ struct RunTable {
     metrics: Option<Vec<Metric>>,
     reference: Option<String>,
     evaluator: Option<Evaluator>,
+    /// Arithmetic of precision/recall's distances (default ADM's fp16).
+    pr_distances: Option<DistancePrecision>,
     relative_to: Option<String>,
     images: Option<Vec<String>>,
     split_at: Option<usize>,
@@ -274,6 +203,7 @@ impl RunTable {
                 d.samples = None;
                 d.eval_resolution = None;
                 d.evaluator = None;
+                d.pr_distances = None;
                 d.images = None;
                 d.split_at = None;
             }
@@ -289,8 +219,8 @@ impl RunTable {
     fn with_defaults(mut self, all_defaults: &RunTable) -> RunTable {
         let d = &all_defaults.defaults_for(self.kind.or(all_defaults.kind).unwrap_or_default());
         merge_fields!(self, d; kind, family, model, checkpoint, tokenizer, random_weights, resolution,
-            eval_resolution, dtype, samples, batch, seeds, metrics, reference, evaluator, relative_to,
-            images, split_at);
+            eval_resolution, dtype, samples, batch, seeds, metrics, reference, evaluator, pr_distances,
+            relative_to, images, split_at);
         self.sampler = match (self.sampler.take(), &d.sampler) {
             (Some(mut s), Some(ds)) => {
                 for (k, v) in ds {
@@ -390,6 +320,7 @@ pub enum Task {
         seeds: Vec<u64>,
         reference: Option<PathSpec>,
         evaluator: Evaluator,
+        pr_distances: DistancePrecision,
         /// Images are resized to this before scoring (LlamaGen's 384 -> 256 protocol).
         eval_resolution: Option<u32>,
     },
@@ -403,6 +334,8 @@ pub enum Task {
         /// The first `split_at` images are the reference set, the rest the samples.
         split_at: usize,
         evaluator: Evaluator,
+        /// Golden values computed in float32 (numpy) need `f32` here.
+        pr_distances: DistancePrecision,
     },
 }
 
@@ -1050,6 +983,7 @@ impl Validator<'_> {
             seeds: seeds?,
             reference,
             evaluator: t.evaluator.unwrap_or_default(),
+            pr_distances: t.pr_distances.unwrap_or(DistancePrecision::Fp16Adm),
             eval_resolution: t.eval_resolution,
         })
     }
@@ -1066,6 +1000,7 @@ impl Validator<'_> {
                 ("split_at", t.split_at.is_some()),
                 ("samples", t.samples.is_some()),
                 ("eval_resolution", t.eval_resolution.is_some()),
+                ("pr_distances", t.pr_distances.is_some()),
             ],
         );
         let p = t.profile.clone().unwrap_or_default();
@@ -1148,6 +1083,7 @@ impl Validator<'_> {
             images,
             split_at: split_at?,
             evaluator: t.evaluator.unwrap_or_default(),
+            pr_distances: t.pr_distances.unwrap_or(DistancePrecision::Fp16Adm),
         })
     }
 

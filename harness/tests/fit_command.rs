@@ -14,13 +14,15 @@ fn copy_fixtures(dir: &Path) {
 
 fn request(log: PathBuf, x: &str, y: &str) -> FitRequest {
     FitRequest {
-        log,
+        log: log.clone(),
         x: x.into(),
         y: y.into(),
         group: None,
         irreducible: None,
         frontier: false,
         plot: None,
+        // Outputs beside the log here, as these tests copy the log into their own folder.
+        out_dir: log.parent().map(Path::to_path_buf),
         no_plot: false,
     }
 }
@@ -134,4 +136,20 @@ fn bad_logs_say_what_and_where() {
         missing,
         "/nonexistent/log.csv: cannot read: No such file or directory (os error 2)"
     );
+}
+
+#[test]
+fn plots_go_to_the_output_folder_never_the_logs() {
+    let data = tempfile::tempdir().unwrap();
+    copy_fixtures(data.path());
+    let out = tempfile::tempdir().unwrap();
+    let before: Vec<_> = std::fs::read_dir(data.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut req = request(data.path().join("params_sweep.csv"), "params", "loss_last");
+    req.out_dir = Some(out.path().join("fits"));
+    let outcome = run(&req).unwrap();
+    let png = out.path().join("fits/params_sweep.fit-loss_last-vs-params.png");
+    assert_eq!(outcome.plot.unwrap().png, png);
+    assert!(png.is_file() && png.with_extension("svg").is_file());
+    let after: Vec<_> = std::fs::read_dir(data.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "nothing written beside the log");
 }

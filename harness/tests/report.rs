@@ -42,6 +42,10 @@ fn completed(id: &str, family: &str, model: &str, sec: f64, gflop: f64) -> RunRe
             ms: 1.5,
             gflop: 0.62,
         }],
+        spread: BTreeMap::new(),
+        evaluations: Vec::new(),
+        unavailable: BTreeMap::new(),
+        warnings: Vec::new(),
     }
 }
 

@@ -78,6 +78,8 @@ fn options(dir: &Path, only: &[&str]) -> RunnerOptions {
         only: only.iter().map(|s| s.to_string()).collect(),
         inception_cache: None,
         verbose: false,
+        device: genbench_runtime::DeviceChoice::Cpu,
+        dtype: None,
     }
 }
 
@@ -148,7 +150,7 @@ fn tiny_suite_runs_caches_and_skips() {
 fn dry_run_plans_with_flops_and_skips() {
     let tmp = tempfile::tempdir().unwrap();
     let suite = tiny_suite(tmp.path(), r#"["fid"]"#);
-    let rows = plan(&suite, &[], 10.0).unwrap();
+    let rows = plan(&suite, &[], 10.0, &candle_core::Device::Cpu, None).unwrap();
     assert_eq!(rows.len(), 3);
     let profile = &rows[0];
     // 2 resolutions x (1 + 2) images x 1 repeat.
@@ -200,4 +202,74 @@ fn quickstart_ratios_and_exponents_from_profile_points() {
     let var = ratios.iter().find(|r| r.model == "v").unwrap();
     assert!((var.sampling_speedup - 2.0).abs() < 1e-12, "{}", var.sampling_speedup);
     assert!((var.speedup - 1.02 / 1.01).abs() < 1e-12);
+}
+
+/// Every seed of a list is sampled and scored: the result is their mean, with the spread and each
+/// seed's evaluation (diagnostics as `genbench eval` reports them). A dtype the device cannot run
+/// is refused with the run named, by the runner and by the dry-run plan alike.
+#[test]
+fn all_seeds_are_scored_and_dtype_refusals_name_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_suite(tmp.path(), r#"["fid"]"#); // writes reference.npz
+    let var = fixtures().join("models/var");
+    let text = format!(
+        r#"
+[suite]
+name = "seeds"
+
+[defaults]
+family = "var"
+model = "{config}"
+resolution = 64
+checkpoint = "{ckpt}"
+tokenizer = "{vae}"
+samples = 4
+batch = 2
+reference = "reference.npz"
+metrics = ["fid", "is"]
+
+[[run]]
+id = "two-seeds"
+seeds = [3, 4]
+
+[[run]]
+id = "bf16-on-cpu"
+seeds = [3]
+dtype = "bf16"
+"#,
+        config = var.join("config.json").display(),
+        ckpt = var.join("var.pth").display(),
+        vae = var.join("vae.pth").display(),
+    );
+    let path = tmp.path().join("seeds.toml");
+    std::fs::write(&path, &text).unwrap();
+    let suite = Suite::parse(&path, &text, &|_| None).unwrap();
+
+    let rows = plan(&suite, &[], 10.0, &candle_core::Device::Cpu, None).unwrap();
+    assert!(rows[0].note.is_empty(), "{}", rows[0].note);
+    assert!(rows[1].note.contains("bf16-on-cpu") && rows[1].note.contains("bf16"), "{}", rows[1].note);
+
+    let out = run_suite(&suite, &options(tmp.path(), &[])).unwrap();
+    let two = &out.results[0];
+    assert_eq!(two.status, RunStatus::Completed, "{:?}", two.status);
+    assert_eq!(out.cache.sample_batches_generated, 4, "2 batches for each of 2 seeds");
+    assert_eq!(two.evaluations.len(), 2);
+    let per_seed: Vec<f64> = two.evaluations.iter().map(|e| e.values[&Metric::Fid]).collect();
+    assert_ne!(per_seed[0], per_seed[1], "different seeds, different samples");
+    assert!((two.metrics[&Metric::Fid] - (per_seed[0] + per_seed[1]) / 2.0).abs() < 1e-9);
+    let sd = (per_seed[0] - per_seed[1]).abs() / 2f64.sqrt();
+    assert!((two.spread[&Metric::Fid] - sd).abs() < 1e-9);
+    // The diagnostics are eval's: the FID's own record, rank-deficiency warnings for 4 rows.
+    assert!(two.evaluations[0].diagnostics["fid"]["trace_sqrt"].is_number());
+    assert!(two.warnings.iter().any(|w| w.contains("rank-deficient")), "{:?}", two.warnings);
+    // IS: measured when the weights carry the classifier, else unavailable with the reason,
+    // and the run keeps its FID either way.
+    assert!(two.metrics.contains_key(&Metric::Is) || two.unavailable[&Metric::Is].contains("classifier"), "{:?}", two.unavailable);
+    let report = std::fs::read_to_string(out.dir.join("report.md")).unwrap();
+    assert!(report.contains("Mean over 2 seeds (3, 4)"), "{report}");
+    let evaluations: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.dir.join("evaluations.json")).unwrap()).unwrap();
+    assert_eq!(evaluations["runs"][0]["seeds"].as_array().unwrap().len(), 2);
+
+    let RunStatus::Failed { error } = &out.results[1].status else { panic!("{:?}", out.results[1].status) };
+    assert!(error.contains("bf16-on-cpu") && error.contains("bf16 is not supported on the CPU"), "{error}");
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use genbench_harness::suite::{Metric, Suite, Task, Tolerance, Weights};
+use genbench_harness::suite::{DistancePrecision, Metric, Suite, Task, Tolerance, Weights};
 
 fn suites_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../suites")
@@ -149,10 +149,12 @@ fn quickstart_metric_check_reads_the_golden_values() {
     let check = s.runs.iter().find(|r| r.id == "metric-self-check").unwrap();
     // The bundled images exist, so nothing would be skipped.
     assert_eq!(check.missing_inputs(), Vec::<String>::new());
-    let Task::MetricCheck { images, split_at, .. } = &check.task else {
+    let Task::MetricCheck { images, split_at, pr_distances, .. } = &check.task else {
         panic!()
     };
     assert_eq!((images.len(), *split_at), (4, 18));
+    // The golden precision/recall were computed in float32, so the check must be too.
+    assert_eq!(*pr_distances, DistancePrecision::F32);
     // Model defaults did not leak into the metric check, and profile runs got them.
     let var = s.runs.iter().find(|r| r.id == "resolution-var").unwrap();
     let Task::Profile { profile, model, .. } = &var.task else {

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub struct ExtractorOptions {
     pub preprocess: Preprocess,
@@ -212,34 +213,75 @@ impl InceptionExtractor {
         Ok(out)
     }
 
-    /// Cache key of a set of images: content hash (with the shape), preprocessing, weights.
+    /// Cache key of a set of images (see [`FeatureCache::key`]).
     pub fn cache_key(&self, images: &[u8], n: usize, h: usize, w: usize) -> String {
+        FeatureCache::key(self, images, n, h, w)
+    }
+
+    /// Path of the cached features for `key` in this extractor's own cache folder.
+    pub fn feature_cache_path(&self, key: &str) -> PathBuf {
+        FeatureCache::in_folder(&self.cache_dir).path(key)
+    }
+
+    /// [`FeatureCache::extract`] with this extractor's own cache folder
+    /// (`<cache>/features/`). Returns the features and whether they came from the cache.
+    pub fn extract_cached(&self, images: &[u8], n: usize, h: usize, w: usize) -> Result<(Features, bool)> {
+        FeatureCache::in_folder(&self.cache_dir).extract(self, images, n, h, w)
+    }
+}
+
+/// The on-disk feature cache: one safetensors file per set of images, keyed by the images'
+/// content (with their shape), the preprocessing and the Inception weights' SHA-1, so the same
+/// pixels scored the same way are extracted once, whoever asks (a suite run, `genbench eval`,
+/// the strategy search), and nothing stale is ever reused.
+#[derive(Debug)]
+pub struct FeatureCache {
+    dir: PathBuf,
+    hits: AtomicUsize,
+    misses: AtomicUsize,
+}
+
+impl FeatureCache {
+    /// A cache whose files live in `<folder>/features/`.
+    pub fn in_folder(folder: &Path) -> Self {
+        Self { dir: folder.join("features"), hits: AtomicUsize::new(0), misses: AtomicUsize::new(0) }
+    }
+
+    /// Lookups answered from disk, and lookups that ran the network, since this cache was made.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+    }
+
+    /// Content hash (with the shape), preprocessing, weights.
+    pub fn key(extractor: &InceptionExtractor, images: &[u8], n: usize, h: usize, w: usize) -> String {
         let mut header = format!("{n}x{h}x{w}x3;").into_bytes();
         header.extend_from_slice(images);
         let content = genbench_runtime::hash::sha256_bytes(&header);
-        format!("{}-{}-{}", &content[..32], self.preprocess, &self.weights_sha1[..12.min(self.weights_sha1.len())])
+        let sha1 = extractor.weights_sha1();
+        format!("{}-{}-{}", &content[..32], extractor.preprocess(), &sha1[..12.min(sha1.len())])
     }
 
-    /// Path of the cached features for `key` (`<cache>/features/<key>.safetensors`).
-    pub fn feature_cache_path(&self, key: &str) -> PathBuf {
-        self.cache_dir.join("features").join(format!("{key}.safetensors"))
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.safetensors"))
     }
 
-    /// As [`extract`](Self::extract), reading `<cache>/features/<key>.safetensors` when present
-    /// and writing it (atomically) otherwise. Returns the features and whether they came from
-    /// the cache.
-    pub fn extract_cached(&self, images: &[u8], n: usize, h: usize, w: usize) -> Result<(Features, bool)> {
-        let key = self.cache_key(images, n, h, w);
-        let path = self.feature_cache_path(&key);
+    /// Features of the images: read from the cache when present and consistent, else extracted
+    /// and written atomically. Returns whether they came from the cache.
+    pub fn extract(&self, extractor: &InceptionExtractor, images: &[u8], n: usize, h: usize, w: usize) -> Result<(Features, bool)> {
+        let path = self.path(&Self::key(extractor, images, n, h, w));
         if path.is_file() {
             match Features::load(&path) {
-                Ok(f) if f.n == n && f.logits.is_some() == self.has_fc => return Ok((f, true)),
+                Ok(f) if f.n == n && f.logits.is_some() == extractor.has_logits() => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok((f, true));
+                }
                 Ok(_) => eprintln!("warning: {} does not match the request; recomputing", path.display()),
                 Err(e) => eprintln!("warning: unreadable feature cache {} ({e:#}); recomputing", path.display()),
             }
         }
-        let f = self.extract(images, n, h, w)?;
+        let f = extractor.extract(images, n, h, w)?;
         f.save(&path)?;
+        self.misses.fetch_add(1, Ordering::Relaxed);
         Ok((f, false))
     }
 }

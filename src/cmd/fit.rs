@@ -32,8 +32,8 @@ pub struct FitArgs {
     /// Write the fit (parameters, intervals, residuals) as JSON to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Plot path; `.png` and `.svg` are written. Default: next to the log,
-    /// `<log>.fit-<y>-vs-<x>.png`.
+    /// Plot path; `.png` and `.svg` are written. Default: beside `--out` (else in the current
+    /// directory), `<log stem>.fit-<y>-vs-<x>.png`; never in the log's folder.
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Do not draw the plot.
@@ -50,6 +50,7 @@ pub fn run_fit(args: FitArgs) -> Result<()> {
         irreducible: args.irreducible,
         frontier: args.frontier,
         plot: args.plot,
+        out_dir: args.out.as_deref().and_then(|o| o.parent()).filter(|p| !p.as_os_str().is_empty()).map(Into::into),
         no_plot: args.no_plot,
     };
     let outcome = run(&request)?;

@@ -9,3 +9,34 @@ pub mod profile;
 pub mod quickstart;
 pub mod sample;
 pub mod suite;
+
+use genbench_runtime::{DTypePolicy, DeviceChoice};
+
+/// Where networks run and in which float type: the same two flags, with the same defaults and
+/// meaning, on every command that runs a network (`#[command(flatten)]` it).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct DeviceArgs {
+    /// cpu, cuda:N or auto (the first GPU when built with `--features cuda` and one is present,
+    /// else the CPU).
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Float type of generator weights and activations: f32, f16 or bf16. Default: what each run
+    /// or model asks for (f32 unless set). The runtime's dtype policy refuses what the device
+    /// cannot run (bf16 on the CPU). Metrics always run in f32.
+    #[arg(long)]
+    pub dtype: Option<DTypePolicy>,
+}
+
+impl DeviceArgs {
+    /// For commands whose networks run in f32 only (the metrics: parity with the reference
+    /// evaluators): refuses any other `--dtype` with the reason.
+    pub fn require_f32(&self, command: &str) -> anyhow::Result<()> {
+        match self.dtype {
+            None | Some(DTypePolicy::F32) => Ok(()),
+            Some(other) => anyhow::bail!(
+                "`genbench {command}` runs the Inception network in f32 only (parity with the ADM evaluator); --dtype {} is not allowed here",
+                other.name()
+            ),
+        }
+    }
+}

@@ -3,8 +3,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use genbench_harness::quickstart::run_quickstart;
+use genbench_harness::report::verdicts;
+use genbench_harness::runner::RunnerOptions;
+
+use super::DeviceArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct QuickstartArgs {
@@ -14,22 +18,37 @@ pub struct QuickstartArgs {
     /// Inception weights / feature cache folder (default: $GENBENCH_CACHE or ~/.cache/genbench).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 pub fn run(args: QuickstartArgs) -> Result<()> {
     let t = Instant::now();
-    let summary = run_quickstart(&args.results, args.cache_dir, true)?;
+    let opts = RunnerOptions {
+        results_root: args.results,
+        only: Vec::new(),
+        inception_cache: args.cache_dir,
+        verbose: true,
+        device: args.device.device,
+        dtype: args.device.dtype,
+    };
+    let summary = run_quickstart(&opts)?;
     println!("\n{}", summary.text);
-    for r in &summary.outcome.results {
-        if let genbench_harness::records::RunStatus::Skipped { reason } | genbench_harness::records::RunStatus::Failed { error: reason } = &r.status {
-            println!("{} {}: {reason}", r.id, r.status.label());
-        }
-    }
+    let verdicts = verdicts(&summary.outcome.results, &summary.outcome.comparisons);
+    print!("{}", verdicts.text());
+    let report = summary.outcome.dir.join("report.md");
     println!(
         "Quickstart finished in {:.0} s. Report: {} (summary: {})",
         t.elapsed().as_secs_f64(),
-        summary.outcome.dir.join("report.md").display(),
+        report.display(),
         summary.summary_path.display()
+    );
+    ensure!(
+        verdicts.ok(),
+        "quickstart: {} run(s) failed and {} self-check value(s) came out outside their tolerance (see {})",
+        verdicts.failed_runs,
+        verdicts.failed_checks,
+        report.display()
     );
     Ok(())
 }

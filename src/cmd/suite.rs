@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use genbench_harness::runner::{format_plan, matmul_gflops_probe, plan, run_suite, RunnerOptions};
+use genbench_harness::report::verdicts;
+
+use super::DeviceArgs;
 use genbench_harness::suite::Suite;
 
 #[derive(clap::Args, Debug)]
@@ -22,25 +25,46 @@ pub struct SuiteArgs {
     /// Inception weights / feature cache folder (default: $GENBENCH_CACHE or ~/.cache/genbench).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 pub fn run(args: SuiteArgs) -> Result<()> {
     let suite = Suite::load(&args.file).map_err(|e| anyhow::anyhow!("{e}"))?;
     if args.dry_run {
-        let gflops = matmul_gflops_probe(&candle_core::Device::Cpu)?;
-        let rows = plan(&suite, &args.only, gflops)?;
+        let device = args.device.device.open()?;
+        let gflops = matmul_gflops_probe(&device)?;
+        let rows = plan(&suite, &args.only, gflops, &device, args.device.dtype)?;
         print!("{}", format_plan(&suite, &rows, gflops));
         return Ok(());
     }
-    let opts = RunnerOptions { results_root: args.results, only: args.only, inception_cache: args.cache_dir, verbose: true };
+    let opts = RunnerOptions {
+        results_root: args.results,
+        only: args.only,
+        inception_cache: args.cache_dir,
+        verbose: true,
+        device: args.device.device,
+        dtype: args.device.dtype,
+    };
     let outcome = run_suite(&suite, &opts)?;
     let skipped = outcome.results.iter().filter(|r| r.status.label() == "skipped").count();
     let failed = outcome.results.iter().filter(|r| r.status.label() == "failed").count();
+    let verdicts = verdicts(&outcome.results, &outcome.comparisons);
+    print!("{}", verdicts.text());
+    let report = outcome.dir.join("report.md");
     println!(
         "{} runs: {} completed, {skipped} skipped, {failed} failed. Report: {}",
         outcome.results.len(),
         outcome.results.len() - skipped - failed,
-        outcome.dir.join("report.md").display()
+        report.display()
+    );
+    ensure!(
+        verdicts.ok(),
+        "suite `{}`: {} run(s) failed and {} check(s) came out outside their tolerance (see {})",
+        suite.name,
+        verdicts.failed_runs,
+        verdicts.failed_checks,
+        report.display()
     );
     Ok(())
 }
