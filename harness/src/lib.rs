@@ -13,5 +13,6 @@ pub mod records;
 pub mod quickstart;
 pub mod report;
 pub mod runner;
+pub mod sampling;
 pub mod suite;
 pub mod sweep_log;

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod eval;
 pub mod fit;
 pub mod info;
+pub mod merge;
 pub mod model_registry;
 pub mod profile;
 pub mod quickstart;
