@@ -140,6 +140,12 @@ fn shards_in_any_order_or_at_once_merge_to_the_bytes_of_one_run() {
     }
     ok(&merge(&seq, &[]));
     assert_eq!(std::fs::read(&seq).unwrap(), want, "sequential shards + merge differ from one run");
+    // stderr is a pipe here, as in a Slurm log: plain progress lines with rate and ETA.
+    let err = ok(&sample(&dir.path().join("progress.npz"), &["--n", "4"]));
+    assert!(
+        err.lines().any(|l| l.starts_with("sampling: 4/4 images (100.0%), ") && l.contains("images/s") && l.contains("eta")),
+        "{err}"
+    );
     assert!(!parts(&seq).exists(), "merge removes the parts after success");
 
     // All three at once.
@@ -238,4 +244,43 @@ fn bad_requests_fail_before_any_work() {
     ok(&merge(&out, &[]));
     assert_eq!(read_images(&out).unwrap().1.n, 10);
     refused(&merge(&out, &[]), "already exists");
+}
+
+/// `--features`: Inception features per batch, merged into the features file and FID/sFID
+/// statistics, equal to one pass of `genbench stats` over the merged images.
+#[test]
+fn per_shard_features_merge_to_the_single_pass_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("feat.npz");
+    // 4 batches over 2 shards, the second shard with features from the start and the first
+    // sampled without them, then completed with --features (features from the stored images).
+    let job = ["--n", "10"];
+    ok(&sample(&out, &[&job[..], &["--shard", "0/2"]].concat()));
+    for k in ["1/2", "0/2"] {
+        ok(&sample(&out, &[&job[..], &["--shard", k, "--features"]].concat()));
+    }
+    let err = ok(&merge(&out, &[]));
+    let stats_path = dir.path().join("feat_stats.npz");
+    assert!(err.contains("feat_stats.npz") && dir.path().join("feat.features.safetensors").is_file(), "{err}");
+    let merged = genbench_metrics::npz::read_statistics(&stats_path).unwrap();
+    let single_path = dir.path().join("single_stats.npz");
+    let o = genbench().args(["--threads", "1", "stats", "--device", "cpu"]).arg(&out).arg("--out").arg(&single_path).output().unwrap();
+    ok(&o);
+    let single = genbench_metrics::npz::read_statistics(&single_path).unwrap();
+    // Tolerance: both sides come from f32 Inception features of the same images, extracted in
+    // batches of 3 here and of 10 by `genbench stats`; a different batch composition may change
+    // the last bits of a feature (relative 1e-7) and so of the f64 statistics. 1e-5 of the
+    // largest entry leaves room for that; a lost, doubled or foreign batch moves them by far more.
+    for (name, a, b) in [
+        ("mu", &merged.pool.as_ref().unwrap().mu, &single.pool.as_ref().unwrap().mu),
+        ("sigma", &merged.pool.as_ref().unwrap().sigma, &single.pool.as_ref().unwrap().sigma),
+        ("mu_s", &merged.spatial.as_ref().unwrap().mu, &single.spatial.as_ref().unwrap().mu),
+        ("sigma_s", &merged.spatial.as_ref().unwrap().sigma, &single.spatial.as_ref().unwrap().sigma),
+    ] {
+        assert_eq!(a.len(), b.len(), "{name}");
+        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(b.iter()).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-5 * scale, "{name}: merged and single-pass differ by {diff} (largest entry {scale})");
+    }
+    assert_eq!(merged.pool.unwrap().n, 10);
 }
