@@ -129,7 +129,7 @@ pub fn model_request(model: &ModelSpec, resolution: u32, suite_dir: &Path) -> Mo
     }
 }
 
-fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device: &Device) -> Result<Box<dyn Generator>> {
+pub fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device: &Device) -> Result<Box<dyn Generator>> {
     let resolved = resolve(&model_request(model, resolution, suite_dir))?;
     // The suite names the family for its tables; a model of another family is a suite mistake.
     ensure!(
@@ -166,7 +166,7 @@ fn step_records(family: &str, model: &str, batch: u32, log: &StepLog) -> Vec<Ste
 }
 
 /// Class labels of a batch: classes in turn, as ADM-style evaluation batches are class balanced.
-fn labels_for(start: usize, n: usize, num_classes: usize) -> Vec<u32> {
+pub fn labels_for(start: usize, n: usize, num_classes: usize) -> Vec<u32> {
     (start..start + n).map(|i| (i % num_classes.max(1)) as u32).collect()
 }
 
@@ -461,6 +461,44 @@ struct GenerateOutput {
     weight_hashes: BTreeMap<String, String>,
 }
 
+/// Where a generate run's work is cached (the suite-level shards write the same files).
+pub struct GenerateCache {
+    pub weight_hashes: BTreeMap<String, String>,
+    pub sample_key: String,
+    /// `batch-XXXXX.npz` files, see [`sample_batch_path`].
+    pub sample_dir: PathBuf,
+    pub feature_key: String,
+    /// All samples' Inception features, in batch order.
+    pub feature_path: PathBuf,
+}
+
+/// The cache locations of a generate run (hashes its weight files).
+pub fn generate_cache(run: &Run, model: &ModelSpec, cache_root: &Path) -> Result<GenerateCache> {
+    let mut weight_hashes = BTreeMap::new();
+    if let Weights::Checkpoint { checkpoint, tokenizer } = &model.weights {
+        for (role, spec) in std::iter::once(("checkpoint", checkpoint)).chain(tokenizer.iter().map(|t| ("tokenizer", t))) {
+            let p = spec.resolved.clone().map_err(anyhow::Error::msg)?;
+            weight_hashes.insert(role.to_string(), genbench_runtime::hash::sha256_file(&p)?);
+        }
+    }
+    let sample_key = run.sample_cache_key(&weight_hashes).context("generate runs have a sample key")?;
+    let sample_dir = cache_root.join(&sample_key);
+    let feature_key = run.feature_cache_key(&sample_key).context("generate runs have a feature key")?;
+    let feature_path = cache_root.join(&feature_key).join("features.safetensors");
+    Ok(GenerateCache { weight_hashes, sample_key, sample_dir, feature_key, feature_path })
+}
+
+/// Batch `b` of a generate run's samples.
+pub fn sample_batch_path(sample_dir: &Path, b: usize) -> PathBuf {
+    sample_dir.join(format!("batch-{b:05}.npz"))
+}
+
+/// Seed of batch `b` of a generate run: one per batch, derived from the run's seed, so batches
+/// are independent of order and of which process samples them.
+pub fn generate_batch_seed(seed: u64, b: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(b as u64)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_generate(
     run: &Run,
@@ -479,18 +517,8 @@ fn run_generate(
     opts: &RunnerOptions,
 ) -> Result<GenerateOutput> {
     ensure!(eval_resolution.is_none(), "eval_resolution (resizing before scoring) is not implemented by the runner");
-    let mut weight_hashes = BTreeMap::new();
-    if let Weights::Checkpoint { checkpoint, tokenizer } = &model.weights {
-        for (role, spec) in std::iter::once(("checkpoint", checkpoint)).chain(tokenizer.iter().map(|t| ("tokenizer", t))) {
-            let p = spec.resolved.clone().map_err(anyhow::Error::msg)?;
-            weight_hashes.insert(role.to_string(), genbench_runtime::hash::sha256_file(&p)?);
-        }
-    }
-    let sample_key = run.sample_cache_key(&weight_hashes).context("generate runs have a sample key")?;
-    let sample_dir = cache_root.join(&sample_key);
+    let GenerateCache { weight_hashes, sample_key, sample_dir, feature_key, feature_path } = generate_cache(run, model, cache_root)?;
     std::fs::create_dir_all(&sample_dir).with_context(|| format!("creating {}", sample_dir.display()))?;
-    let feature_key = run.feature_cache_key(&sample_key).context("generate runs have a feature key")?;
-    let feature_path = cache_root.join(&feature_key).join("features.safetensors");
 
     // The generator is built only if some batch is missing: a finished run re-scores from cache.
     let mut generator: Option<Box<dyn Generator>> = None;
@@ -500,7 +528,7 @@ fn run_generate(
     let seed = seeds.first().copied().unwrap_or(0);
     let mut batch_files = Vec::new();
     for b in 0..batches {
-        let path = sample_dir.join(format!("batch-{b:05}.npz"));
+        let path = sample_batch_path(&sample_dir, b);
         batch_files.push(path.clone());
         if path.is_file() {
             counts.sample_batches_reused += 1;
@@ -515,7 +543,7 @@ fn run_generate(
         let labels = labels_for(start, n, g.num_classes());
         let mut step_log = StepLog::default();
         // One seed per batch, derived from the run's seed, so batches are independent of order.
-        let s = g.sample(&labels, seed.wrapping_mul(1_000_003).wrapping_add(b as u64), &mut step_log)?;
+        let s = g.sample(&labels, generate_batch_seed(seed, b), &mut step_log)?;
         if b == 0 {
             steps.extend(step_records(&family, &model.model, batch, &step_log));
         }

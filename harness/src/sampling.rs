@@ -253,10 +253,7 @@ impl SampleJob {
             check_manifest(&manifest_path, &hash)?;
         }
         if let Some(s) = shard {
-            let record = serde_json::json!({ "count": s.count });
-            if create_once(&parts.join("shards.json"), &serde_json::to_string(&record)?)?.is_some() {
-                check_shard_record(&parts, s)?;
-            }
+            record_shard_count(&parts, s)?;
         }
         Ok(parts)
     }
@@ -471,6 +468,26 @@ fn recorded_shard_count(parts: &Path) -> Result<Option<usize>> {
     Ok(Some(n as usize))
 }
 
+/// Records `shard.count` in `dir/shards.json` unless a count is there; refuses another count.
+pub fn record_shard_count(dir: &Path, shard: Shard) -> Result<()> {
+    check_shard_record(dir, shard)?;
+    let record = serde_json::json!({ "count": shard.count });
+    if create_once(&dir.join("shards.json"), &serde_json::to_string(&record)?)?.is_some() {
+        check_shard_record(dir, shard)?;
+    }
+    Ok(())
+}
+
+/// The shard count recorded in `dir/shards.json`, if any.
+pub fn recorded_shards(dir: &Path) -> Result<Option<usize>> {
+    recorded_shard_count(dir)
+}
+
+/// `0, 3-5, 9`: batch indices for messages.
+pub fn batch_ranges(v: &[usize]) -> String {
+    format_ranges(v)
+}
+
 fn check_shard_record(parts: &Path, shard: Shard) -> Result<()> {
     if let Some(n) = recorded_shard_count(parts)? {
         ensure!(
@@ -511,8 +528,17 @@ fn open_lock(path: &Path) -> Result<File> {
 
 /// The batch's lock if no other process holds it.
 fn try_claim(parts: &Path, b: usize) -> Result<Option<File>> {
-    let path = lock_path(parts, b);
-    let file = open_lock(&path)?;
+    try_claim_path(&lock_path(parts, b))
+}
+
+fn claim_blocking(parts: &Path, b: usize) -> Result<File> {
+    claim_path_blocking(&lock_path(parts, b))
+}
+
+/// An exclusive lock on the file at `path` (created if absent) if no other process holds it;
+/// held until the returned file is dropped or the process ends.
+pub fn try_claim_path(path: &Path) -> Result<Option<File>> {
+    let file = open_lock(path)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
@@ -520,9 +546,9 @@ fn try_claim(parts: &Path, b: usize) -> Result<Option<File>> {
     }
 }
 
-fn claim_blocking(parts: &Path, b: usize) -> Result<File> {
-    let path = lock_path(parts, b);
-    let file = open_lock(&path)?;
+/// As [`try_claim_path`], waiting for the holder to release it.
+pub fn claim_path_blocking(path: &Path) -> Result<File> {
+    let file = open_lock(path)?;
     file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
     Ok(file)
 }

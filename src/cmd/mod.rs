@@ -10,3 +10,4 @@ pub mod profile;
 pub mod quickstart;
 pub mod sample;
 pub mod suite;
+pub mod suite_cluster;

@@ -22,6 +22,9 @@ pub struct SuiteArgs {
     /// Inception weights / feature cache folder (default: $GENBENCH_CACHE or ~/.cache/genbench).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Sharded and Slurm modes (`--shard`, `--merge-shards`, `--slurm`).
+    #[command(flatten)]
+    pub cluster: super::suite_cluster::ClusterArgs,
 }
 
 pub fn run(args: SuiteArgs) -> Result<()> {
@@ -32,7 +35,10 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         print!("{}", format_plan(&suite, &rows, gflops));
         return Ok(());
     }
-    let opts = RunnerOptions { results_root: args.results, only: args.only, inception_cache: args.cache_dir, verbose: true };
+    let opts = RunnerOptions { results_root: args.results.clone(), only: args.only.clone(), inception_cache: args.cache_dir.clone(), verbose: true };
+    if args.cluster.any() {
+        return super::suite_cluster::run(&suite, &args, opts);
+    }
     let outcome = run_suite(&suite, &opts)?;
     let skipped = outcome.results.iter().filter(|r| r.status.label() == "skipped").count();
     let failed = outcome.results.iter().filter(|r| r.status.label() == "failed").count();
