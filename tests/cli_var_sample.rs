@@ -284,3 +284,32 @@ fn per_shard_features_merge_to_the_single_pass_statistics() {
     }
     assert_eq!(merged.pool.unwrap().n, 10);
 }
+
+/// A task killed mid-run (as Slurm does at a time limit or on preemption) holds no claim
+/// afterwards: the kernel drops its locks, and the rerun finishes the job with the same bytes.
+#[test]
+fn killed_run_resumes_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = ["--n", "60", "--shard", "0/1"]; // 20 batches
+    let killed = dir.path().join("killed.npz");
+    let mut child = spawn(sample_cmd(&killed, &job));
+    let parts_dir = parts(&killed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let batch_count = || std::fs::read_dir(&parts_dir).map(|rd| rd.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".npz")).count()).unwrap_or(0);
+    while batch_count() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    let done_before = batch_count();
+    assert!(done_before >= 1, "the run never wrote a batch");
+    let err = ok(&sample(&killed, &job));
+    if !status.success() {
+        // Killed before the end (the usual case): the rerun did the rest and only the rest.
+        assert_eq!(batches_sampled_here(&err) + done_before, 20, "{err}");
+    }
+    ok(&merge(&killed, &[]));
+    let full = dir.path().join("full.npz");
+    ok(&sample(&full, &["--n", "60"]));
+    assert_eq!(std::fs::read(&killed).unwrap(), std::fs::read(&full).unwrap());
+}
