@@ -83,7 +83,7 @@ dtype = "f32"
 checkpoint = "{ckpt}"
 tokenizer = "{vae}"
 reference = "reference.npz"
-metrics = ["fid", "sfid", "precision", "recall"]
+metrics = ["fid", "precision", "recall"]
 "#,
         config = var.join("config.json").display(),
         ckpt = var.join("var.pth").display(),
@@ -158,7 +158,7 @@ fn suite_over_a_slurm_array_equals_a_single_process_run() {
     let single = tmp.path().join("single");
     ok(&genbench().args(["--threads", "1", "suite"]).arg(&suite).arg("--results").arg(&single).output().unwrap());
     let want = metrics_csv(&single);
-    assert!(want.lines().count() == 1 + 2 * 4 && !want.contains(",failed,"), "{want}");
+    assert!(want.lines().count() == 1 + 2 * 3 && !want.contains(",failed,"), "{want}");
 
     // Slurm: an array of 3 shard tasks and the dependent merge job.
     let cluster = Cluster::start(&tmp.path().join("cluster"));

@@ -16,6 +16,7 @@ use candle_core::Device;
 use genbench_metrics::features::{ExtractorOptions, Features, InceptionExtractor};
 use genbench_metrics::npz::{self, NpyArray, LABELS_KEY};
 use genbench_models::generator::{Generator, NoObserver};
+use genbench_runtime::progress::Progress;
 
 use crate::runner::{build_generator, generate_batch_seed, generate_cache, labels_for, run_suite, sample_batch_path, RunnerOptions, SuiteOutcome};
 use crate::sampling::{batch_ranges, claim_path_blocking, record_shard_count, recorded_shards, Shard};
@@ -90,6 +91,7 @@ pub fn run_suite_shard(suite: &Suite, opts: &RunnerOptions, shard: Shard) -> Res
         log(opts, format!("[{}/{}] {} shard {shard}: {} of {batches} batches, {found} already done", i + 1, runs.len(), run.id, mine.len()));
         let mut generator: Option<Box<dyn Generator>> = None;
         let mut sampled = 0;
+        let mut progress = Progress::new(&format!("  {} shard {shard}", run.id), "batches", mine.len() as u64, found as u64, (mine.len() as u64 / 50).max(1));
         let seed = seeds.first().copied().unwrap_or(0);
         for &b in &mine {
             if done(b) {
@@ -121,13 +123,15 @@ pub fn run_suite_shard(suite: &Suite, opts: &RunnerOptions, shard: Shard) -> Res
                 }
                 npz::write_images_npz(&path, &s.images, s.n, s.height, s.width, &[NpyArray::I64 { name: LABELS_KEY, shape: &shape, data: &labels_i64 }])?;
                 sampled += 1;
-                log(opts, format!("  {}: batch {b} sampled ({}/{} of this shard)", run.id, found + sampled, mine.len()));
+                progress.inc(1);
                 continue;
             };
             if features {
                 extract_batch_features(&mut extractor, opts, &images, n, h, w, &path)?;
             }
+            progress.inc(1);
         }
+        progress.finish();
         outcome.runs.push((run.id.clone(), sampled, found));
     }
     Ok(outcome)
