@@ -32,6 +32,8 @@ enum Command {
     AutonatSearch(cmd::autonat_search::AutonatSearchArgs),
     /// Sample class-conditional images into an ADM-format .npz (resumable).
     Sample(Box<cmd::sample::SampleArgs>),
+    /// Assemble the parts of sharded `sample` runs into one .npz (same bytes as one run).
+    Merge(cmd::merge::MergeArgs),
     /// Per-step wall time, FLOPs and GFLOP/s of a generator (CSV + summary).
     Profile(Box<cmd::profile::ProfileArgs>),
     /// Fit L = (beta X)^alpha to a sweep or training log (CSV / JSON lines), or to its compute frontier.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::AutonatSearch(args) => cmd::autonat_search::run(args),
         Command::Sample(args) => cmd::sample::run(*args),
+        Command::Merge(args) => cmd::merge::run(args),
         Command::Profile(args) => cmd::profile::run(*args),
         Command::Fit(args) => cmd::fit::run_fit(args),
         Command::Suite(args) => cmd::suite::run(args),

@@ -15,5 +15,8 @@ pub mod records;
 pub mod quickstart;
 pub mod report;
 pub mod runner;
+pub mod sampling;
+pub mod slurm;
 pub mod suite;
+pub mod suite_shards;
 pub mod sweep_log;

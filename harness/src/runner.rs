@@ -126,7 +126,7 @@ fn dtype_policy(d: Dtype) -> DTypePolicy {
 
 /// The dtype a run's generator uses on `device`: `--dtype` if given, else the run's own, as the
 /// runtime's dtype policy allows it (a refusal names the run).
-fn run_dtype(run_id: &str, model: &ModelSpec, device: &Device, dtype_override: Option<DTypePolicy>) -> Result<DType> {
+pub fn run_dtype(run_id: &str, model: &ModelSpec, device: &Device, dtype_override: Option<DTypePolicy>) -> Result<DType> {
     let policy = dtype_override.unwrap_or_else(|| dtype_policy(model.dtype));
     policy.compute_dtype(device).with_context(|| {
         format!("run `{run_id}` asks for {} on {}", policy.name(), genbench_runtime::device::describe(device))
@@ -157,7 +157,7 @@ pub fn model_request(model: &ModelSpec, resolution: u32, suite_dir: &Path) -> Mo
     }
 }
 
-fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn Generator>> {
+pub fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn Generator>> {
     let resolved = resolve(&model_request(model, resolution, suite_dir))?;
     // The suite names the family for its tables; a model of another family is a suite mistake.
     ensure!(
@@ -189,7 +189,7 @@ fn step_records(family: &str, model: &str, batch: u32, log: &StepLog) -> Vec<Ste
 }
 
 /// Class labels of a batch: classes in turn, as ADM-style evaluation batches are class balanced.
-fn labels_for(start: usize, n: usize, num_classes: usize) -> Vec<u32> {
+pub fn labels_for(start: usize, n: usize, num_classes: usize) -> Vec<u32> {
     (start..start + n).map(|i| (i % num_classes.max(1)) as u32).collect()
 }
 
@@ -329,11 +329,7 @@ impl Scorer {
             bail!("evaluator `{evaluator:?}` is not implemented by the runner; use evaluator = \"adm\"");
         }
         if self.adm.is_none() {
-            let opts = ExtractorOptions { device: self.device.clone(), ..ExtractorOptions::default() };
-            self.adm = Some(match &self.weights_dir {
-                Some(dir) => InceptionExtractor::new_in(opts, dir)?,
-                None => InceptionExtractor::new(opts)?,
-            });
+            self.adm = Some(adm_extractor(self.weights_dir.as_deref(), &self.device)?);
         }
         Ok(self.adm.as_ref().expect("just built"))
     }
@@ -496,6 +492,59 @@ fn read_batch(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
     Ok((px, info.h, info.w))
 }
 
+/// The hashes of a generate run's weight files and the folder of its sample cache (one
+/// `seed-S/` folder per seed inside). The suite-level shards write the same files.
+pub fn generate_sample_dir(run: &Run, model: &ModelSpec, cache_root: &Path) -> Result<(BTreeMap<String, String>, PathBuf)> {
+    let mut weight_hashes = BTreeMap::new();
+    if let Weights::Checkpoint { checkpoint, tokenizer } = &model.weights {
+        for (role, spec) in std::iter::once(("checkpoint", checkpoint)).chain(tokenizer.iter().map(|t| ("tokenizer", t))) {
+            let p = spec.resolved.clone().map_err(anyhow::Error::msg)?;
+            weight_hashes.insert(role.to_string(), genbench_runtime::hash::sha256_file(&p)?);
+        }
+    }
+    let sample_key = run.sample_cache_key(&weight_hashes).context("generate runs have a sample key")?;
+    let sample_dir = cache_root.join(&sample_key);
+    Ok((weight_hashes, sample_dir))
+}
+
+/// Batch `b` of seed `seed` of a generate run's samples.
+pub fn sample_batch_path(sample_dir: &Path, seed: u64, b: usize) -> PathBuf {
+    sample_dir.join(format!("seed-{seed}")).join(format!("batch-{b:05}.npz"))
+}
+
+/// Seed of batch `b` of a generate run: one per batch, derived from the run's seed, so batches
+/// are independent of order and of which process samples them.
+pub fn generate_batch_seed(seed: u64, b: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(b as u64)
+}
+
+/// The images that are scored: resized first when the run sets `eval_resolution` (as LlamaGen
+/// scores its 384 px models at 256).
+pub fn scoring_images(pixels: Vec<u8>, h: usize, w: usize, eval_resolution: Option<u32>) -> Result<(Vec<u8>, usize, usize)> {
+    match eval_resolution {
+        Some(px) => {
+            let n = pixels.len() / (h * w * 3);
+            Ok((resize_bicubic_torch_u8(&pixels, n, h, w, px as usize)?, px as usize, px as usize))
+        }
+        None => Ok((pixels, h, w)),
+    }
+}
+
+/// The ADM evaluator's Inception extractor on `device`, weights from `weights_dir` (default:
+/// the cache), as the runner and the shards build it.
+pub fn adm_extractor(weights_dir: Option<&Path>, device: &Device) -> Result<InceptionExtractor> {
+    let opts = ExtractorOptions { device: device.clone(), ..ExtractorOptions::default() };
+    match weights_dir {
+        Some(dir) => InceptionExtractor::new_in(opts, dir),
+        None => InceptionExtractor::new(opts),
+    }
+}
+
+/// The suite's feature cache (`<cache>/features/`), shared by the runner and the shards.
+pub fn suite_feature_cache(cache_root: &Path) -> FeatureCache {
+    FeatureCache::in_folder(cache_root)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_generate(
     run: &Run,
@@ -514,16 +563,8 @@ fn run_generate(
     counts: &mut CacheCounts,
     opts: &RunnerOptions,
 ) -> Result<GenerateOutput> {
-    let mut weight_hashes = BTreeMap::new();
-    if let Weights::Checkpoint { checkpoint, tokenizer } = &model.weights {
-        for (role, spec) in std::iter::once(("checkpoint", checkpoint)).chain(tokenizer.iter().map(|t| ("tokenizer", t))) {
-            let p = spec.resolved.clone().map_err(anyhow::Error::msg)?;
-            weight_hashes.insert(role.to_string(), genbench_runtime::hash::sha256_file(&p)?);
-        }
-    }
+    let (weight_hashes, sample_dir) = generate_sample_dir(run, model, cache_root)?;
     let dtype = run_dtype(&run.id, model, device, opts.dtype)?;
-    let sample_key = run.sample_cache_key(&weight_hashes).context("generate runs have a sample key")?;
-    let sample_dir = cache_root.join(&sample_key);
     let image_metrics: Vec<Metric> = run.metrics.iter().copied().filter(|m| m.is_image_metric()).collect();
 
     // The reference first: a bad reference fails the run before any sampling.
@@ -555,7 +596,7 @@ fn run_generate(
     let batches = samples.div_ceil(u64::from(batch.max(1))) as usize;
     let mut scored = Scored::default();
     for &seed in seeds {
-        let seed_dir = sample_dir.join(format!("seed-{seed}"));
+        let seed_dir = sample_batch_path(&sample_dir, seed, 0).parent().expect("a batch file has a folder").to_path_buf();
         std::fs::create_dir_all(&seed_dir).with_context(|| format!("creating {}", seed_dir.display()))?;
         // Generation feeds feature extraction batch by batch: no more than one batch of images
         // is held at a time, whatever the number of samples.
@@ -563,7 +604,7 @@ fn run_generate(
         let extracted_before = scorer.cache.counts().1;
         let mut line = ProgressLine::new(format!("  {} seed {seed}", run.id), 30.0);
         for b in 0..batches {
-            let path = seed_dir.join(format!("batch-{b:05}.npz"));
+            let path = sample_batch_path(&sample_dir, seed, b);
             let images = if path.is_file() {
                 counts.sample_batches_reused += 1;
                 if image_metrics.is_empty() {
@@ -581,7 +622,7 @@ fn run_generate(
                 let labels = labels_for(start, n, g.num_classes());
                 let mut step_log = StepLog::default();
                 // One seed per batch, derived from the run's seed, so batches are independent of order.
-                let s = g.sample(&labels, seed.wrapping_mul(1_000_003).wrapping_add(b as u64), &mut step_log)?;
+                let s = g.sample(&labels, generate_batch_seed(seed, b), &mut step_log)?;
                 if steps.is_empty() {
                     steps.extend(step_records(&family, &model.model, batch, &step_log));
                 }
@@ -598,12 +639,9 @@ fn run_generate(
                 counts.sample_batches_generated += 1;
                 Some((s.images, s.height, s.width))
             };
-            if let Some((mut pixels, mut h, mut w)) = images {
+            if let Some((pixels, h, w)) = images {
+                let (pixels, h, w) = scoring_images(pixels, h, w, eval_resolution)?;
                 let n = pixels.len() / (h * w * 3);
-                if let Some(px) = eval_resolution {
-                    pixels = resize_bicubic_torch_u8(&pixels, n, h, w, px as usize)?;
-                    (h, w) = (px as usize, px as usize);
-                }
                 let f = scorer.features(evaluator, &pixels, n, h, w)?;
                 collector.push(&f)?;
             }
@@ -667,7 +705,7 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
     let cache_root = opts.results_root.join(&suite.name).join("cache");
     let device = opts.device.open()?;
     let suite_dir = suite.path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut scorer = Scorer { weights_dir: opts.inception_cache.clone(), device: device.clone(), cache: FeatureCache::in_folder(&cache_root), adm: None };
+    let mut scorer = Scorer { weights_dir: opts.inception_cache.clone(), device: device.clone(), cache: suite_feature_cache(&cache_root), adm: None };
     let mut counts = CacheCounts::default();
     let mut results = Vec::new();
     let mut profile_points = Vec::new();

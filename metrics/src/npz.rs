@@ -337,6 +337,89 @@ pub fn write_images_npz(path: &Path, images: &[u8], n: usize, h: usize, w: usize
     write_npz(path, &arrays)
 }
 
+/// One array of an npz as stored: its npy dtype string (e.g. `<u4`), shape and raw C-order bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawArray {
+    pub descr: String,
+    pub shape: Vec<u64>,
+    pub data: Vec<u8>,
+}
+
+/// Reads an optional array's bytes without converting them (for concatenating arrays of any
+/// plain dtype, e.g. token ids or latents, exactly).
+pub fn read_raw_array(path: &Path, key: &str) -> Result<Option<RawArray>> {
+    let mut archive = open_archive(path)?;
+    let Some(npy) = archive.by_name(key).with_context(|| format!("{}: cannot read {key}", path.display()))? else {
+        return Ok(None);
+    };
+    let dtype = npy.dtype();
+    let DType::Plain(ts) = &dtype else {
+        bail!("{}: {key} has a structured dtype, expected a plain one", path.display());
+    };
+    ensure!(npy.order() == Order::C, "{}: {key} is stored in Fortran order", path.display());
+    let descr = ts.to_string();
+    let shape = npy.shape().to_vec();
+    let expected = shape.iter().product::<u64>() * ts.size_field() as u64;
+    let mut data = Vec::with_capacity(expected as usize);
+    npy.into_inner().read_to_end(&mut data).with_context(|| format!("{}: cannot read {key}", path.display()))?;
+    ensure!(
+        data.len() as u64 == expected,
+        "{}: {key} holds {} bytes, its header promises {expected} (truncated or corrupt file)",
+        path.display(),
+        data.len()
+    );
+    Ok(Some(RawArray { descr, shape, data }))
+}
+
+/// An npz being written array by array, each array's data streamed in pieces (so a 10 GB
+/// `arr_0` is never held in memory). Made by [`write_npz_streamed`].
+pub struct NpzStreamWriter<'f> {
+    zip: ZipWriter<BufWriter<&'f mut File>>,
+    /// (name, bytes still expected) of the array being written.
+    open: Option<(String, u64)>,
+    names: Vec<String>,
+}
+
+impl NpzStreamWriter<'_> {
+    /// Starts array `name` with npy dtype `descr` (e.g. `|u1`, `<i8`, `<u4`, `<f4`) and `shape`;
+    /// its `shape.product() * itemsize` bytes must then come through [`Self::write`].
+    pub fn start_array(&mut self, name: &str, descr: &str, shape: &[u64]) -> Result<()> {
+        self.close_array()?;
+        ensure!(!self.names.iter().any(|n| n == name), "array name {name} used twice");
+        let itemsize = descr.parse::<TypeStr>().with_context(|| format!("bad dtype {descr}"))?.size_field() as u64;
+        start_npy(&mut self.zip, name, descr, shape)?;
+        self.names.push(name.to_string());
+        self.open = Some((name.to_string(), shape.iter().product::<u64>() * itemsize));
+        Ok(())
+    }
+
+    /// Appends raw little-endian C-order bytes to the array being written.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let Some((name, left)) = self.open.as_mut() else { bail!("npz stream: data written before any array was started") };
+        ensure!(bytes.len() as u64 <= *left, "{name}: more data than its shape holds");
+        *left -= bytes.len() as u64;
+        self.zip.write_all(bytes).with_context(|| format!("cannot write {name}.npy"))
+    }
+
+    fn close_array(&mut self) -> Result<()> {
+        if let Some((name, left)) = self.open.take() {
+            ensure!(left == 0, "{name}: {left} bytes short of its shape");
+        }
+        Ok(())
+    }
+}
+
+/// Writes an uncompressed npz (like `np.savez`) atomically, the arrays streamed by `fill`
+/// through [`NpzStreamWriter`]. The bytes equal [`write_npz`]'s for the same arrays.
+pub fn write_npz_streamed(path: &Path, fill: impl FnOnce(&mut NpzStreamWriter<'_>) -> Result<()>) -> Result<()> {
+    write_file_atomically(path, |file| {
+        let mut w = NpzStreamWriter { zip: ZipWriter::new(BufWriter::new(file)), open: None, names: Vec::new() };
+        fill(&mut w)?;
+        w.close_array()?;
+        finish_zip(w.zip)
+    })
+}
+
 /// Reads a standalone float32 `.npy` file as (values, shape).
 pub fn read_npy_f32(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -387,7 +470,12 @@ fn finish_zip<W: Write + Seek>(zip: ZipWriter<BufWriter<W>>) -> Result<()> {
 
 /// Starts `<name>.npy` in the zip (stored, zip64) and writes its npy header.
 fn start_npy<'z, W: Write + Seek>(zip: &'z mut ZipWriter<W>, name: &str, descr: &str, shape: &[u64]) -> Result<&'z mut ZipWriter<W>> {
-    let options = SimpleFileOptions::default().compression_method(CompressionMethod::Stored).large_file(true);
+    // A fixed timestamp (zip's 1980 epoch): the same arrays always give the same bytes, so
+    // sharded and single-process runs can be compared byte for byte.
+    let options = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        .large_file(true)
+        .last_modified_time(zip::DateTime::default());
     zip.start_file(format!("{name}.npy"), options).with_context(|| format!("cannot start {name}.npy"))?;
     let dtype = DType::Plain(descr.parse::<TypeStr>().with_context(|| format!("bad dtype {descr}"))?);
     npyz::WriteOptions::new_header_only()
@@ -491,6 +579,52 @@ mod tests {
         assert!(read_int_array(&path, "nope").unwrap().is_none());
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn streamed_npz_equals_one_shot_npz_byte_for_byte() {
+        let dir = tmp();
+        let (n, h, w) = (3, 2, 2);
+        let images: Vec<u8> = (0..n * h * w * 3).map(|i| (i * 5 % 256) as u8).collect();
+        let labels = [2i64, 0, 1];
+        let tokens = [7u32, 8, 9, 10, 11, 12];
+        let one_shot = dir.path().join("one.npz");
+        write_images_npz(
+            &one_shot,
+            &images,
+            n,
+            h,
+            w,
+            &[
+                NpyArray::I64 { name: LABELS_KEY, shape: &[3], data: &labels },
+                NpyArray::U32 { name: "tokens", shape: &[3, 2], data: &tokens },
+            ],
+        )
+        .unwrap();
+        let streamed = dir.path().join("streamed.npz");
+        write_npz_streamed(&streamed, |z| {
+            z.start_array(IMAGES_KEY, "|u1", &[n as u64, h as u64, w as u64, 3])?;
+            for chunk in images.chunks(h * w * 3) {
+                z.write(chunk)?;
+            }
+            z.start_array(LABELS_KEY, "<i8", &[3])?;
+            z.write(&labels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+            let raw = read_raw_array(&one_shot, "tokens")?.unwrap();
+            assert_eq!((raw.descr.as_str(), raw.shape.as_slice()), ("<u4", &[3u64, 2][..]));
+            z.start_array("tokens", &raw.descr, &raw.shape)?;
+            z.write(&raw.data)
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&one_shot).unwrap(), std::fs::read(&streamed).unwrap());
+        // A short array is an error and leaves no file.
+        let short = dir.path().join("short.npz");
+        let err = write_npz_streamed(&short, |z| {
+            z.start_array(IMAGES_KEY, "|u1", &[1, 1, 1, 3])?;
+            z.write(&[1, 2])
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("1 bytes short"), "{err:#}");
+        assert!(!short.exists());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! where tensors live ([`device`]), which float type they use ([`dtype`]), how time is measured
 //! on an asynchronous device ([`timer`]), how many CPU threads run ([`threads`]), where
 //! randomness comes from ([`rng`]), and how published PyTorch checkpoints are read
-//! ([`checkpoint`]), and how the allocator treats large tensors ([`memory`]). It knows nothing about any model or metric.
+//! ([`checkpoint`]), how long loops report progress ([`progress`]), and how the allocator treats large tensors ([`memory`]). It knows nothing about any model or metric.
 
 pub mod checkpoint;
 pub mod device;
@@ -12,6 +12,7 @@ pub mod dtype;
 pub mod hash;
 pub mod info;
 pub mod memory;
+pub mod progress;
 pub mod rng;
 pub mod threads;
 pub mod timer;

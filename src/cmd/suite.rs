@@ -8,6 +8,7 @@ use genbench_harness::report::verdicts;
 
 use super::DeviceArgs;
 use genbench_harness::suite::Suite;
+use genbench_harness::suite_shards::merge_suite_shards;
 
 #[derive(clap::Args, Debug)]
 pub struct SuiteArgs {
@@ -27,6 +28,9 @@ pub struct SuiteArgs {
     pub cache_dir: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Sharded and Slurm modes (`--shard`, `--merge-shards`, `--slurm`).
+    #[command(flatten)]
+    pub cluster: super::suite_cluster::ClusterArgs,
 }
 
 pub fn run(args: SuiteArgs) -> Result<()> {
@@ -39,14 +43,18 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         return Ok(());
     }
     let opts = RunnerOptions {
-        results_root: args.results,
-        only: args.only,
-        inception_cache: args.cache_dir,
+        results_root: args.results.clone(),
+        only: args.only.clone(),
+        inception_cache: args.cache_dir.clone(),
         verbose: true,
         device: args.device.device,
         dtype: args.device.dtype,
     };
-    let outcome = run_suite(&suite, &opts)?;
+    if args.cluster.any() && !args.cluster.merge_shards {
+        return super::suite_cluster::run(&suite, &args, opts);
+    }
+    // `--merge-shards` checks every shard is done first; both then report the same way.
+    let outcome = if args.cluster.merge_shards { merge_suite_shards(&suite, &opts)? } else { run_suite(&suite, &opts)? };
     let skipped = outcome.results.iter().filter(|r| r.status.label() == "skipped").count();
     let failed = outcome.results.iter().filter(|r| r.status.label() == "failed").count();
     let verdicts = verdicts(&outcome.results, &outcome.comparisons);
