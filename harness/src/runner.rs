@@ -685,7 +685,7 @@ fn run_generate(
         steps,
         settings: serde_json::json!({
             "task": run.settings_json(),
-            "sample_cache": sample_key,
+            "sample_cache": sample_dir.file_name().map(|n| n.to_string_lossy().into_owned()),
             "eval_resolution": eval_resolution,
             "reference": reference_summary.as_ref().map(|(p, _)| p),
         }),

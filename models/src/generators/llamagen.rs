@@ -7,7 +7,8 @@
 //! prefill consumes the class token and yields `z_0`; each of the `N - 1` decode steps feeds one
 //! token and yields the next; the last token is never fed back.
 //!
-//! Exactness points (MODELS.md section 8, item 9): the class token's RoPE rows are all zero, so
+//! Exactness points (FoundationVision/LlamaGen@ce98ec4 `autoregressive/models/gpt.py`
+//! `precompute_freqs_cis_2d`, `apply_rotary_emb`, `RMSNorm`; `generate.py` for the guidance): the class token's RoPE rows are all zero, so
 //! its q and k vanish in every layer; 2-D RoPE pairs are interleaved, rows in the first half of
 //! the pairs and columns in the second; RMSNorm runs in f32; no biases anywhere; guidance is
 //! `u + s (c - u)` with the conditional half first in the doubled batch.
@@ -601,7 +602,7 @@ impl LlamaGenGpt {
 
 /// FLOPs (2 x MACs) of one LlamaGen forward over `q` new tokens attending `k` keys, one
 /// sequence: `L (2 q d (d + 2 kv) + 2 q d^2 + 6 q d H + 4 q k d) + 2 q d V`. With kv = d this is
-/// MODELS.md 6.2's `L (8 d^2 + 6 d H + 4 k d) + 2 d V` per token.
+/// The [`crate::flops`] convention's `L (8 d^2 + 6 d H + 4 k d) + 2 d V` per token.
 pub fn llamagen_forward_flops(c: &LlamaGenGptConfig, q: usize, k: usize) -> f64 {
     use crate::flops;
     let (d, kv) = (c.dim, c.kv_heads() * c.head_dim());

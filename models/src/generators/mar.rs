@@ -150,7 +150,7 @@ impl MarConfig {
     }
 
     /// FLOPs (2 × MACs) of one MAE encoder + decoder forward for one image with `visible`
-    /// known tokens, the project's convention (MODELS.md §6.2): encoder length
+    /// known tokens, the project's convention ([`crate::flops`]): encoder length
     /// `n_e = buffer + visible`, decoder length `n_d = buffer + seq_len`, pre-LN blocks
     /// (attention over all keys + MLP), plus `z_proj` and `decoder_embed` on the encoder rows.
     pub fn mae_flops(&self, visible: usize) -> f64 {
@@ -799,7 +799,7 @@ pub fn load_mar_checkpoint(cfg: &MarConfig, path: &Path, device: &Device) -> Res
     Ok(mar)
 }
 
-/// Analytic FLOPs per image (project convention, MODELS.md §6.2) split into the MAE
+/// Analytic FLOPs per image (project convention, [`crate::flops`]) split into the MAE
 /// transformer, the diffusion MLP and the KL-16 decode; under CFG the transformer and the MLP
 /// run on the doubled batch.
 pub fn flops_per_image(cfg: &MarConfig, s: &MarSampling, vae: &Kl16Config) -> FlopsPerImage {

@@ -199,7 +199,7 @@ pub struct DiffusionHeadConfig {
 
 impl DiffusionHeadConfig {
     /// FLOPs (2 × MACs) of one network evaluation on one row, as the project counts them
-    /// (MODELS.md §6.2, `M = (10 d + 6)·w² + 2w·(256 + z + in + out)`): every Linear of the
+    /// (the FLOP convention of [`crate::flops`], `M = (10 d + 6)·w² + 2w·(256 + z + in + out)`): every Linear of the
     /// network, the time embedding included.
     pub fn flops_per_row(&self) -> f64 {
         let (w, d) = (self.width, self.depth);
@@ -549,7 +549,7 @@ mod tests {
     #[test]
     fn respacing_matches_the_reference_maps() {
         // create_diffusion("10") as recorded in the MAR fixture and the 100-step map of
-        // MODELS.md §3.4.
+        // `space_timesteps(1000, "100")` (LTH14/mar@fe470ac `diffusion/respace.py`).
         assert_eq!(space_timesteps(1000, &[10]).unwrap(), vec![0, 111, 222, 333, 444, 555, 666, 777, 888, 999]);
         let m100 = space_timesteps(1000, &[100]).unwrap();
         assert_eq!(m100.len(), 100);

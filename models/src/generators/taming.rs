@@ -42,7 +42,7 @@ impl TamingGptConfig {
     ///
     /// `n_head` = 24 (head_dim 64). The head count changes no tensor shape, so the checkpoint
     /// cannot tell; the project.yaml that states it ships only inside the checkpoint archive,
-    /// which is not available here, and MODELS.md 5.6 records 24 as believed but unconfirmed.
+    /// which is not available here, so 24 is believed but unconfirmed.
     /// 24 is the value that gives the 64-wide heads of every other minGPT config of the
     /// paper's family (e.g. faceshq 1024 / 16). A model whose project.yaml says otherwise is
     /// loaded with `--config` (the fixture-format JSON carries `n_head` explicitly).
@@ -407,7 +407,7 @@ impl TamingGpt {
 }
 
 /// FLOPs (2 x MACs) of one minGPT forward of `q` tokens attending `k` keys, one sequence:
-/// `L (24 q C^2 + 4 q k C) + 2 q C V` (MODELS.md 6.2).
+/// `L (24 q C^2 + 4 q k C) + 2 q C V` (the convention of [`crate::flops`]).
 pub fn taming_forward_flops(c: &TamingGptConfig, q: usize, k: usize) -> f64 {
     use crate::flops;
     let d = c.n_embd;

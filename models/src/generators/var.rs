@@ -207,7 +207,7 @@ impl VarConfig {
         self.begin_ends()[si].1
     }
 
-    /// Reference FLOPs per image of step `si` as MODELS.md 6.2 writes them (what the reference
+    /// Reference FLOPs per image of step `si` in the convention of [`crate::flops`] (what the reference
     /// loop executes, ada_lin recomputed at every scale):
     /// `2 x [ d (24 q C^2 + 4 q k C + 12 C^2) + 4 C^2 + 2 q C V + 2 q' Cvae C ]` with CFG
     /// (the factor 2), `12 C^2` once instead of per block for shared AdaLN.
