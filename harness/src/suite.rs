@@ -149,6 +149,9 @@ struct RunTable {
     /// Arithmetic of precision/recall's distances (default ADM's fp16).
     pr_distances: Option<DistancePrecision>,
     relative_to: Option<String>,
+    /// Why genbench cannot run this row (a configuration the paper does not describe well
+    /// enough to build): the run is reported as skipped with this reason.
+    unsupported: Option<String>,
     images: Option<Vec<String>>,
     split_at: Option<usize>,
     sampler: Option<SamplerSettings>,
@@ -419,6 +422,8 @@ pub struct Run {
     pub task: Task,
     pub metrics: Vec<Metric>,
     pub relative_to: Option<String>,
+    /// Set when genbench cannot run this row, with the reason (the file's `unsupported`).
+    pub unsupported: Option<String>,
     pub published: Option<Published>,
 }
 
@@ -472,6 +477,15 @@ impl Run {
             _ => {}
         }
         missing
+    }
+
+    /// Why the runner skips this run, if it does: not supported, or inputs missing.
+    pub fn skip_reason(&self) -> Option<String> {
+        if let Some(why) = &self.unsupported {
+            return Some(format!("not supported: {why}"));
+        }
+        let missing = self.missing_inputs();
+        (!missing.is_empty()).then(|| missing.join("; "))
     }
 
     /// Settings as JSON, for manifests.
@@ -954,6 +968,7 @@ impl Validator<'_> {
             task: task?,
             metrics,
             relative_to: t.relative_to.clone(),
+            unsupported: t.unsupported.clone(),
             published,
         })
     }

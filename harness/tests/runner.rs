@@ -246,8 +246,11 @@ dtype = "bf16"
     let suite = Suite::parse(&path, &text, &|_| None).unwrap();
 
     let rows = plan(&suite, &[], 10.0, &candle_core::Device::Cpu, None).unwrap();
-    assert!(rows[0].note.is_empty(), "{}", rows[0].note);
-    assert!(rows[1].note.contains("bf16-on-cpu") && rows[1].note.contains("bf16"), "{}", rows[1].note);
+    assert!(rows[0].note.is_empty() && rows[0].refusal.is_none(), "{rows:?}");
+    let refused = rows[1].refusal.as_deref().unwrap_or_default();
+    assert!(refused.contains("bf16-on-cpu") && refused.contains("bf16 is not supported on the CPU"), "{refused}");
+    let text = format_plan(&suite, &rows, 10.0);
+    assert!(text.contains("REFUSED: run `bf16-on-cpu`") && text.contains("1 run(s) would be refused"), "{text}");
 
     let out = run_suite(&suite, &options(tmp.path(), &[])).unwrap();
     let two = &out.results[0];
