@@ -27,7 +27,7 @@ use genbench_models::generator::{Generator, StepKind, StepLog};
 
 use crate::fit::format_sig;
 use crate::manifest::{git_state, results_dir, Machine, Manifest};
-use crate::model_registry::{resolve, ModelRequest};
+use crate::model_registry::{resolve, ModelRequest, ResolvedModel};
 use crate::plots::{per_step_chart, resolution_chart, write_atomically, write_chart, ResolutionPoint, StepQuantity};
 use crate::records::{RunResult, RunStatus, SeedEvaluation, StepRecord};
 use crate::report::{derive_relative_metrics, write_results, Comparison};
@@ -157,7 +157,8 @@ pub fn model_request(model: &ModelSpec, resolution: u32, suite_dir: &Path) -> Mo
     }
 }
 
-pub fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn Generator>> {
+/// The registry's model for a spec at `resolution`: the runner's one call into the registry.
+fn resolve_model(model: &ModelSpec, resolution: u32, suite_dir: &Path) -> Result<ResolvedModel> {
     let resolved = resolve(&model_request(model, resolution, suite_dir))?;
     // The suite names the family for its tables; a model of another family is a suite mistake.
     ensure!(
@@ -167,7 +168,11 @@ pub fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, dev
         family_name(resolved.family),
         family_name(model.family)
     );
-    resolved.build(device, dtype)
+    Ok(resolved)
+}
+
+pub fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn Generator>> {
+    resolve_model(model, resolution, suite_dir)?.build(device, dtype)
 }
 
 /// Converts the generator's step records into the report's, for one batch.
@@ -713,9 +718,7 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
     for (i, run) in selected.iter().enumerate() {
         let (family, model) = run.family_and_model();
         log(opts, format!("[{}/{}] {} ({family} / {model})", i + 1, selected.len(), run.id));
-        let missing = run.missing_inputs();
-        if !missing.is_empty() {
-            let reason = missing.join("; ");
+        if let Some(reason) = run.skip_reason() {
             log(opts, format!("  skipped: {reason}"));
             results.push(RunResult::skipped(&run.id, &family, &model, reason));
             continue;
@@ -950,8 +953,51 @@ pub struct PlanRow {
     /// Total TFLOP of the run's sampling.
     pub tflop_total: Option<f64>,
     pub estimated_seconds: Option<f64>,
-    /// Skipped (missing inputs) or why FLOPs are unknown.
+    /// Skipped (missing inputs, not supported) or why FLOPs are unknown.
     pub note: String,
+    /// Why the runner would refuse this run (it would fail, not be skipped), if it would.
+    pub refusal: Option<String>,
+}
+
+/// Why the runner would refuse `run` (fail it before or while running), checked without
+/// building anything heavy: the evaluator, the dtype on `device`, the registry's resolution of
+/// the model at every resolution it runs at (unknown names, unsupported overrides, settings the
+/// family refuses), and a reference batch that is present but cannot serve the metrics. A run
+/// the suite marks `unsupported` is skipped, not refused.
+pub fn refusal(run: &Run, suite_dir: &Path, device: &Device, dtype_override: Option<DTypePolicy>) -> Option<String> {
+    if run.unsupported.is_some() {
+        return None;
+    }
+    let check = || -> Result<()> {
+        match &run.task {
+            Task::Generate { evaluator, .. } | Task::MetricCheck { evaluator, .. } => {
+                ensure!(*evaluator == Evaluator::Adm, "evaluator `{evaluator:?}` is not implemented by the runner; use evaluator = \"adm\"");
+            }
+            Task::Profile { .. } => {}
+        }
+        if let Some(spec) = run.model_spec() {
+            run_dtype(&run.id, spec, device, dtype_override)?;
+            let mut random = spec.clone();
+            random.weights = Weights::Random;
+            let resolutions = match &run.task {
+                Task::Profile { profile, .. } => profile_resolutions(spec, profile),
+                _ => vec![spec.resolution],
+            };
+            for px in resolutions {
+                resolve_model(&random, px, suite_dir).with_context(|| format!("{} at {px} px", spec.model))?;
+            }
+        }
+        if let Task::Generate { reference: Some(spec), .. } = &run.task {
+            let image_metrics: Vec<Metric> = run.metrics.iter().copied().filter(|m| m.needs_reference()).collect();
+            if let (Ok(path), false) = (&spec.resolved, image_metrics.is_empty()) {
+                if path.exists() {
+                    Reference::open(path)?.feasible(image_metrics, true, &mut Vec::new())?;
+                }
+            }
+        }
+        Ok(())
+    };
+    check().err().map(|e| format!("{e:#}"))
 }
 
 /// The plan of `--dry-run`: per run, analytic FLOPs (built with random weights: the FLOP count
@@ -960,7 +1006,7 @@ pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64, device: &Device, 
     let suite_dir = suite.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut rows = Vec::new();
     for run in suite.select(only).map_err(anyhow::Error::msg)? {
-        let missing = run.missing_inputs();
+        let skip = run.skip_reason();
         let (kind, images_by_px): (&'static str, Vec<(u32, u64)>) = match &run.task {
             Task::Profile { model, profile, seeds } => {
                 let calls = u64::from(profile.warmup) + u64::from(profile.repeats.max(1)) * seeds.len().max(1) as u64;
@@ -978,9 +1024,10 @@ pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64, device: &Device, 
             gflop_per_image: None,
             tflop_total: None,
             estimated_seconds: None,
-            note: if missing.is_empty() { String::new() } else { format!("skipped: {}", missing.join("; ")) },
+            note: skip.map(|r| format!("skipped: {r}")).unwrap_or_default(),
+            refusal: refusal(run, &suite_dir, device, dtype_override),
         };
-        if let Some(spec) = run.model_spec() {
+        if let (Some(spec), None, None) = (run.model_spec(), &row.refusal, &run.unsupported) {
             // FLOPs need only the shapes: count them on a random-weight build of the same shape.
             let mut random = spec.clone();
             random.weights = Weights::Random;
@@ -998,9 +1045,7 @@ pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64, device: &Device, 
                     }
                     Err(e) => {
                         ok = false;
-                        if row.note.is_empty() {
-                            row.note = format!("cannot build: {e:#}");
-                        }
+                        row.refusal = Some(format!("cannot build: {e:#}"));
                     }
                 }
             }
@@ -1032,11 +1077,18 @@ pub fn format_plan(suite: &Suite, rows: &[PlanRow], gflops_per_s: f64) -> String
             opt(r.gflop_per_image),
             opt(r.tflop_total),
             r.estimated_seconds.map(|x| format!("{} s", format_sig(x, 2))).unwrap_or_else(|| "-".into()),
-            r.note
+            match &r.refusal {
+                Some(why) => format!("REFUSED: {why}"),
+                None => r.note.clone(),
+            }
         ));
     }
-    // Skipped runs are not counted. `+ 0.0`: an empty f64 sum is -0.0, which would print as "-0".
-    let total: f64 = rows.iter().filter(|r| r.note.is_empty()).filter_map(|r| r.estimated_seconds).sum::<f64>() + 0.0;
+    let refused = rows.iter().filter(|r| r.refusal.is_some()).count();
+    if refused > 0 {
+        s.push_str(&format!("{refused} run(s) would be refused by the runner (REFUSED above, with the reason).\n"));
+    }
+    // Skipped and refused runs are not counted. `+ 0.0`: an empty f64 sum is -0.0, which would print as "-0".
+    let total: f64 = rows.iter().filter(|r| r.note.is_empty() && r.refusal.is_none()).filter_map(|r| r.estimated_seconds).sum::<f64>() + 0.0;
     s.push_str(&format!(
         "Estimated sampling time of the runs that will run {} s: analytic FLOPs / {} GFLOP/s (a 512x512 f32 matmul probe on this machine just now); a lower bound, as attention, sampling and decoding overheads run below matmul peak. Metric checks and Inception feature extraction are not included.\n",
         format_sig(total, 3),

@@ -246,8 +246,11 @@ dtype = "bf16"
     let suite = Suite::parse(&path, &text, &|_| None).unwrap();
 
     let rows = plan(&suite, &[], 10.0, &candle_core::Device::Cpu, None).unwrap();
-    assert!(rows[0].note.is_empty(), "{}", rows[0].note);
-    assert!(rows[1].note.contains("bf16-on-cpu") && rows[1].note.contains("bf16"), "{}", rows[1].note);
+    assert!(rows[0].note.is_empty() && rows[0].refusal.is_none(), "{rows:?}");
+    let refused = rows[1].refusal.as_deref().unwrap_or_default();
+    assert!(refused.contains("bf16-on-cpu") && refused.contains("bf16 is not supported on the CPU"), "{refused}");
+    let text = format_plan(&suite, &rows, 10.0);
+    assert!(text.contains("REFUSED: run `bf16-on-cpu`") && text.contains("1 run(s) would be refused"), "{text}");
 
     let out = run_suite(&suite, &options(tmp.path(), &[])).unwrap();
     let two = &out.results[0];
@@ -272,4 +275,99 @@ dtype = "bf16"
 
     let RunStatus::Failed { error } = &out.results[1].status else { panic!("{:?}", out.results[1].status) };
     assert!(error.contains("bf16-on-cpu") && error.contains("bf16 is not supported on the CPU"), "{error}");
+}
+
+/// The fixture standing in for each family's published checkpoints: (config, checkpoint,
+/// tokenizer) under `tests/fixtures/models/`. Every fixture generates 64 px images.
+fn fixture_for(family: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (dir, ckpt, vae) = match family {
+        "var" => ("var", "var.pth", "vae.pth"),
+        "raster_ar" => ("ar_llamagen", "c2i_tiny.pt", "vq_ds16_c2i_tiny.pt"),
+        "mar" => ("mar", "checkpoint-last.pth", "kl16.ckpt"),
+        "auto_nat" => ("autonat", "nnet_ema.pth", "vqgan_jax_strongaug.ckpt"),
+        other => panic!("no fixture for family {other}"),
+    };
+    let d = fixtures().join("models").join(dir);
+    (d.join("config.json"), d.join(ckpt), d.join(vae))
+}
+
+/// A shipped paper suite with its published models mapped onto the tiny fixtures: the same runs,
+/// sampler recipes, metrics, published rows and tolerances, but each model is its family's
+/// fixture (64 px), 4 samples in one batch, scored against `reference`; a suite that resizes
+/// before scoring (`eval_resolution`) resizes to 32 px.
+fn on_fixtures(name: &str, reference: &Path, dir: &Path) -> Suite {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../suites").join(name);
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&shipped).unwrap().parse().unwrap();
+    let defaults_family = doc.get("defaults").and_then(|d| d.get("family")).and_then(|f| f.as_str()).map(str::to_owned);
+    // The paper tables stay the shipped ones.
+    doc["suite"]["papers"] = toml_edit::value(shipped.parent().unwrap().join("papers").display().to_string());
+    let resizes = doc.get("defaults").and_then(|d| d.get("eval_resolution")).is_some();
+    if let Some(d) = doc.get_mut("defaults").and_then(|d| d.as_table_mut()) {
+        d.remove("tokenizer");
+        d.remove("eval_resolution");
+        // MAR reveals at least one token per step: its step count is capped by the fixture's
+        // token count (from the fixture's own config).
+        if defaults_family.as_deref() == Some("mar") {
+            let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture_for("mar").0).unwrap()).unwrap();
+            let tokens = config["generator"]["derived"]["seq_len"].as_i64().unwrap();
+            d["sampler"]["num_iter"] = toml_edit::value(tokens);
+        }
+    }
+    let runs = doc["run"].as_array_of_tables_mut().unwrap();
+    for (i, run) in runs.iter_mut().enumerate() {
+        // Runs of one family map onto the same fixture; a seed per run keeps their samples apart
+        // (identical settings would share the sample cache, as they should).
+        run["seeds"] = toml_edit::value(toml_edit::Array::from_iter([i as i64]));
+        let family = run.get("family").and_then(|f| f.as_str()).map(str::to_owned).or(defaults_family.clone()).unwrap();
+        let (config, ckpt, vae) = fixture_for(&family);
+        println!("{name}: {} `{}` -> {}", run["id"], run.get("model").and_then(|m| m.as_str()).unwrap_or("?"), config.display());
+        run["model"] = toml_edit::value(config.display().to_string());
+        run["checkpoint"] = toml_edit::value(ckpt.display().to_string());
+        run["tokenizer"] = toml_edit::value(vae.display().to_string());
+        run["resolution"] = toml_edit::value(64);
+        run["samples"] = toml_edit::value(4);
+        run["batch"] = toml_edit::value(4);
+        run["reference"] = toml_edit::value(reference.display().to_string());
+        if resizes || run.contains_key("eval_resolution") {
+            run["eval_resolution"] = toml_edit::value(32);
+        }
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let text = doc.to_string();
+    Suite::parse(&path, &text, &|_| None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `var_table1`, `llamagen_c2i`, `mar_system` and `autonat_in256` end to end on the tiny fixtures
+/// (published names mapped to fixture checkpoints): every run completes, and metrics.csv,
+/// report.md, evaluations.json and the plots are written with finite values for every run.
+#[test]
+fn paper_suites_run_end_to_end_on_fixtures() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 8 reference images of 64 px (any fixed images do: the test checks the pipeline, not FID).
+    let reference = tmp.path().join("reference.npz");
+    let px: Vec<u8> = (0..8 * 64 * 64 * 3).map(|i| ((i * 2_654_435_761usize) >> 13) as u8).collect();
+    genbench_metrics::npz::write_images_npz(&reference, &px, 8, 64, 64, &[]).unwrap();
+    for name in ["var_table1.toml", "llamagen_c2i.toml", "mar_system.toml", "autonat_in256.toml"] {
+        let suite = on_fixtures(name, &reference, tmp.path());
+        let out = run_suite(&suite, &options(tmp.path(), &[])).unwrap();
+        assert_eq!(out.results.len(), suite.runs.len());
+        for r in &out.results {
+            assert_eq!(r.status, RunStatus::Completed, "{name} {}: {:?}", r.id, r.status);
+            for m in [Metric::Fid, Metric::Precision, Metric::Recall, Metric::SecPerImage, Metric::GflopPerImage] {
+                let v = r.metrics.get(&m).copied().unwrap_or(f64::NAN);
+                assert!(v.is_finite() && v >= 0.0, "{name} {}: {m} = {v}", r.id);
+            }
+            assert!(r.metrics.contains_key(&Metric::Is) || r.unavailable.contains_key(&Metric::Is), "{name} {}", r.id);
+        }
+        for f in ["metrics.csv", "report.md", "evaluations.json", "manifest.json", "plots/step_time.png", "plots/step_gflop.png"] {
+            assert!(out.dir.join(f).is_file(), "{name}: {f} missing in {}", out.dir.display());
+        }
+        let csv = std::fs::read_to_string(out.dir.join("metrics.csv")).unwrap();
+        for run in &suite.runs {
+            assert!(csv.lines().any(|l| l.starts_with(&format!("{},", run.id)) && l.contains(",completed,fid,")), "{name}: {}\n{csv}", run.id);
+        }
+        let report = std::fs::read_to_string(out.dir.join("report.md")).unwrap();
+        assert!(report.contains("## Ours vs published") && report.contains("| fid |"), "{report}");
+    }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use genbench_harness::runner::refusal;
 use genbench_harness::suite::{DistancePrecision, Metric, Suite, Task, Tolerance, Weights};
 
 fn suites_dir() -> PathBuf {
@@ -24,6 +25,49 @@ fn load(name: &str) -> Suite {
     Suite::parse(&path, &text, &env_with_dirs).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// What `genbench suite --dry-run` reports as refused (on the CPU, with each suite's own dtype)
+/// is empty for every shipped suite: each run either runs or is skipped with a reason (missing
+/// weights, or a row genbench cannot build, which says why).
+#[test]
+fn every_shipped_suite_dry_runs_without_refusal() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(suites_dir()).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".toml") {
+            continue;
+        }
+        let suite = load(&name);
+        let dir = suite.path.parent().unwrap().to_path_buf();
+        for run in &suite.runs {
+            let refused = refusal(run, &dir, &candle_core::Device::Cpu, None);
+            assert_eq!(refused, None, "{name}: run `{}` would be refused", run.id);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked} runs checked");
+    // The one row genbench cannot build is skipped with its reason, and the rest of its suite runs.
+    let table3 = load("var_table3_speed.toml");
+    let row2 = table3.runs.iter().find(|r| r.id == "row2-ar-to-var").unwrap();
+    assert!(row2.skip_reason().unwrap().contains("not supported: VAR without AdaLN"), "{:?}", row2.skip_reason());
+    assert!(table3.runs.iter().filter(|r| r.id != "row2-ar-to-var").all(|r| r.skip_reason().is_none()));
+    // A run the runner would refuse is reported with the reason: bf16 on the CPU, an evaluator
+    // the runner does not implement, an override the registry does not have.
+    let bad = |edit: &str| {
+        let text = std::fs::read_to_string(suites_dir().join("quickstart.toml")).unwrap().replace(
+            "id = \"profile-var\"\nfamily = \"var\"",
+            &format!("id = \"profile-var\"\nfamily = \"var\"\n{edit}"),
+        );
+        let path = suites_dir().join("quickstart.toml");
+        let suite = Suite::parse(&path, &text, &|_| None).unwrap();
+        let run = suite.runs.iter().find(|r| r.id == "profile-var").unwrap().clone();
+        refusal(&run, &suites_dir(), &candle_core::Device::Cpu, None).unwrap_or_default()
+    };
+    let why = bad("dtype = \"bf16\"");
+    assert!(why.contains("profile-var") && why.contains("bf16 is not supported on the CPU"), "{why}");
+    let why = bad("arch = { depth = 6, width = 384, heads = 6, adaln = false }");
+    assert!(why.contains("adaln"), "{why}");
+}
+
 #[test]
 fn every_shipped_suite_validates() {
     let mut names: Vec<String> = std::fs::read_dir(suites_dir())
@@ -35,7 +79,9 @@ fn every_shipped_suite_validates() {
     assert_eq!(
         names,
         [
+            "autonat_in256.toml",
             "llamagen_c2i.toml",
+            "mar_system.toml",
             "quickstart.toml",
             "var_table1.toml",
             "var_table3_speed.toml"

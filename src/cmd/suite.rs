@@ -40,6 +40,8 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         let gflops = matmul_gflops_probe(&device)?;
         let rows = plan(&suite, &args.only, gflops, &device, args.device.dtype)?;
         print!("{}", format_plan(&suite, &rows, gflops));
+        let refused: Vec<&str> = rows.iter().filter(|r| r.refusal.is_some()).map(|r| r.id.as_str()).collect();
+        ensure!(refused.is_empty(), "suite `{}`: the runner would refuse {} (reasons above)", suite.name, refused.join(", "));
         return Ok(());
     }
     let opts = RunnerOptions {
