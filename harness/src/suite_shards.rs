@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use genbench_metrics::features::{FeatureCache, InceptionExtractor};
 use genbench_metrics::npz::{self, NpyArray, LABELS_KEY};
 use genbench_models::generator::{Generator, NoObserver};
@@ -184,5 +184,15 @@ pub fn merge_suite_shards(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOu
             problems.join("; ")
         );
     }
-    run_suite(suite, opts)
+    let outcome = run_suite(suite, opts)?;
+    // The shards must have left the runner nothing to sample; if they did not, they wrote
+    // somewhere the runner does not look, and their work was wasted.
+    ensure!(
+        outcome.cache.sample_batches_generated == 0,
+        "the merge had to sample {} batches that the shards should have made (the shards' cache and the runner's disagree); \
+         the results in {} are complete but were not produced from the shards",
+        outcome.cache.sample_batches_generated,
+        outcome.dir.display()
+    );
+    Ok(outcome)
 }

@@ -64,7 +64,7 @@ pub struct SampleArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: DTypePolicy,
     /// Stop after sampling this many batches, leaving the run resumable (tests of resumption).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, alias = "stop-after-shards")]
     pub stop_after_batches: Option<usize>,
 }
 
