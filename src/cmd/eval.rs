@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use genbench_metrics::convention::Convention;
 use genbench_metrics::checks::{class_sorted_warning_from_labels, class_sorted_warning_from_logits, rank_deficiency_warning};
 use genbench_metrics::features::{ExtractorOptions, InceptionExtractor};
 use genbench_metrics::fid::{frechet_distance, spatial_frechet_distance, FidResult};
 use genbench_metrics::images::ImageFolder;
 use genbench_metrics::inception::{WeightsSource, LOGITS_DIM, POOL3_DIM, SPATIAL_DIM};
-use genbench_metrics::inception_score::{inception_score_adm, InceptionScore, ADM_SPLIT_SIZE};
-use genbench_metrics::kid::{kernel_inception_distance, KidConfig, KidResult};
+use genbench_metrics::inception_score::InceptionScore;
+use genbench_metrics::kid::{kernel_inception_distance, KidResult};
 use genbench_metrics::npz::{self, ImagesInfo, NpzStatistics};
 use genbench_metrics::precision_recall::{precision_recall, DistancePrecision, PrConfig, PrecisionRecall};
 use genbench_metrics::preprocess::Preprocess;
@@ -51,9 +52,14 @@ pub struct EvalArgs {
     /// Arithmetic of the precision/recall distances: fp16 (ADM's TF path) or f32.
     #[arg(long, default_value = "fp16", value_parser = parse_pr_precision)]
     pub pr_precision: DistancePrecision,
-    /// Seed of the KID subset draws.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the KID subset draws (numpy RandomState; default 2020, torch-fidelity's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Whose conventions to follow: adm (guided-diffusion evaluator), torch-fidelity or
+    /// clean-fid. Selects the IS splits, the KID subsets and the preprocessing (unless
+    /// --preprocess is given).
+    #[arg(long, default_value = "adm")]
+    pub convention: Convention,
 }
 
 #[derive(clap::Args, Debug)]
@@ -70,9 +76,10 @@ pub struct StatsArgs {
 /// Feature-extractor settings shared by `eval` and `stats`.
 #[derive(clap::Args, Debug)]
 pub struct ExtractorArgs {
-    /// Resize/normalisation convention: adm (TF1 bilinear), clean (Pillow bicubic) or pytorch.
-    #[arg(long, default_value = "adm")]
-    pub preprocess: Preprocess,
+    /// Resize/normalisation: adm (TF1 bilinear), clean (Pillow bicubic) or pytorch; default:
+    /// the convention's (adm for `stats`).
+    #[arg(long)]
+    pub preprocess: Option<Preprocess>,
     /// cpu, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
@@ -200,14 +207,14 @@ struct Collected {
     logits: Option<Vec<f32>>,
 }
 
-fn make_extractor(args: &ExtractorArgs) -> Result<InceptionExtractor> {
+fn make_extractor(args: &ExtractorArgs, preprocess: Preprocess) -> Result<InceptionExtractor> {
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let weights = match &args.inception_weights {
         Some(path) => WeightsSource::File(path.clone()),
         None => WeightsSource::Default,
     };
     let device = args.device.open()?;
-    InceptionExtractor::new(ExtractorOptions { preprocess: args.preprocess, device, batch_size: args.batch_size, weights })
+    InceptionExtractor::new(ExtractorOptions { preprocess, device, batch_size: args.batch_size, weights })
         .context("cannot set up the Inception feature extractor")
 }
 
@@ -393,14 +400,18 @@ fn fid_for(
     Ok(result)
 }
 
-fn inception_score_json(extractor: &InceptionExtractor, logits: Option<&Vec<f32>>, warnings: &mut Vec<String>) -> Result<Value> {
+fn inception_score_json(convention: Convention, extractor: &InceptionExtractor, logits: Option<&Vec<f32>>, warnings: &mut Vec<String>) -> Result<Value> {
+    if let Some(reason) = convention.no_is_reason() {
+        warnings.push(format!("IS unavailable: {reason}"));
+        return Ok(json!({ "available": false, "reason": reason }));
+    }
     let Some(logits) = logits.filter(|_| extractor.has_logits()) else {
         warnings.push(format!("IS unavailable: {}", extractor.no_fc_message()));
         return Ok(json!({ "available": false, "reason": extractor.no_fc_message() }));
     };
     warnings.extend(class_sorted_warning_from_logits(logits, LOGITS_DIM));
-    let is: InceptionScore = inception_score_adm(logits, LOGITS_DIM, ADM_SPLIT_SIZE)?;
-    Ok(json!({ "available": true, "mean": is.mean, "std": is.std, "split_size": ADM_SPLIT_SIZE, "split_scores": is.split_scores }))
+    let is: InceptionScore = convention.inception_score(logits, LOGITS_DIM)?;
+    Ok(json!({ "available": true, "mean": is.mean, "std": is.std, "splits": convention.is_splits(), "split_scores": is.split_scores }))
 }
 
 fn format_table(results: &MetricResults, n_samples: usize, n_reference: usize) -> String {
@@ -460,7 +471,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         check_output_dir(out)?;
     }
 
-    let extractor = make_extractor(&args.extractor)?;
+    let extractor = make_extractor(&args.extractor, args.extractor.preprocess.unwrap_or(args.convention.preprocess()))?;
     let batch = args.extractor.batch_size;
     let sample_features = extract(&extractor, &samples, sample_wanted(&metrics), batch, "samples")?;
     let ref_wanted = reference.wanted(&metrics);
@@ -487,7 +498,9 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
                     &mut warnings,
                 )?)
             }
-            Metric::Is => results.inception_score = Some(inception_score_json(&extractor, sample_features.logits.as_ref(), &mut warnings)?),
+            Metric::Is => {
+                results.inception_score = Some(inception_score_json(args.convention, &extractor, sample_features.logits.as_ref(), &mut warnings)?)
+            }
             Metric::Pr => {
                 let rows = &ref_features.as_ref().context("internal: reference features missing")?.pool_rows;
                 let cfg = PrConfig { precision: args.pr_precision, ..PrConfig::default() };
@@ -499,7 +512,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             }
             Metric::Kid => {
                 let rows = &ref_features.as_ref().context("internal: reference features missing")?.pool_rows;
-                let cfg = KidConfig { seed: args.seed, ..KidConfig::default() };
+                let cfg = args.convention.kid_config(args.seed);
                 results.kid = Some(kernel_inception_distance(&sample_features.pool_rows, rows, POOL3_DIM, &cfg).context("KID")?);
             }
         }
@@ -549,12 +562,13 @@ fn eval_report(
         "reference": reference_json,
         "settings": {
             "metrics": metrics,
-            "preprocess": args.extractor.preprocess.to_string(),
+            "convention": args.convention,
+            "preprocess": extractor.preprocess().to_string(),
             "device": args.extractor.device.to_string(),
             "batch_size": args.extractor.batch_size,
             "pr": PrConfig { precision: args.pr_precision, ..PrConfig::default() },
-            "is_split_size": ADM_SPLIT_SIZE,
-            "kid": KidConfig { seed: args.seed, ..KidConfig::default() },
+            "is_splits": args.convention.is_splits(),
+            "kid": args.convention.kid_config(args.seed),
             "covariance": "float64, N-1 (np.cov); mean float64",
         },
         "weights": {
@@ -589,7 +603,8 @@ pub fn run_stats(args: StatsArgs) -> Result<()> {
     let n = source.info().n;
     ensure!(n >= 2, "{}: {n} image(s); statistics need at least 2", args.input.display());
     check_output_dir(&args.out)?;
-    let extractor = make_extractor(&args.extractor)?;
+    let preprocess = args.extractor.preprocess.unwrap_or_default();
+    let extractor = make_extractor(&args.extractor, preprocess)?;
     let wanted = Wanted { pool_stats: true, spatial_stats: true, ..Wanted::default() };
     let features = extract(&extractor, &source, wanted, args.extractor.batch_size, "images")?;
     let pool = features.pool_stats.context("internal: pool statistics missing")?;
@@ -604,7 +619,7 @@ pub fn run_stats(args: StatsArgs) -> Result<()> {
     let summary: BTreeMap<&str, Value> = BTreeMap::from([
         ("n", json!(features.n)),
         ("weights_sha1", json!(extractor.weights_sha1())),
-        ("preprocess", json!(args.extractor.preprocess.to_string())),
+        ("preprocess", json!(preprocess.to_string())),
     ]);
     println!("wrote {} ({})", args.out.display(), serde_json::to_string(&summary)?);
     Ok(())
