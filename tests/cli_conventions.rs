@@ -79,3 +79,34 @@ fn conventions_select_preprocessing_splits_and_subsets() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("'tf'") && stderr.contains("torch-fidelity"), "{stderr}");
 }
+
+#[test]
+fn statistics_from_another_preprocessing_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (samples, reference, half) = halves(tmp.path());
+    let (s, r) = (samples.to_str().unwrap(), reference.to_str().unwrap());
+    let stats = tmp.path().join("clean_stats.npz");
+    let batch = half.to_string();
+    let out = genbench(&["stats", r, "--out", stats.to_str().unwrap(), "--preprocess", "clean", "--device", "cpu", "--batch-size", &batch]);
+    assert!(out.status.success());
+    let recorded = genbench_metrics::npz::read_statistics(&stats).unwrap().provenance.expect("stats records how it was made");
+    assert_eq!(recorded.preprocess, "clean");
+    assert_eq!(recorded.weights_sha1.len(), 40);
+
+    // Used under adm (the default): refused before any work, naming both modes and the file.
+    let result = tmp.path().join("r.json");
+    let out = genbench(&["eval", "--samples", s, "--ref", stats.to_str().unwrap(), "--metrics", "fid", "--device", "cpu", "--out", result.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("clean_stats.npz") && stderr.contains("'clean'") && stderr.contains("'adm'") && stderr.contains(&recorded.weights_sha1), "{stderr}");
+    assert!(!result.exists());
+
+    // Under the mode they were made with, they are used.
+    let out = genbench(&[
+        "eval", "--samples", s, "--ref", stats.to_str().unwrap(), "--metrics", "fid", "--convention", "clean-fid", "--device", "cpu", "--out",
+        result.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(report["reference"]["statistics_from_file"]["fid"], Value::Bool(true));
+}

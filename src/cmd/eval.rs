@@ -472,6 +472,10 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     }
 
     let extractor = make_extractor(&args.extractor, args.extractor.preprocess.unwrap_or(args.convention.preprocess()))?;
+    if metrics.iter().any(|m| matches!(m, Metric::Fid | Metric::Sfid)) {
+        // Statistics written by `genbench stats` under another mode or network are refused.
+        reference.file_stats.check_made_with(&reference.path, &extractor.preprocess().to_string(), extractor.weights_sha1())?;
+    }
     let batch = args.extractor.batch_size;
     let sample_features = extract(&extractor, &samples, sample_wanted(&metrics), batch, "samples")?;
     let ref_wanted = reference.wanted(&metrics);
@@ -615,7 +619,8 @@ pub fn run_stats(args: StatsArgs) -> Result<()> {
     {
         eprintln!("warning: {w}");
     }
-    npz::write_statistics(&args.out, &pool, Some(&spatial))?;
+    let provenance = npz::StatsProvenance { preprocess: preprocess.to_string(), weights_sha1: extractor.weights_sha1().to_owned() };
+    npz::write_statistics_with(&args.out, &pool, Some(&spatial), Some(&provenance))?;
     let summary: BTreeMap<&str, Value> = BTreeMap::from([
         ("n", json!(features.n)),
         ("weights_sha1", json!(extractor.weights_sha1())),
