@@ -3,6 +3,7 @@
 // Evaluation core: pure metric functions over features, and metric I/O.
 pub mod checks;
 pub mod convention;
+pub mod download;
 pub mod fid;
 pub mod images;
 pub mod inception_score;
