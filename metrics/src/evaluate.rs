@@ -21,7 +21,8 @@ use crate::features::{FeatureCache, Features, InceptionExtractor};
 use crate::fid::{frechet_distance, spatial_frechet_distance, FidResult};
 use crate::images::ImageFolder;
 use crate::inception::{LOGITS_DIM, POOL3_DIM, SPATIAL_DIM};
-use crate::inception_score::{inception_score_adm, InceptionScore, ADM_SPLIT_SIZE};
+use crate::convention::{Convention, IsSplits};
+use crate::inception_score::InceptionScore;
 use crate::kid::{kernel_inception_distance, KidConfig, KidResult};
 use crate::npz::{self, ImagesInfo, NpzStatistics};
 use crate::precision_recall::{precision_recall, PrConfig, PrecisionRecall};
@@ -502,8 +503,8 @@ fn check_stats_dim(path: &Path, stats: Option<&FeatureStats>, keys: &str, expect
 pub struct EvalOptions {
     pub pr: PrConfig,
     pub kid: KidConfig,
-    /// Images per IS split (ADM: 5000).
-    pub is_split_size: usize,
+    /// Whose IS splits (and, through `kid`, KID subsets) to follow: ADM's by default.
+    pub convention: Convention,
     /// Why the samples have no logits (weights without the classifier), if so: IS is then
     /// reported unavailable with this reason and every other metric is kept.
     #[serde(skip)]
@@ -517,8 +518,8 @@ impl Default for EvalOptions {
     fn default() -> Self {
         Self {
             pr: PrConfig::default(),
-            kid: KidConfig::default(),
-            is_split_size: ADM_SPLIT_SIZE,
+            kid: Convention::Adm.kid_config(None),
+            convention: Convention::Adm,
             no_logits_reason: None,
             reference_label: "the reference".to_owned(),
         }
@@ -534,7 +535,7 @@ pub struct IsDiagnostics {
     #[serde(flatten)]
     pub score: Option<InceptionScore>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub split_size: Option<usize>,
+    pub splits: Option<IsSplits>,
 }
 
 /// Everything each metric computed besides its headline value.
@@ -590,21 +591,24 @@ pub fn evaluate(samples: &FeatureSummary, reference: Option<&FeatureSummary>, me
                     out.diagnostics.sfid = Some(result);
                 }
             }
-            Metric::Is => match samples.logits.as_ref() {
+            Metric::Is => match samples.logits.as_ref().filter(|_| options.convention.no_is_reason().is_none()) {
                 Some(logits) => {
                     out.warnings.extend(class_sorted_warning_from_logits(logits, LOGITS_DIM));
-                    let is = inception_score_adm(logits, LOGITS_DIM, options.is_split_size).context("IS")?;
+                    let is = options.convention.inception_score(logits, LOGITS_DIM).context("IS")?;
                     out.values.insert(m, is.mean);
                     out.diagnostics.inception_score =
-                        Some(IsDiagnostics { available: true, reason: None, score: Some(is), split_size: Some(options.is_split_size) });
+                        Some(IsDiagnostics { available: true, reason: None, score: Some(is), splits: options.convention.is_splits() });
                 }
                 None => {
-                    let reason = options
-                        .no_logits_reason
-                        .clone()
-                        .unwrap_or_else(|| "the classifier logits were not collected for these samples".to_owned());
+                    let reason = match options.convention.no_is_reason() {
+                        Some(why) => why.to_owned(),
+                        None => options
+                            .no_logits_reason
+                            .clone()
+                            .unwrap_or_else(|| "the classifier logits were not collected for these samples".to_owned()),
+                    };
                     out.warnings.push(format!("IS unavailable: {reason}"));
-                    out.diagnostics.inception_score = Some(IsDiagnostics { available: false, reason: Some(reason.clone()), score: None, split_size: None });
+                    out.diagnostics.inception_score = Some(IsDiagnostics { available: false, reason: Some(reason.clone()), score: None, splits: None });
                     out.unavailable.insert(m, reason);
                 }
             },

@@ -1,29 +1,50 @@
 //! Kernel Inception Distance: unbiased MMD^2 with the cubic polynomial kernel
 //! `k(x, y) = (x.y / d + 1)^3`, averaged over random subsets (torch-fidelity / StyleGAN
 //! definition; not part of ADM). Dot products come from an f64 GEMM and all sums are f64.
-//! Subsets are drawn without replacement from a ChaCha20 stream seeded by a u64, so results are
-//! reproducible but not identical to torch-fidelity's numpy `RandomState` draws.
+//!
+//! Subsets are drawn as torch-fidelity and clean-fid draw them: one numpy
+//! `RandomState(seed)` for the whole loop, per subset first the sample rows, then the reference
+//! rows, each `choice(n, m, replace=False)` = the first `m` entries of `permutation(n)`
+//! ([`Mt19937`]). The two tools differ only in the subset size: torch-fidelity refuses fewer rows
+//! than `subset_size`, clean-fid (and StyleGAN) shrink it to `min(n_x, n_y, subset_size)`.
+//! clean-fid draws from the global numpy generator, so its value equals ours after
+//! `np.random.seed(seed)`. Both tools compute the kernels in float32; ours are float64, so a
+//! float32 run of theirs differs from ours by its own rounding (measured in the fixture README).
 
 use anyhow::{bail, ensure, Result};
 use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
 use faer::{Accum, Mat};
-use rand::seq::index::sample;
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 
 use crate::numeric::{default_par, gemm_abt_f64};
+use crate::numpy_rng::Mt19937;
 
-/// Subset settings: torch-fidelity's defaults are 100 subsets of 1000.
+/// torch-fidelity's `rng_seed` default.
+pub const TORCH_FIDELITY_KID_SEED: u64 = 2020;
+
+/// How many rows a subset takes when a set is smaller than `subset_size`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KidSubsetRule {
+    /// clean-fid / StyleGAN: `m = min(n_x, n_y, subset_size)`.
+    #[default]
+    Shrink,
+    /// torch-fidelity: exactly `subset_size`; a smaller set is an error.
+    Exact,
+}
+
+/// Subset settings: torch-fidelity's defaults are 100 subsets of 1000 with seed 2020.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct KidConfig {
     pub subsets: usize,
     pub subset_size: usize,
+    /// Seed of numpy's `RandomState` (0 ..= 2^32 - 1, as numpy accepts).
     pub seed: u64,
+    pub rule: KidSubsetRule,
 }
 
 impl Default for KidConfig {
     fn default() -> Self {
-        Self { subsets: 100, subset_size: 1000, seed: 0 }
+        Self { subsets: 100, subset_size: 1000, seed: TORCH_FIDELITY_KID_SEED, rule: KidSubsetRule::Shrink }
     }
 }
 
@@ -32,7 +53,7 @@ impl Default for KidConfig {
 pub struct KidResult {
     pub mean: f64,
     pub std: f64,
-    /// Rows per subset actually used: `min(n_x, n_y, subset_size)`.
+    /// Rows per subset actually used.
     pub subset_size: usize,
     pub subsets: usize,
 }
@@ -41,13 +62,27 @@ pub struct KidResult {
 pub fn kernel_inception_distance(x: &[f32], y: &[f32], d: usize, cfg: &KidConfig) -> Result<KidResult> {
     let (nx, ny) = (rows_of(x, d, "samples")?, rows_of(y, d, "reference")?);
     ensure!(cfg.subsets >= 1, "KID needs at least one subset");
-    let m = nx.min(ny).min(cfg.subset_size);
+    let seed = u32::try_from(cfg.seed).map_err(|_| anyhow::anyhow!("KID seed {} is outside numpy's RandomState range 0..=4294967295", cfg.seed))?;
+    let m = match cfg.rule {
+        KidSubsetRule::Shrink => nx.min(ny).min(cfg.subset_size),
+        KidSubsetRule::Exact => {
+            ensure!(
+                nx >= cfg.subset_size && ny >= cfg.subset_size,
+                "KID subset size {} is larger than the number of rows (samples: {nx}, reference: {ny}), which \
+                 torch-fidelity refuses; give at least {} images on each side or a smaller subset size",
+                cfg.subset_size,
+                cfg.subset_size
+            );
+            cfg.subset_size
+        }
+    };
     ensure!(m >= 2, "KID needs at least 2 rows per subset, got {m}");
-    let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
+    let mut rng = Mt19937::new(seed);
     let mut values = Vec::with_capacity(cfg.subsets);
     for _ in 0..cfg.subsets {
-        let xs = gather_rows(x, d, &sample(&mut rng, nx, m).into_vec());
-        let ys = gather_rows(y, d, &sample(&mut rng, ny, m).into_vec());
+        // np.random.RandomState.choice(n, m, replace=False) = permutation(n)[:m].
+        let xs = gather_rows(x, d, &rng.permutation(nx)[..m]);
+        let ys = gather_rows(y, d, &rng.permutation(ny)[..m]);
         values.push(mmd2_unbiased(&xs, m, &ys, m, d));
     }
     let mean = values.iter().sum::<f64>() / values.len() as f64;
@@ -121,7 +156,7 @@ fn gather_rows(x: &[f32], d: usize, rows: &[usize]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::Rng;
+    use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
     fn random(n: usize, d: usize, shift: f32, seed: u64) -> Vec<f32> {
@@ -162,7 +197,7 @@ mod tests {
     fn same_distribution_is_near_zero_and_seed_reproducible() {
         let d = 4;
         let (x, y) = (random(600, d, 0.0, 3), random(500, d, 0.0, 4));
-        let cfg = KidConfig { subsets: 20, subset_size: 100, seed: 7 };
+        let cfg = KidConfig { subsets: 20, subset_size: 100, seed: 7, rule: KidSubsetRule::Exact };
         let a = kernel_inception_distance(&x, &y, d, &cfg).unwrap();
         let b = kernel_inception_distance(&x, &y, d, &cfg).unwrap();
         assert_eq!(a, b);
@@ -180,5 +215,13 @@ mod tests {
         assert!(kernel_inception_distance(&[0.0; 3], &[0.0; 4], 2, &cfg).is_err());
         assert!(kernel_inception_distance(&[0.0; 2], &[0.0; 4], 2, &cfg).is_err());
         assert!(kernel_inception_distance(&[0.0, f32::INFINITY, 1.0, 1.0], &[0.0; 4], 2, &cfg).is_err());
+        // torch-fidelity's rule refuses sets smaller than the subset size; the shrink rule uses them.
+        let (x, y) = (random(30, 2, 0.0, 1), random(40, 2, 0.0, 2));
+        let exact = KidConfig { subset_size: 35, rule: KidSubsetRule::Exact, ..cfg };
+        let err = kernel_inception_distance(&x, &y, 2, &exact).unwrap_err().to_string();
+        assert!(err.contains("subset size 35") && err.contains("samples: 30"), "{err}");
+        let shrunk = kernel_inception_distance(&x, &y, 2, &KidConfig { rule: KidSubsetRule::Shrink, ..exact }).unwrap();
+        assert_eq!(shrunk.subset_size, 30);
+        assert!(kernel_inception_distance(&x, &y, 2, &KidConfig { seed: 1 << 32, ..cfg }).is_err());
     }
 }

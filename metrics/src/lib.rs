@@ -34,6 +34,8 @@
 
 // Evaluation core: pure metric functions over features, and metric I/O.
 pub mod checks;
+pub mod convention;
+pub mod download;
 pub mod evaluate;
 pub mod fid;
 pub mod images;

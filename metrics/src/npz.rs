@@ -7,7 +7,9 @@
 //! * Statistics files are written as ADM's evaluator reads them back (`np.load` + the four
 //!   keys): `mu`/`mu_s` as float32 (what `np.mean` of float32 activations gives, and what
 //!   torch-fidelity forks that assert `mu1.dtype == mu2.dtype` expect), `sigma`/`sigma_s` as
-//!   float64 (what `np.cov` gives), plus an int64 scalar `n` that ADM ignores.
+//!   float64 (what `np.cov` gives), plus an int64 scalar `n` that ADM ignores, and (from
+//!   `genbench stats`) two numpy unicode scalars, `preprocess` and `weights_sha1`: how the
+//!   features were made, checked before the statistics are used ([`NpzStatistics::check_made_with`]).
 //! * All writers are uncompressed like `np.savez` (zip64 so arrays over 4 GB work) and atomic:
 //!   the data goes to a temporary file in the target directory which is renamed over the target
 //!   only once complete, so an interrupted run never leaves a file that looks finished.
@@ -208,6 +210,18 @@ fn read_float_array(path: &Path, archive: &mut Archive, key: &str) -> Result<Opt
     Ok(Some((values, shape)))
 }
 
+/// Key of the preprocessing mode recorded with statistics.
+pub const PREPROCESS_KEY: &str = "preprocess";
+/// Key of the SHA-1 of the Inception weights file recorded with statistics.
+pub const WEIGHTS_SHA1_KEY: &str = "weights_sha1";
+
+/// How statistics were made: the preprocessing mode and the weights file's SHA-1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsProvenance {
+    pub preprocess: String,
+    pub weights_sha1: String,
+}
+
 /// Precomputed statistics found in an npz (any subset of ADM's four keys).
 #[derive(Clone, Debug, Default)]
 pub struct NpzStatistics {
@@ -217,12 +231,32 @@ pub struct NpzStatistics {
     pub spatial: Option<FeatureStats>,
     /// Which of the four statistics keys are absent.
     pub missing: Vec<&'static str>,
+    /// Recorded by `genbench stats`; ADM's reference batches carry none.
+    pub provenance: Option<StatsProvenance>,
 }
 
 impl NpzStatistics {
     /// True if the file carries any statistics key at all.
     pub fn has_any(&self) -> bool {
         self.missing.len() < 4
+    }
+
+    /// Refuses statistics recorded with another preprocessing mode or other weights than the
+    /// run's: their FID would be silently wrong. Files without a record (ADM's) are accepted.
+    pub fn check_made_with(&self, path: &Path, preprocess: &str, weights_sha1: &str) -> Result<()> {
+        let Some(p) = &self.provenance else { return Ok(()) };
+        if p.preprocess != preprocess || !p.weights_sha1.eq_ignore_ascii_case(weights_sha1) {
+            bail!(
+                "{}: these statistics were made with preprocessing '{}' and Inception weights SHA-1 {}, \
+                 but this run uses preprocessing '{preprocess}' and weights SHA-1 {weights_sha1}; statistics \
+                 from another preprocessing or network give a meaningless FID. Evaluate with the same \
+                 --preprocess / --inception-weights, or recompute the statistics with `genbench stats`",
+                path.display(),
+                p.preprocess,
+                p.weights_sha1
+            );
+        }
+        Ok(())
     }
 }
 
@@ -233,7 +267,34 @@ pub fn read_statistics(path: &Path) -> Result<NpzStatistics> {
     let mut out = NpzStatistics::default();
     out.pool = read_stats_pair(path, &mut archive, "mu", "sigma", &mut out.missing)?;
     out.spatial = read_stats_pair(path, &mut archive, "mu_s", "sigma_s", &mut out.missing)?;
+    let preprocess = read_string(path, &mut archive, PREPROCESS_KEY)?;
+    let weights_sha1 = read_string(path, &mut archive, WEIGHTS_SHA1_KEY)?;
+    out.provenance = match (preprocess, weights_sha1) {
+        (Some(preprocess), Some(weights_sha1)) => Some(StatsProvenance { preprocess, weights_sha1 }),
+        (None, None) => None,
+        _ => bail!(
+            "{}: has only one of {PREPROCESS_KEY}/{WEIGHTS_SHA1_KEY}; `genbench stats` writes both (recompute the statistics)",
+            path.display()
+        ),
+    };
     Ok(out)
+}
+
+/// An optional numpy unicode scalar (`<U…`, shape `()`).
+fn read_string(path: &Path, archive: &mut Archive, key: &str) -> Result<Option<String>> {
+    let Some(npy) = archive.by_name(key).with_context(|| format!("{}: cannot read {key}", path.display()))? else {
+        return Ok(None);
+    };
+    let dtype = npy.dtype();
+    ensure!(
+        matches!(&dtype, DType::Plain(ts) if ts.type_char() == TypeChar::UnicodeStr) && npy.shape().is_empty(),
+        "{}: {key} has dtype {} and shape {:?}, expected a unicode scalar",
+        path.display(),
+        describe_dtype(&dtype),
+        npy.shape()
+    );
+    let mut values = npy.into_vec::<String>().with_context(|| format!("{}: cannot read {key}", path.display()))?;
+    Ok(values.pop())
 }
 
 fn read_stats_pair(
@@ -440,6 +501,19 @@ pub fn read_npy_images(path: &Path) -> Result<(Vec<u8>, ImagesInfo)> {
 
 /// Writes a statistics npz that ADM's `read_statistics` accepts (see the module docs).
 pub fn write_statistics(path: &Path, pool: &FeatureStats, spatial: Option<&FeatureStats>) -> Result<()> {
+    write_statistics_with(path, pool, spatial, None)
+}
+
+/// [`write_statistics`] plus the record of how the features were made (extra keys ADM ignores).
+pub fn write_statistics_with(
+    path: &Path,
+    pool: &FeatureStats,
+    spatial: Option<&FeatureStats>,
+    provenance: Option<&StatsProvenance>,
+) -> Result<()> {
+    if let Some(p) = provenance {
+        ensure!(!p.preprocess.is_empty() && !p.weights_sha1.is_empty(), "statistics provenance must name the preprocessing and the weights");
+    }
     pool.validate("pool statistics")?;
     if let Some(s) = spatial {
         s.validate("spatial statistics")?;
@@ -451,6 +525,10 @@ pub fn write_statistics(path: &Path, pool: &FeatureStats, spatial: Option<&Featu
             write_stats_arrays(&mut zip, "mu_s", "sigma_s", s)?;
         }
         write_npy_le(&mut zip, "n", "<i8", &[], &[pool.n as i64], |v| v.to_le_bytes())?;
+        if let Some(p) = provenance {
+            write_npy_string(&mut zip, PREPROCESS_KEY, &p.preprocess)?;
+            write_npy_string(&mut zip, WEIGHTS_SHA1_KEY, &p.weights_sha1)?;
+        }
         finish_zip(zip)
     })
 }
@@ -485,6 +563,12 @@ fn start_npy<'z, W: Write + Seek>(zip: &'z mut ZipWriter<W>, name: &str, descr: 
         .write_header_only()
         .with_context(|| format!("cannot write the {name}.npy header"))?;
     Ok(zip)
+}
+
+/// A numpy unicode scalar (`np.array('text')`: dtype `<U{chars}`, UTF-32LE, shape `()`).
+fn write_npy_string<W: Write + Seek>(zip: &mut ZipWriter<W>, name: &str, text: &str) -> Result<()> {
+    let bytes: Vec<u8> = text.chars().flat_map(|c| (c as u32).to_le_bytes()).collect();
+    write_npy_bytes(zip, name, &format!("<U{}", text.chars().count()), &[], &bytes)
 }
 
 fn write_npy_bytes<W: Write + Seek>(zip: &mut ZipWriter<W>, name: &str, descr: &str, shape: &[u64], bytes: &[u8]) -> Result<()> {
@@ -643,6 +727,25 @@ mod tests {
         let back = read_statistics(&path).unwrap();
         assert_eq!(back.missing, vec!["mu_s", "sigma_s"]);
         assert!(back.spatial.is_none());
+        assert!(back.provenance.is_none());
+        back.check_made_with(&path, "clean", "abc").unwrap();
+    }
+
+    #[test]
+    fn statistics_record_how_they_were_made_and_refuse_other_settings() {
+        let dir = tmp();
+        let path = dir.path().join("stats.npz");
+        let pool = FeatureStats { n: 3, mu: vec![0.5], sigma: vec![1.0] };
+        let made = StatsProvenance { preprocess: "clean".into(), weights_sha1: "a16e4d89".into() };
+        write_statistics_with(&path, &pool, None, Some(&made)).unwrap();
+        let back = read_statistics(&path).unwrap();
+        assert_eq!(back.provenance.as_ref(), Some(&made));
+        assert_eq!(back.pool.as_ref(), Some(&pool));
+        back.check_made_with(&path, "clean", "A16E4D89").unwrap();
+        let err = back.check_made_with(&path, "adm", "a16e4d89").unwrap_err().to_string();
+        assert!(err.contains("stats.npz") && err.contains("'clean'") && err.contains("'adm'"), "{err}");
+        let err = back.check_made_with(&path, "clean", "ffff").unwrap_err().to_string();
+        assert!(err.contains("a16e4d89") && err.contains("ffff") && err.contains("genbench stats"), "{err}");
     }
 
     #[test]

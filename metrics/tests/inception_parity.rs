@@ -16,7 +16,7 @@
 use genbench_metrics::features::{ExtractorOptions, InceptionExtractor};
 use genbench_metrics::inception::network::{CandleInception, InceptionNet, POOL3_DIM, SPATIAL_DIM};
 use genbench_metrics::inception::weights::{
-    cached_default_path, default_cache_dir, fold_batch_norm, pytorch_fid_name, resolve_default, WeightsSource,
+    cached_default_path, default_cache_dir, fold_batch_norm, pytorch_fid_name, resolve_default_with, WeightsSource,
     DEFAULT_MEMBER, NVIDIA_FILE,
 };
 use genbench_metrics::preprocess::{preprocess_batch, resize_bilinear_tf1, Preprocess};
@@ -240,10 +240,10 @@ fn unreadable_hub_file_falls_back_to_the_cached_default() {
     std::fs::create_dir_all(cached_default_path(&cache).parent().unwrap()).unwrap();
     std::fs::copy(cached_default_path(&default_cache_dir()), cached_default_path(&cache)).unwrap();
     std::fs::create_dir_all(&hub).unwrap();
-    let w = resolve_default(&cache, &hub).unwrap();
+    let w = resolve_default_with(&cache, &hub, None).unwrap();
     assert!(w.origin.contains(DEFAULT_MEMBER) && !w.has_fc(), "{}", w.origin);
     std::fs::write(hub.join(NVIDIA_FILE), b"PK\x03\x04 truncated download").unwrap();
-    let w = resolve_default(&cache, &hub).unwrap();
+    let w = resolve_default_with(&cache, &hub, None).unwrap();
     assert!(w.origin.contains(DEFAULT_MEMBER) && !w.has_fc(), "{}", w.origin);
 }
 

@@ -271,9 +271,12 @@ fn bad_inputs_fail_before_sampling() {
     let d = cfg.gpt.dim;
     assert!(e.contains(&format!("`layers.{}.attention.wqkv.weight`", cfg.gpt.n_layer - 1)) && e.contains(&format!("[{}, {d}]", 3 * d)), "{e}");
 
-    // A wider model: the first mis-shaped key is named with both shapes.
+    // A wider model: the first mis-shaped key is named with both shapes. Widened by 4 per head
+    // so the config stays valid (dim divisible by n_head, head_dim by 4 for the 2-D RoPE) and
+    // the checkpoint check, not the config check, is what fires.
     let mut cfg = f.cfg.clone();
-    cfg.gpt.dim += 16;
+    cfg.gpt.dim += 4 * cfg.gpt.n_head;
+    cfg.validate().expect("the widened config is itself valid");
     let e = load(cfg).unwrap();
     assert!(e.contains("`cls_embedding.embedding_table.weight`") && e.contains("expects"), "{e}");
 

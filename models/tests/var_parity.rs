@@ -155,10 +155,22 @@ fn teacher_forcing_logits() {
 fn adaln_block_in_isolation() {
     let fx = fixture();
     let tr = fx.transformer();
-    let block = &tr.blocks()[0];
-    let m = block.modulation(fx.t("blk.cond_BD")).unwrap();
+    // The block the fixture isolated, and what the reference hands it as `cond_BD`: the raw
+    // class embedding, or with shared AdaLN `shared_ada_lin(cond_BD)` (stored as `blk.cond_gss`,
+    // (B, 1, 6, C) in the reference's layout; our blocks take it as (B, 6, C)).
+    let index = fx.config["isolated_block_index"].as_u64().expect("config.json: isolated_block_index") as usize;
+    let block = tr.blocks().get(index).unwrap_or_else(|| panic!("isolated_block_index {index} but depth {}", tr.blocks().len()));
+    let cond = if fx.var_cfg.shared_aln {
+        let gss = fx.t("blk.cond_gss");
+        let b = gss.dim(0).unwrap();
+        gss.reshape((b, 6, fx.var_cfg.embed_dim)).unwrap()
+    } else {
+        fx.t("blk.cond_BD").clone()
+    };
+    let m = block.modulation(&cond).unwrap();
     let rows = Tensor::cat(&[&m.gamma1, &m.gamma2, &(&m.scale1_plus_one - 1.0).unwrap(), &(&m.scale2_plus_one - 1.0).unwrap(), &m.shift1, &m.shift2], 1).unwrap();
-    close("blk.ada", &rows, fx.t("blk.ada"));
+    // (B, 6, C), or (B, 1, 6, C) where a fixture stores `ada_gss + cond_gss` as the reference has it.
+    close("blk.ada", &rows.reshape(fx.t("blk.ada").dims()).unwrap(), fx.t("blk.ada"));
     let tr_masked = block.forward_traced(fx.t("blk.x"), &m, Some(fx.t("blk.attn_bias"))).unwrap();
     close("blk.attn_in", &tr_masked.attn_in, fx.t("blk.attn_in"));
     close("blk.attn_out", &tr_masked.attn_out, fx.t("blk.attn_out"));

@@ -16,7 +16,7 @@ use genbench_metrics::checks::{class_sorted_warning_from_labels, rank_deficiency
 use genbench_metrics::evaluate::{collect_features, evaluate, EvalOptions, Evaluation, FeatureNeeds, ImageSource, Metric, ProgressLine, Reference};
 use genbench_metrics::features::{ExtractorOptions, InceptionExtractor};
 use genbench_metrics::inception::WeightsSource;
-use genbench_metrics::kid::KidConfig;
+use genbench_metrics::convention::Convention;
 use genbench_metrics::npz;
 use genbench_metrics::precision_recall::{DistancePrecision, PrConfig};
 use genbench_metrics::preprocess::Preprocess;
@@ -47,9 +47,14 @@ pub struct EvalArgs {
     /// Arithmetic of the precision/recall distances: fp16 (ADM's TF path) or f32.
     #[arg(long, default_value = "fp16", value_parser = parse_pr_precision)]
     pub pr_precision: DistancePrecision,
-    /// Seed of the KID subset draws.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the KID subset draws (numpy RandomState; default 2020, torch-fidelity's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Whose conventions to follow: adm (guided-diffusion evaluator), torch-fidelity or
+    /// clean-fid. Selects the IS splits, the KID subsets and the preprocessing (unless
+    /// --preprocess is given).
+    #[arg(long, default_value = "adm")]
+    pub convention: Convention,
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,9 +71,10 @@ pub struct StatsArgs {
 /// Feature-extractor settings shared by `eval` and `stats`.
 #[derive(clap::Args, Debug)]
 pub struct ExtractorArgs {
-    /// Resize/normalisation convention: adm (TF1 bilinear), clean (Pillow bicubic) or pytorch.
-    #[arg(long, default_value = "adm")]
-    pub preprocess: Preprocess,
+    /// Resize/normalisation: adm (TF1 bilinear), clean (Pillow bicubic) or pytorch; default:
+    /// the convention's (adm for `stats`).
+    #[arg(long)]
+    pub preprocess: Option<Preprocess>,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Images per forward pass.
@@ -88,7 +94,7 @@ fn parse_pr_precision(s: &str) -> Result<DistancePrecision, String> {
     }
 }
 
-fn make_extractor(args: &ExtractorArgs, command: &str) -> Result<InceptionExtractor> {
+fn make_extractor(args: &ExtractorArgs, preprocess: Preprocess, command: &str) -> Result<InceptionExtractor> {
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     args.device.require_f32(command)?;
     let weights = match &args.inception_weights {
@@ -96,7 +102,7 @@ fn make_extractor(args: &ExtractorArgs, command: &str) -> Result<InceptionExtrac
         None => WeightsSource::Default,
     };
     let device = args.device.device.open()?;
-    InceptionExtractor::new(ExtractorOptions { preprocess: args.preprocess, device, batch_size: args.batch_size, weights })
+    InceptionExtractor::new(ExtractorOptions { preprocess, device, batch_size: args.batch_size, weights })
         .context("cannot set up the Inception feature extractor")
 }
 
@@ -181,7 +187,11 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         check_output_dir(out)?;
     }
 
-    let extractor = make_extractor(&args.extractor, "eval")?;
+    let extractor = make_extractor(&args.extractor, args.extractor.preprocess.unwrap_or(args.convention.preprocess()), "eval")?;
+    if metrics.iter().any(|m| matches!(m, Metric::Fid | Metric::Sfid)) {
+        // Statistics written by `genbench stats` under another mode or network are refused.
+        reference.file_stats.check_made_with(&reference.path, &extractor.preprocess().to_string(), extractor.weights_sha1())?;
+    }
     let batch = args.extractor.batch_size;
     let sample_summary =
         collect_features(&extractor, None, &samples, FeatureNeeds::samples(&metrics), batch, &mut *progress("samples", n_samples))?;
@@ -206,7 +216,8 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
 fn eval_options(args: &EvalArgs, extractor: &InceptionExtractor, reference: &Path) -> EvalOptions {
     EvalOptions {
         pr: PrConfig { precision: args.pr_precision, ..PrConfig::default() },
-        kid: KidConfig { seed: args.seed, ..KidConfig::default() },
+        kid: args.convention.kid_config(args.seed),
+        convention: args.convention,
         no_logits_reason: (!extractor.has_logits()).then(|| extractor.no_fc_message().to_owned()),
         reference_label: reference.display().to_string(),
         ..EvalOptions::default()
@@ -245,11 +256,12 @@ fn eval_report(
         "reference": reference_json,
         "settings": {
             "metrics": metrics,
-            "preprocess": args.extractor.preprocess.to_string(),
+            "convention": args.convention,
+            "preprocess": extractor.preprocess().to_string(),
             "device": args.extractor.device.device.to_string(),
             "batch_size": args.extractor.batch_size,
             "pr": options.pr,
-            "is_split_size": options.is_split_size,
+            "is_splits": args.convention.is_splits(),
             "kid": options.kid,
             "covariance": "float64, N-1 (np.cov); mean float64",
         },
@@ -285,7 +297,8 @@ pub fn run_stats(args: StatsArgs) -> Result<()> {
     let n = source.info().n;
     ensure!(n >= 2, "{}: {n} image(s); statistics need at least 2", args.input.display());
     check_output_dir(&args.out)?;
-    let extractor = make_extractor(&args.extractor, "stats")?;
+    let preprocess = args.extractor.preprocess.unwrap_or_default();
+    let extractor = make_extractor(&args.extractor, preprocess, "stats")?;
     let needs = FeatureNeeds { pool_stats: true, spatial_stats: true, ..FeatureNeeds::default() };
     let summary = collect_features(&extractor, None, &source, needs, args.extractor.batch_size, &mut *progress("images", n))?;
     let pool = summary.pool_stats.context("internal: pool statistics missing")?;
@@ -296,11 +309,12 @@ pub fn run_stats(args: StatsArgs) -> Result<()> {
     {
         eprintln!("warning: {w}");
     }
-    npz::write_statistics(&args.out, &pool, Some(&spatial))?;
+    let provenance = npz::StatsProvenance { preprocess: preprocess.to_string(), weights_sha1: extractor.weights_sha1().to_owned() };
+    npz::write_statistics_with(&args.out, &pool, Some(&spatial), Some(&provenance))?;
     let summary: BTreeMap<&str, Value> = BTreeMap::from([
         ("n", json!(summary.n)),
         ("weights_sha1", json!(extractor.weights_sha1())),
-        ("preprocess", json!(args.extractor.preprocess.to_string())),
+        ("preprocess", json!(preprocess.to_string())),
     ]);
     println!("wrote {} ({})", args.out.display(), serde_json::to_string(&summary)?);
     Ok(())

