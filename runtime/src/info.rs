@@ -12,6 +12,8 @@ pub struct RuntimeInfo {
     pub avx2: bool,
     pub avx512f: bool,
     pub cuda_compiled: bool,
+    /// `fast` or `generic` (see [`crate::kernels`]).
+    pub kernel_route: &'static str,
     pub os: &'static str,
     pub arch: &'static str,
 }
@@ -29,6 +31,7 @@ pub fn runtime_info() -> RuntimeInfo {
         avx2: cfg!(target_arch = "x86_64") && has_feature("avx2"),
         avx512f: cfg!(target_arch = "x86_64") && has_feature("avx512f"),
         cuda_compiled: cfg!(feature = "cuda"),
+        kernel_route: crate::kernels::route().name(),
         os: std::env::consts::OS,
         arch: std::env::consts::ARCH,
     }

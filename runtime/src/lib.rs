@@ -11,6 +11,7 @@ pub mod device;
 pub mod dtype;
 pub mod hash;
 pub mod info;
+pub mod kernels;
 pub mod memory;
 pub mod rng;
 pub mod threads;

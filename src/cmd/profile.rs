@@ -88,7 +88,12 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     let device = args.device.open()?;
     let dtype: DType = args.dtype.compute_dtype(&device)?;
     let threads = genbench_runtime::threads::num_threads();
-    eprintln!("profiling {name} on {} ({})", genbench_runtime::device::describe(&device), args.dtype.name());
+    eprintln!(
+        "profiling {name} on {} ({}, {} kernel route)",
+        genbench_runtime::device::describe(&device),
+        args.dtype.name(),
+        genbench_runtime::kernels::route()
+    );
     let mut generator = resolved.build(&device, dtype)?;
     let flops_ref = generator.flops_per_image();
 
@@ -201,6 +206,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         "device": genbench_runtime::device::describe(&device),
         "threads": threads,
         "dtype": args.dtype.name(),
+        "kernels": genbench_runtime::kernels::report(),
         "settings": generator.settings(),
         "flops_convention": CONVENTION,
         "flops_per_image_gflop": {
@@ -220,6 +226,12 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         flops_ref.decoder / 1e9
     );
     print!("{table}");
+    let fast = genbench_runtime::kernels::fast_calls();
+    println!(
+        "\nkernel route: {}; fast CPU kernels run: {}",
+        genbench_runtime::kernels::route(),
+        if fast.is_empty() { "none".to_string() } else { fast.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", ") }
+    );
     println!("\nwrote {} and {}", out.join("steps.csv").display(), out.join("summary.json").display());
     Ok(())
 }

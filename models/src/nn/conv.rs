@@ -58,7 +58,7 @@ impl Conv2d {
     }
 
     fn fast_path_applies(&self, x: &Tensor) -> bool {
-        matches!(x.device(), Device::Cpu)
+        genbench_runtime::kernels::fast_on(x.device())
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
             && self.config.groups == 1
@@ -269,6 +269,7 @@ fn fill_band(
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.fast_path_applies(x) {
+            genbench_runtime::kernels::record_fast("conv2d-nchw");
             self.forward_cpu(x)
         } else {
             self.forward_candle(x)
