@@ -97,12 +97,15 @@ fn log(opts: &RunnerOptions, msg: impl AsRef<str>) {
     }
 }
 
-fn candle_dtype(d: Dtype) -> DType {
-    match d {
-        Dtype::F32 => DType::F32,
-        Dtype::F16 => DType::F16,
-        Dtype::Bf16 => DType::BF16,
-    }
+/// The suite's dtype on `device`, through the runtime's one dtype policy table (an unsupported
+/// pair is the same error as on the command line).
+fn candle_dtype(d: Dtype, device: &Device) -> Result<DType> {
+    let policy = match d {
+        Dtype::F32 => genbench_runtime::DTypePolicy::F32,
+        Dtype::F16 => genbench_runtime::DTypePolicy::F16,
+        Dtype::Bf16 => genbench_runtime::DTypePolicy::BF16,
+    };
+    policy.compute_dtype(device)
 }
 
 /// The registry request for a model spec, at `resolution`. `model` is a published name, or a
@@ -139,7 +142,7 @@ fn build_generator(model: &ModelSpec, resolution: u32, suite_dir: &Path, device:
         family_name(resolved.family),
         family_name(model.family)
     );
-    resolved.build(device, candle_dtype(model.dtype))
+    resolved.build(device, candle_dtype(model.dtype, device)?)
 }
 
 /// Converts the generator's step records into the report's, for one batch.

@@ -7,6 +7,7 @@
 //! ([`checkpoint`]), and how the allocator treats large tensors ([`memory`]). It knows nothing about any model or metric.
 
 pub mod checkpoint;
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod hash;

@@ -79,14 +79,15 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     ensure!(batches.iter().all(|&b| b > 0), "--batch sizes must be positive");
     ensure!(args.repeats > 0, "--repeats must be at least 1");
+    // Device and dtype first: a CUDA or dtype problem is reported before any work.
+    let device = args.device.open()?;
+    let dtype: DType = args.dtype.compute_dtype(&device)?;
     let req = args.generator.request(args.sampler.to_settings());
     let resolved = resolve(&req)?;
     let name = resolved.name.clone();
     let num_classes = resolved.num_classes;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("results/profile").join(&name));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let device = args.device.open()?;
-    let dtype: DType = args.dtype.compute_dtype(&device)?;
     let threads = genbench_runtime::threads::num_threads();
     eprintln!(
         "profiling {name} on {} ({}, {} kernel route)",
@@ -107,6 +108,8 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         for w in 0..args.warmup {
             generator.sample(&labels, args.seed + w as u64, &mut StepLog::default())?;
         }
+        // Peak device memory of the observed runs (CUDA; nothing elsewhere).
+        genbench_runtime::cuda::reset_peak_memory(&device)?;
         // (step, kind) -> (tokens, attended, flops, wall times)
         let mut per_step: BTreeMap<(usize, u8), (StepRecord, Vec<Duration>)> = BTreeMap::new();
         for r in 0..args.repeats {
@@ -127,6 +130,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
                 per_step.entry((rec.step, rec.kind as u8)).or_insert_with(|| (rec.clone(), vec![])).1.push(rec.wall);
             }
         }
+        let memory = genbench_runtime::cuda::memory(&device)?;
         let mm = matmul_1024_gflops(&device, 10)?;
         matmul_rates.push(mm);
         let mut steps_json = vec![];
@@ -193,8 +197,19 @@ pub fn run(args: ProfileArgs) -> Result<()> {
                 dec_s * 1e3 / b as f64
             )?;
         }
+        if let Some(m) = &memory {
+            let gib = |x: u64| x as f64 / (1u64 << 30) as f64;
+            writeln!(
+                table,
+                "device memory: peak {:.2} GiB held by tensors, {:.2} GiB now; whole device {:.2} of {:.2} GiB in use",
+                gib(m.peak_bytes),
+                gib(m.current_bytes),
+                gib(m.device_used_bytes),
+                gib(m.total_bytes)
+            )?;
+        }
         summary_batches.push(serde_json::json!({
-            "batch": b, "matmul_1024_gflop_s": mm, "steps": steps_json,
+            "batch": b, "matmul_1024_gflop_s": mm, "steps": steps_json, "device_memory": memory,
             "diffusion_mlp_ms": mlp_s * 1e3, "diffusion_mlp_gflop": mlp_flops / 1e9, "decode_ms": dec_s * 1e3,
             "transformer_ms": tr_s * 1e3, "transformer_gflop": tr_flops / 1e9, "transformer_gflop_s": tr_rate,
             "transformer_fraction_of_matmul": tr_rate / mm,
@@ -204,6 +219,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     let summary = serde_json::json!({
         "model": name,
         "device": genbench_runtime::device::describe(&device),
+        "cuda_device": genbench_runtime::cuda::device_info(&device)?,
         "threads": threads,
         "dtype": args.dtype.name(),
         "kernels": genbench_runtime::kernels::report(),

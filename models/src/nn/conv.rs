@@ -268,6 +268,12 @@ fn fill_band(
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::BF16 {
+            // candle's CPU conv2d has no bf16 kernel: compute in f32 and round the result to
+            // bf16 (PyTorch's CPU bf16 convolution also accumulates in f32).
+            let f32_conv = Self::new(self.weight.to_dtype(DType::F32)?, self.bias.as_ref().map(|b| b.to_dtype(DType::F32)).transpose()?, self.config);
+            return f32_conv.forward(&x.to_dtype(DType::F32)?)?.to_dtype(DType::BF16);
+        }
         if self.fast_path_applies(x) {
             genbench_runtime::kernels::record_fast("conv2d-nchw");
             self.forward_cpu(x)
