@@ -14,6 +14,10 @@ struct Cli {
     /// CPU threads for tensor work (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// CPU kernel route: `fast` (genbench's CPU kernels) or `generic` (candle ops only, the route
+    /// GPUs take). Default: $GENBENCH_KERNELS, else fast.
+    #[arg(long, global = true, value_name = "generic|fast")]
+    kernels: Option<genbench_runtime::kernels::KernelRoute>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +52,10 @@ fn main() -> ExitCode {
     genbench_runtime::memory::keep_freed_memory();
     let cli = Cli::parse();
     genbench_runtime::threads::configure(cli.threads);
+    if let Err(err) = genbench_runtime::kernels::configure(cli.kernels) {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Info => cmd::info::run(),
         Command::Eval(args) => cmd::eval::run_eval(args),

@@ -175,6 +175,12 @@ pub struct Manifest {
     pub machine: Machine,
     /// As the runner describes it, e.g. `cpu (2 threads)` or `cuda:0 (NVIDIA H100)`.
     pub device: String,
+    /// CPU kernel route (`fast` or `generic`, `GENBENCH_KERNELS` / `--kernels`) and how often
+    /// each of genbench's fast CPU kernels ran during the suite (none under `generic`).
+    #[serde(default)]
+    pub kernel_route: String,
+    #[serde(default)]
+    pub fast_kernel_calls: BTreeMap<String, u64>,
     pub suite_name: String,
     pub suite_file: PathBuf,
     /// SHA-256 of the suite file, so an edited suite is not mistaken for the one that ran.
@@ -205,6 +211,8 @@ impl Manifest {
             crate_versions: crate_versions_from_lock(CARGO_LOCK),
             machine,
             device: device.to_string(),
+            kernel_route: genbench_runtime::kernels::route().name().to_string(),
+            fast_kernel_calls: genbench_runtime::kernels::fast_calls().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             suite_name: suite.name.clone(),
             suite_file: suite.path.clone(),
             suite_sha256,

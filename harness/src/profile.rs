@@ -105,7 +105,7 @@ pub fn profile_generator(
     let flops_ref = generator.flops_per_image();
     let mut csv = String::from("batch,repeat,step,kind,tokens,attended,ms,gflop,gflop_s\n");
     let mut summary_batches = vec![];
-    let mut matmul_rates = vec![matmul_1024_gflops(&device, 10)?];
+    let mut matmul_rates = vec![matmul_1024_gflops(device, 10)?];
     let mut table = String::new();
     for &b in &opts.batches {
         let mut rng = SeededSource::new(opts.seed ^ b as u64);
@@ -113,6 +113,8 @@ pub fn profile_generator(
         for w in 0..opts.warmup {
             generator.sample(&labels, opts.seed + w as u64, &mut StepLog::default())?;
         }
+        // Peak device memory of the observed runs (CUDA; nothing elsewhere).
+        genbench_runtime::cuda::reset_peak_memory(device)?;
         // (step, kind) -> (tokens, attended, flops, wall times)
         let mut per_step: BTreeMap<(usize, u8), (StepRecord, Vec<Duration>)> = BTreeMap::new();
         for r in 0..opts.repeats {
@@ -133,7 +135,8 @@ pub fn profile_generator(
                 per_step.entry((rec.step, rec.kind as u8)).or_insert_with(|| (rec.clone(), vec![])).1.push(rec.wall);
             }
         }
-        let mm = matmul_1024_gflops(&device, 10)?;
+        let memory = genbench_runtime::cuda::memory(device)?;
+        let mm = matmul_1024_gflops(device, 10)?;
         matmul_rates.push(mm);
         let mut steps_json = vec![];
         let (mut total_s, mut total_flops, mut tr_s, mut tr_flops) = (0.0, 0.0, 0.0, 0.0);
@@ -199,8 +202,19 @@ pub fn profile_generator(
                 dec_s * 1e3 / b as f64
             )?;
         }
+        if let Some(m) = &memory {
+            let gib = |x: u64| x as f64 / (1u64 << 30) as f64;
+            writeln!(
+                table,
+                "device memory: peak {:.2} GiB held by tensors, {:.2} GiB now; whole device {:.2} of {:.2} GiB in use",
+                gib(m.peak_bytes),
+                gib(m.current_bytes),
+                gib(m.device_used_bytes),
+                gib(m.total_bytes)
+            )?;
+        }
         summary_batches.push(serde_json::json!({
-            "batch": b, "matmul_1024_gflop_s": mm, "steps": steps_json,
+            "batch": b, "matmul_1024_gflop_s": mm, "steps": steps_json, "device_memory": memory,
             "diffusion_mlp_ms": mlp_s * 1e3, "diffusion_mlp_gflop": mlp_flops / 1e9, "decode_ms": dec_s * 1e3,
             "transformer_ms": tr_s * 1e3, "transformer_gflop": tr_flops / 1e9, "transformer_gflop_s": tr_rate,
             "transformer_fraction_of_matmul": tr_rate / mm,
@@ -209,9 +223,11 @@ pub fn profile_generator(
     }
     let summary = serde_json::json!({
         "model": name,
-        "device": genbench_runtime::device::describe(&device),
+        "device": genbench_runtime::device::describe(device),
+        "cuda_device": genbench_runtime::cuda::device_info(device)?,
         "threads": threads,
         "dtype": dtype_name,
+        "kernels": genbench_runtime::kernels::report(),
         "settings": generator.settings(),
         "flops_convention": CONVENTION,
         "flops_per_image_gflop": {

@@ -289,3 +289,43 @@ fn bad_inputs_fail_before_sampling() {
     assert!(format!("{e:#}").contains("out of range"), "{e:#}");
     assert!(log.records.is_empty());
 }
+
+/// bf16 and f16 on the CPU against the reference run in the same precision
+/// (`io_half.safetensors`, written by the folder's `half_reference.py`: the reference modules
+/// cast with `.to(dtype)`, same inputs). Tolerance: two half-precision implementations differ by
+/// their own rounding, whose size is what the reference's half run differs from its f32 run
+/// (`e_ref`, read from the fixture: bf16 7.1e-2 on logits of max 7.4 and 0.25 on images of max
+/// 2.8; f16 5.1e-2 and 9.1e-2, torch 2.15 CPU). Ours must be within 2 x e_ref of the reference's
+/// half output, and within 3 x e_ref of the f32 reference (no worse than a half run should be).
+#[test]
+fn half_precision_matches_the_reference_in_the_same_precision() {
+    let f = fixture();
+    let half_path = f.dir.join("io_half.safetensors");
+    let half = candle_core::safetensors::load(&half_path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", half_path.display()));
+    let labels = f.ids("gpt.tf.labels");
+    let tokens = f.t("gpt.tf.tokens").to_dtype(DType::U32).unwrap();
+    let ids = f.t("vq.decode.indices").to_dtype(DType::U32).unwrap();
+    let grid = f.cfg.gpt.grid();
+    for (name, dtype) in [("bf16", DType::BF16), ("f16", DType::F16)] {
+        let w = f.weights("/gpt/checkpoint");
+        let mut gpt = LlamaGenGpt::new(&f.cfg.gpt, w.var_builder(dtype, &Device::Cpu)).unwrap();
+        let (logits, _) = gpt.teacher_forcing(&labels, &tokens).unwrap();
+        let w = f.weights("/vq/checkpoint");
+        let vq = LlamaGenVq::new(&f.cfg.vq, w.var_builder(dtype, &Device::Cpu)).unwrap();
+        let image = vq.decode_code(&ids, grid, grid).unwrap();
+        for (key, ours) in [("gpt.tf.logits", logits), ("vq.decode.image", image)] {
+            let ours = ours.to_dtype(DType::F32).unwrap();
+            let ref_half = half.get(&format!("{key}.{name}")).unwrap_or_else(|| panic!("{} has no {key}.{name}", half_path.display()));
+            let ref_f32 = f.t(key);
+            let (e_ref, scale) = common::max_abs_diff(ref_half, ref_f32);
+            let (e_same, _) = common::max_abs_diff(&ours, ref_half);
+            let (e_f32, _) = common::max_abs_diff(&ours, ref_f32);
+            eprintln!("{key} {name}: ours vs reference {name} {e_same:.3e}; ours vs f32 {e_f32:.3e}; reference {name} vs f32 {e_ref:.3e} (max|ref| {scale:.3})");
+            assert!(e_ref > 0.0 && e_ref < 0.1 * scale, "{key}.{name}: implausible reference half error {e_ref}");
+            // The run really was in half precision (f32 runs agree to ~1e-6 relative).
+            assert!(e_f32 > 0.1 * e_ref, "{key} {name}: {e_f32:.3e} from f32 looks like an f32 run");
+            assert!(e_same <= 2.0 * e_ref, "{key} {name}: {e_same:.3e} from the reference's {name} run exceeds 2 x {e_ref:.3e}");
+            assert!(e_f32 <= 3.0 * e_ref, "{key} {name}: {e_f32:.3e} from the f32 reference exceeds 3 x {e_ref:.3e}");
+        }
+    }
+}

@@ -1,6 +1,6 @@
-//! Device choice: `cpu`, `cuda:N` or `auto` (first GPU when compiled with `cuda` and one is present).
+//! Device choice: `cpu`, `cuda:N` or `auto` (first GPU when compiled with `cuda` and the driver sees one).
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use candle_core::Device;
 use std::fmt;
 use std::str::FromStr;
@@ -43,37 +43,54 @@ impl fmt::Display for DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// Opens the device. A CUDA request in a build without the `cuda` feature is an error that
-    /// says how to get one, never a silent fall-back to the CPU.
+    /// Opens the device. Every way a CUDA request can fail is an error that says which and what
+    /// to do, before any work, never a silent fall-back to the CPU: a build without the `cuda`
+    /// feature, a driver that does not start, an ordinal out of range.
     pub fn open(self) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Auto => {
-                if candle_core::utils::cuda_is_available() {
-                    Ok(Device::new_cuda(0)?)
-                } else {
-                    Ok(Device::Cpu)
-                }
-            }
+            // The first GPU when this build has CUDA and the driver sees one; else the CPU.
+            Self::Auto => match crate::cuda::device_count() {
+                Ok(n) if n > 0 => Self::Cuda(0).open(),
+                _ => Ok(Device::Cpu),
+            },
             Self::Cuda(i) => {
-                if !candle_core::utils::cuda_is_available() {
+                if !cfg!(feature = "cuda") {
                     bail!(
                         "device cuda:{i} requested, but this genbench was built without CUDA; \
                          rebuild with `cargo build --release --features cuda` (needs the CUDA toolkit) or use --device cpu"
                     );
                 }
-                let dev = Device::new_cuda(i)?;
-                Ok(dev)
+                let n = crate::cuda::device_count().map_err(|e| {
+                    anyhow!(
+                        "device cuda:{i} requested, but the CUDA driver did not start ({e:#}); check that an NVIDIA \
+                         driver is installed and a GPU is visible (`nvidia-smi`, CUDA_VISIBLE_DEVICES), or use --device cpu"
+                    )
+                })?;
+                if i >= n {
+                    let have = match n {
+                        0 => "no CUDA device".to_string(),
+                        1 => "one CUDA device (cuda:0)".to_string(),
+                        n => format!("{n} CUDA devices (cuda:0 to cuda:{})", n - 1),
+                    };
+                    bail!("device cuda:{i} requested, but this machine has {have}; pick another --device (or cpu)");
+                }
+                Device::new_cuda(i).map_err(|e| anyhow!("device cuda:{i} could not be opened: {e}; pick another --device (or cpu)"))
             }
         }
     }
 }
 
-/// Human-readable device name for manifests and logs.
+/// Human-readable device name for manifests and logs, e.g. `cpu (2 threads)` or
+/// `cuda:0 (NVIDIA H200, sm 9.0, 139.8 GiB, driver CUDA 12.8, toolkit 13.4)`.
 pub fn describe(dev: &Device) -> String {
     match dev {
         Device::Cpu => format!("cpu ({} threads)", crate::threads::num_threads()),
-        Device::Cuda(_) => "cuda".to_string(),
+        Device::Cuda(_) => match crate::cuda::device_info(dev) {
+            Ok(Some(info)) => format!("cuda:{} ({})", info.ordinal, info.summary()),
+            Ok(None) => "cuda".to_string(),
+            Err(e) => format!("cuda (facts unavailable: {e:#})"),
+        },
         Device::Metal(_) => "metal".to_string(),
     }
 }

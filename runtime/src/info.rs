@@ -12,6 +12,13 @@ pub struct RuntimeInfo {
     pub avx2: bool,
     pub avx512f: bool,
     pub cuda_compiled: bool,
+    /// Every CUDA device the driver sees: name, compute capability, driver and toolkit versions.
+    pub cuda_devices: Vec<crate::cuda::CudaDeviceInfo>,
+    /// Why no CUDA device could be listed (driver missing or failing), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_error: Option<String>,
+    /// `fast` or `generic` (see [`crate::kernels`]).
+    pub kernel_route: &'static str,
     pub os: &'static str,
     pub arch: &'static str,
 }
@@ -20,6 +27,10 @@ pub struct RuntimeInfo {
 pub const CANDLE_VERSION: &str = "0.11.1";
 
 pub fn runtime_info() -> RuntimeInfo {
+    let (cuda_devices, cuda_error) = match crate::cuda::all_devices() {
+        Ok(d) => (d, None),
+        Err(e) => (vec![], Some(e)),
+    };
     RuntimeInfo {
         genbench_runtime_version: env!("CARGO_PKG_VERSION"),
         candle_version: CANDLE_VERSION,
@@ -29,6 +40,9 @@ pub fn runtime_info() -> RuntimeInfo {
         avx2: cfg!(target_arch = "x86_64") && has_feature("avx2"),
         avx512f: cfg!(target_arch = "x86_64") && has_feature("avx512f"),
         cuda_compiled: cfg!(feature = "cuda"),
+        cuda_devices,
+        cuda_error,
+        kernel_route: crate::kernels::route().name(),
         os: std::env::consts::OS,
         arch: std::env::consts::ARCH,
     }

@@ -7,10 +7,12 @@
 //! ([`checkpoint`]), how long loops report progress ([`progress`]), and how the allocator treats large tensors ([`memory`]). It knows nothing about any model or metric.
 
 pub mod checkpoint;
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod hash;
 pub mod info;
+pub mod kernels;
 pub mod memory;
 pub mod progress;
 pub mod rng;

@@ -1,4 +1,4 @@
-//! `genbench info`: what this binary is and what machine it runs on.
+//! `genbench info`: what this binary is, what machine it runs on, and which kernel route runs.
 
 pub fn run() -> anyhow::Result<()> {
     let info = genbench_runtime::info::runtime_info();

@@ -38,13 +38,19 @@ pub struct ProfileArgs {
 pub fn run(args: ProfileArgs) -> Result<()> {
     let opts = ProfileOptions { batches: parse_batches(&args.batch)?, repeats: args.repeats, warmup: args.warmup, seed: args.seed };
     opts.validate()?;
+    // Device and dtype first: a CUDA or dtype problem is reported before any work.
+    let device = args.device.open()?;
+    let dtype = args.dtype.compute_dtype(&device)?;
     let resolved = resolve(&args.generator.request(args.sampler.to_settings()))?;
     let name = resolved.name.clone();
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("results/profile").join(&name));
     std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
-    let device = args.device.open()?;
-    let dtype = args.dtype.compute_dtype(&device)?;
-    eprintln!("profiling {name} on {} ({})", genbench_runtime::device::describe(&device), args.dtype.name());
+    eprintln!(
+        "profiling {name} on {} ({}, {} kernel route)",
+        genbench_runtime::device::describe(&device),
+        args.dtype.name(),
+        genbench_runtime::kernels::route()
+    );
     let mut generator = resolved.build(&device, dtype)?;
     let profile = profile_generator(generator.as_mut(), &name, &device, args.dtype.name(), &opts)?;
     let (csv, summary) = profile.write(&out)?;
@@ -57,6 +63,12 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         flops.decoder / 1e9
     );
     print!("{}", profile.table);
+    let fast = genbench_runtime::kernels::fast_calls();
+    println!(
+        "\nkernel route: {}; fast CPU kernels run: {}",
+        genbench_runtime::kernels::route(),
+        if fast.is_empty() { "none".to_string() } else { fast.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", ") }
+    );
     println!("\nwrote {} and {}", csv.display(), summary.display());
     Ok(())
 }

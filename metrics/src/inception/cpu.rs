@@ -592,6 +592,7 @@ impl GemmInception {
 
     /// Forward pass on normalised NHWC input [n, 299, 299, 3].
     pub fn forward(&self, x: &[f32], n: usize) -> Result<NetOutput> {
+        genbench_runtime::kernels::record_fast("inception-nhwc-gemm");
         let threads = rayon::current_num_threads().max(1);
         let per_image = INPUT_SIZE * INPUT_SIZE * 3;
         if n == 0 {

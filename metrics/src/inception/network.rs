@@ -374,9 +374,10 @@ pub enum InceptionNet {
 }
 
 impl InceptionNet {
-    /// The best engine for `device`: the NHWC gemm engine on CPU, candle elsewhere.
+    /// The best engine for `device`: the NHWC gemm engine on CPU, candle elsewhere (and on the
+    /// CPU under the generic kernel route, `GENBENCH_KERNELS=generic`).
     pub fn new(folded: &FoldedWeights, device: &Device) -> Result<Self> {
-        if device.is_cpu() {
+        if genbench_runtime::kernels::fast_on(device) {
             Ok(Self::Cpu(super::cpu::GemmInception::new(folded)?))
         } else {
             Ok(Self::Candle(CandleInception::new(folded, device)?))

@@ -277,7 +277,7 @@ impl MultiHeadAttention {
                 // (B, T, 3, H, Dh) -> (3, B, H, T, Dh): one pass for all three; on the CPU the
                 // L2 q/k-norm and the q scale are applied in the same pass.
                 let y = lin.forward(x)?;
-                if let (QkNorm::L2WithHeadScale { q_scale }, true) = (&self.qk_norm, y.device().is_cpu()) {
+                if let (QkNorm::L2WithHeadScale { q_scale }, true) = (&self.qk_norm, genbench_runtime::kernels::fast_on(y.device())) {
                     let scale = q_scale.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
                     let all = crate::nn::fused::split_qkv_heads(&y, h, dh, Some(&scale))?;
                     return Ok((all.get(0)?, all.get(1)?, all.get(2)?));

@@ -58,7 +58,7 @@ impl Conv2d {
     }
 
     fn fast_path_applies(&self, x: &Tensor) -> bool {
-        matches!(x.device(), Device::Cpu)
+        genbench_runtime::kernels::fast_on(x.device())
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
             && self.config.groups == 1
@@ -268,7 +268,14 @@ fn fill_band(
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::BF16 {
+            // candle's CPU conv2d has no bf16 kernel: compute in f32 and round the result to
+            // bf16 (PyTorch's CPU bf16 convolution also accumulates in f32).
+            let f32_conv = Self::new(self.weight.to_dtype(DType::F32)?, self.bias.as_ref().map(|b| b.to_dtype(DType::F32)).transpose()?, self.config);
+            return f32_conv.forward(&x.to_dtype(DType::F32)?)?.to_dtype(DType::BF16);
+        }
         if self.fast_path_applies(x) {
+            genbench_runtime::kernels::record_fast("conv2d-nchw");
             self.forward_cpu(x)
         } else {
             self.forward_candle(x)

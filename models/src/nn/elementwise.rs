@@ -15,7 +15,7 @@ use rayon::prelude::*;
 const CHUNK: usize = 64 * 1024;
 
 fn cpu_f32_contiguous(t: &Tensor) -> bool {
-    matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && t.is_contiguous()
+    genbench_runtime::kernels::fast_on(t.device()) && t.dtype() == DType::F32 && t.is_contiguous()
 }
 
 /// Runs `f` on the f32 slice of a contiguous CPU tensor.
@@ -33,6 +33,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dims() != b.dims() || !cpu_f32_contiguous(a) || !cpu_f32_contiguous(b) {
         return a + b;
     }
+    genbench_runtime::kernels::record_fast("add-rows");
     let mut out = vec![0f32; a.elem_count()];
     with_slice(a, |xa| {
         with_slice(b, |xb| {
@@ -50,9 +51,10 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// mode="nearest")`): output pixel (y, x) copies input (y / 2, x / 2).
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    if !(matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32) {
+    if !(genbench_runtime::kernels::fast_on(x.device()) && x.dtype() == DType::F32) {
         return x.upsample_nearest2d(2 * h, 2 * w);
     }
+    genbench_runtime::kernels::record_fast("upsample-nearest2x");
     let x = x.contiguous()?;
     let mut out = vec![0f32; b * c * 4 * h * w];
     with_slice(&x, |src| {

@@ -153,6 +153,7 @@ impl CustomOp1 for Elementwise {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        genbench_runtime::kernels::record_fast(self.name());
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("{}: f32 only", self.name);
         };
@@ -167,8 +168,9 @@ impl CustomOp1 for Elementwise {
     }
 }
 
+/// The fast route applies: CPU, f32, and `GENBENCH_KERNELS` / `--kernels` is not `generic`.
 fn fast_path(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+    genbench_runtime::kernels::fast_on(x.device()) && x.dtype() == DType::F32
 }
 
 /// GELU with the tanh approximation (`nn.GELU(approximate='tanh')`).
@@ -308,6 +310,7 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        genbench_runtime::kernels::record_fast(self.name());
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("softmax: f32 only");
         };

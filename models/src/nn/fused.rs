@@ -15,8 +15,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+/// The fast route applies: CPU, f32, and `GENBENCH_KERNELS` / `--kernels` is not `generic`.
 fn cpu_f32(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+    genbench_runtime::kernels::fast_on(x.device()) && x.dtype() == DType::F32
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -54,6 +55,7 @@ impl CustomOp3 for LnModulate {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        genbench_runtime::kernels::record_fast(self.name());
         let x = f32_slice(s1, l1, "ln_modulate")?;
         let scale = f32_slice(s2, l2, "ln_modulate")?;
         let shift = f32_slice(s3, l3, "ln_modulate")?;
@@ -95,6 +97,7 @@ impl CustomOp3 for GatedResidual {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        genbench_runtime::kernels::record_fast(self.name());
         let x = f32_slice(s1, l1, "gated_residual")?;
         let y = f32_slice(s2, l2, "gated_residual")?;
         let g = f32_slice(s3, l3, "gated_residual")?;
@@ -146,6 +149,7 @@ impl CustomOp1 for SplitQkv {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        genbench_runtime::kernels::record_fast(self.name());
         let x = f32_slice(s, l, "split_qkv_heads")?;
         let (b, t, w) = l.shape().dims3()?;
         let (h, d) = (self.heads, self.head_dim);
@@ -191,6 +195,7 @@ impl CustomOp1 for MergeHeads {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        genbench_runtime::kernels::record_fast(self.name());
         let x = f32_slice(s, l, "merge_heads")?;
         let (b, h, t, d) = l.shape().dims4()?;
         let mut out = uninit_f32(b * t * h * d);
@@ -251,6 +256,7 @@ impl CustomOp3 for FusedAttention {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        genbench_runtime::kernels::record_fast(self.name());
         let q = f32_slice(s1, l1, "fused attention")?;
         let (CpuStorage::F32(kd), CpuStorage::F32(vd)) = (s2, s3) else {
             candle_core::bail!("fused attention: f32 only");
@@ -409,6 +415,7 @@ impl candle_core::CustomOp2 for LinearRows {
         "linear-rows"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        genbench_runtime::kernels::record_fast("linear-rows");
         Self::run(f32_slice(s1, l1, "linear")?, l1, f32_slice(s2, l2, "linear")?, l2, None)
     }
 }
@@ -418,6 +425,7 @@ impl CustomOp3 for LinearRows {
         "linear-rows-bias"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        genbench_runtime::kernels::record_fast("linear-rows-bias");
         Self::run(f32_slice(s1, l1, "linear")?, l1, f32_slice(s2, l2, "linear")?, l2, Some(f32_slice(s3, l3, "linear")?))
     }
 }
@@ -453,6 +461,7 @@ impl CustomOp3 for NearestCode {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        genbench_runtime::kernels::record_fast(self.name());
         let z = f32_slice(s1, l1, "nearest_code")?;
         let e = f32_slice(s2, l2, "nearest_code")?;
         let e_sq = f32_slice(s3, l3, "nearest_code")?;

@@ -119,12 +119,13 @@ impl GroupNorm {
     fn forward_cpu_f32(&self, x: &Tensor, swish: bool) -> Result<Option<Tensor>> {
         use rayon::prelude::*;
         let dims = x.dims().to_vec();
-        if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || self.weight.dtype() != DType::F32 {
+        if !genbench_runtime::kernels::fast_on(x.device()) || x.dtype() != DType::F32 || self.weight.dtype() != DType::F32 {
             return Ok(None);
         }
         if dims.len() < 2 || dims[1] != self.channels {
             candle_core::bail!("GroupNorm over {} channels got input {:?}", self.channels, dims);
         }
+        genbench_runtime::kernels::record_fast(if swish { "group-norm-swish" } else { "group-norm" });
         let x = x.contiguous()?;
         let spatial: usize = dims[2..].iter().product();
         let per_group = self.channels / self.groups * spatial;

@@ -16,7 +16,8 @@
 //!
 //! Devices: on the CPU the filters run row-parallel over host memory (select-nth for top-k,
 //! one sort per row for top-p: O(V log V), never candle's O(V^2) matmul `cumsum`); on other
-//! devices they are tensor ops (`sort_last_dim`, `cumsum`, `gather`) and stay on the device.
+//! devices, and on the CPU under the generic kernel route, they are tensor ops (`sort_last_dim`,
+//! `cumsum`, `gather`) and stay on the device.
 //! Users: VAR, LlamaGen, taming, AutoNAT/MaskGIT.
 
 use candle_core::{DType, Device, Result, Tensor, D};
@@ -121,6 +122,17 @@ fn mask_below_row_threshold_cpu(logits: &Tensor, per_row: impl Fn(&[f32]) -> f32
 /// by default. Wider rows are filtered on the host.
 const DEVICE_SORT_MAX_COLS: usize = 8192;
 
+/// Whether a filter over rows of `cols` logits on `device` runs on the host: always on the CPU
+/// under the fast kernel route; under the generic route (the one other devices take) only rows
+/// too wide for the device sort, which a GPU also filters on the host.
+fn host_filter(device: &Device, cols: usize, kernel: &'static str) -> bool {
+    if genbench_runtime::kernels::fast_on(device) {
+        genbench_runtime::kernels::record_fast(kernel);
+        return true;
+    }
+    device.is_cpu() && cols > DEVICE_SORT_MAX_COLS
+}
+
 /// Masks logits below the row's k-th largest value to -inf (ties with it kept).
 pub fn top_k_filter(logits: &Tensor, k: usize) -> Result<Tensor> {
     let v = logits.dim(D::Minus1)?;
@@ -131,7 +143,7 @@ pub fn top_k_filter(logits: &Tensor, k: usize) -> Result<Tensor> {
     if !logits.device().is_cpu() && v > DEVICE_SORT_MAX_COLS {
         return top_k_filter(&logits.to_device(&Device::Cpu)?, k)?.to_device(logits.device());
     }
-    if logits.device().is_cpu() {
+    if host_filter(logits.device(), v, "top-k-host") {
         mask_below_row_threshold_cpu(&logits, |row| {
             let mut scratch = row.to_vec();
             let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
@@ -162,7 +174,7 @@ fn softmax_row(row: &[f32]) -> Vec<f32> {
 /// Top-p (nucleus) filtering under `rule` (see the module docs).
 pub fn top_p_filter(logits: &Tensor, p: f64, rule: TopPRule) -> Result<Tensor> {
     let logits = logits.to_dtype(DType::F32)?;
-    if logits.device().is_cpu() {
+    if host_filter(logits.device(), logits.dim(D::Minus1)?, "top-p-host") {
         return mask_below_row_threshold_cpu(&logits, |row| top_p_threshold(row, p, rule));
     }
     if logits.dim(D::Minus1)? > DEVICE_SORT_MAX_COLS {

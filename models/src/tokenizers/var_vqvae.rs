@@ -17,7 +17,8 @@ use crate::nn::interpolate::{Mode, Resize2d};
 use crate::nn::vq::Codebook;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use crate::nn::conv::{conv2d, Conv2d};
+use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 /// Constructor arguments of the reference `VQVAE` (plus the Encoder/Decoder `ddconfig` it builds).

@@ -8,7 +8,8 @@ use crate::nn::conv_ae::{ConvAeConfig, Decoder, DecoderTrace, Encoder, EncoderTr
 use crate::nn::vq::Codebook;
 use anyhow::{ensure, Result};
 use candle_core::{Module, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use crate::nn::conv::{conv2d, Conv2d};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 pub struct VqAutoencoder {
     ae: ConvAeConfig,
