@@ -1,5 +1,6 @@
 //! FID linear algebra at 2048-d: `tr sqrt(S1 S2)` by the Cholesky route (the normal, full-rank
-//! case), the eigen route (rank-deficient fallback), and the whole `frechet_distance`.
+//! case), the eigen route (the slow independent check of the rank-deficient fallback), and the
+//! whole `frechet_distance`.
 //! Few samples by default so CI can run it briefly (`cargo bench --bench fid_linalg -- --quick`).
 
 use std::hint::black_box;

@@ -1,0 +1,77 @@
+//! Small fixed workloads for the instruction-count regression gate (`bench/icount.sh`), run one at
+//! a time under valgrind's callgrind:
+//!
+//! ```text
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*icount_region*' \
+//!     target/release/examples/icount_workloads <workload>
+//! ```
+//!
+//! Only the `icount_region_*` function is counted (set-up, weight loading and input generation
+//! are not). It runs inside a one-thread rayon pool so that work rayon hands to its pool runs on
+//! the counted thread. Inputs are seeded: the counts are deterministic for a given binary and
+//! SIMD path (valgrind does not run AVX-512, so runtime dispatch picks the AVX2+FMA kernels).
+
+use anyhow::{bail, Result};
+use genbench_metrics::fid::frechet_distance;
+use genbench_metrics::inception::network::INPUT_SIZE;
+use genbench_metrics::inception::weights::{default_cache_dir, fold_batch_norm, WeightsSource};
+use genbench_metrics::inception::InceptionNet;
+use genbench_metrics::precision_recall::{precision_recall, PrConfig};
+use genbench_metrics::stats::FeatureStats;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::hint::black_box;
+
+/// The workloads the gate runs (`list`), in table order. `inception_b1` also runs on demand but
+/// takes several minutes under valgrind on the shared 2-core machine, too long for CI.
+const WORKLOADS: [&str; 2] = ["fid_256", "pr_block"];
+
+fn features(n: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n * d).map(|_| rng.random::<f32>()).collect()
+}
+
+#[inline(never)]
+fn icount_region_fid(a: &FeatureStats, b: &FeatureStats) -> f64 {
+    frechet_distance(a, b).unwrap().value
+}
+
+#[inline(never)]
+fn icount_region_pr(reference: &[f32], samples: &[f32], d: usize) -> f64 {
+    let r = precision_recall(reference, samples, d, &PrConfig::default()).unwrap();
+    r.precision + r.recall
+}
+
+#[inline(never)]
+fn icount_region_inception(net: &InceptionNet, x: &[f32]) -> usize {
+    net.forward_nhwc(x, 1).unwrap().pool3.len()
+}
+
+fn main() -> Result<()> {
+    let name = std::env::args().nth(1).unwrap_or_default();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    match name.as_str() {
+        // FID from two 256-d statistics (Cholesky congruence + blocked eigenvalue solver).
+        "fid_256" => {
+            let d = 256;
+            let (a, b) = (FeatureStats::from_features(&features(600, d, 1), d)?, FeatureStats::from_features(&features(500, d, 2), d)?);
+            black_box(pool.install(|| icount_region_fid(&a, &b)));
+        }
+        // ADM precision/recall (fp16 distances, k = 3) on a 256 x 256 block of 64-d features.
+        "pr_block" => {
+            let d = 64;
+            let (reference, samples) = (features(256, d, 3), features(256, d, 4));
+            black_box(pool.install(|| icount_region_pr(&reference, &samples, d)));
+        }
+        // One image through the FID Inception network (weights from the normal cache).
+        "inception_b1" => {
+            let resolved = WeightsSource::Default.resolve(&default_cache_dir())?;
+            let net = InceptionNet::new(&fold_batch_norm(&resolved.tensors)?, &candle_core::Device::Cpu)?;
+            let x: Vec<f32> = (0..INPUT_SIZE * INPUT_SIZE * 3).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+            black_box(pool.install(|| icount_region_inception(&net, &x)));
+        }
+        "list" => println!("{}", WORKLOADS.join("\n")),
+        other => bail!("unknown workload '{other}'; one of: {}, inception_b1 (or 'list')", WORKLOADS.join(", ")),
+    }
+    Ok(())
+}
