@@ -24,11 +24,11 @@ fn requests() -> Vec<(&'static str, ModelRequest)> {
         ..Default::default()
     };
     let mut autonat = req("autonat", "nnet_ema.pth", Some("vqgan_jax_strongaug.ckpt"));
-    autonat.settings.strategy = Some(fixture("autonat").join("strategy_T4.yaml").display().to_string());
-    autonat.settings.num_iter = Some(4);
+    autonat.settings.insert("strategy".into(), fixture("autonat").join("strategy_T4.yaml").display().to_string().into());
+    autonat.settings.insert("num_iter".into(), 4.into());
     let mut mar = req("mar", "checkpoint-last.pth", Some("kl16.ckpt"));
-    mar.settings.num_iter = Some(4);
-    mar.settings.num_sampling_steps = Some(5);
+    mar.settings.insert("num_iter".into(), 4.into());
+    mar.settings.insert("num_sampling_steps".into(), 5.into());
     vec![
         ("var", req("var", "var.pth", Some("vae.pth"))),
         ("llamagen", req("ar_llamagen", "c2i_tiny.pt", Some("vq_ds16_c2i_tiny.pt"))),
