@@ -1,8 +1,6 @@
 //! The suite vocabulary: families, run kinds, metrics, dtypes and evaluators as suite files
 //! write them.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 /// Generator families, sampler settings and architecture overrides are the models crate's own
