@@ -4,6 +4,8 @@
 //! match a single-process run's (see `assert_metrics_match`). Where Slurm is not installed the
 //! test says so and passes, except under CI (`CI=true`), where it fails.
 
+mod common;
+use common::assert_metrics_match;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -108,29 +110,6 @@ fn metrics_csv(results: &Path) -> String {
         .collect();
     assert_eq!(found.len(), 1, "one results folder in {}: {found:?}", suite_dir.display());
     std::fs::read_to_string(found.remove(0)).unwrap()
-}
-
-/// metrics.csv of the sharded run against the single-process one: every column equal except
-/// `value` (and the delta columns derived from it), which must agree to 1e-6 relative. Why not
-/// bit-equal: the shards extract Inception features per sample batch, the runner over all
-/// samples at once; the CPU GEMM groups images differently, which moves a feature's last f32
-/// bits (1e-7 relative) and FID by about 1e-9 relative (4e-10 measured on this suite). A lost,
-/// doubled or foreign batch moves FID by more than 1e-2.
-fn assert_metrics_match(got: &str, want: &str) {
-    let rows = |t: &str| -> Vec<Vec<String>> { t.lines().map(|l| l.split(',').map(str::to_string).collect()).collect() };
-    let (g, w) = (rows(got), rows(want));
-    assert_eq!(g.len(), w.len(), "row count:\n{got}\nvs\n{want}");
-    let header = &w[0];
-    for (gr, wr) in g.iter().zip(&w) {
-        assert_eq!(gr.len(), wr.len(), "{gr:?} vs {wr:?}");
-        for (i, (a, b)) in gr.iter().zip(wr).enumerate() {
-            let numeric = matches!(header[i].as_str(), "value" | "delta" | "rel_delta");
-            match (numeric, a.parse::<f64>(), b.parse::<f64>()) {
-                (true, Ok(x), Ok(y)) => assert!((x - y).abs() <= 1e-6 * y.abs().max(1e-12), "{}: {x} vs {y} in {gr:?}", header[i]),
-                _ => assert_eq!(a, b, "column {} of {gr:?} vs {wr:?}", header[i]),
-            }
-        }
-    }
 }
 
 #[test]
