@@ -108,9 +108,21 @@ fn profile_has_one_row_per_step_and_the_decode() {
 fn bad_strategies_are_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("short.yaml", "manual_ratios: [0.5]\nmanual_temp: [1.0, 1.0, 1.0]\nmanual_samp_temp: [1, 1, 1, 1]\nmanual_cfg: [0, 0, 0, 0]\n", "manual_ratios has 1 entries"),
-        ("range.yaml", "manual_ratios: [0.5, 1.5, 0.1]\nmanual_temp: [1.0, 1.0, 1.0]\nmanual_samp_temp: [1, 1, 1, 1]\nmanual_cfg: [0, 0, 0, 0]\n", "manual_ratios[1] = 1.5 is outside [0, 1]"),
-        ("neg.yaml", "manual_ratios: [0.5, 0.3, 0.1]\nmanual_temp: [1.0, 1.0, 1.0]\nmanual_samp_temp: [1, -2, 1, 1]\nmanual_cfg: [0, 0, 0, 0]\n", "manual_samp_temp[1] = -2 is negative"),
+        (
+            "short.yaml",
+            "manual_ratios: [0.5]\nmanual_temp: [1.0, 1.0, 1.0]\nmanual_samp_temp: [1, 1, 1, 1]\nmanual_cfg: [0, 0, 0, 0]\n",
+            "manual_ratios has 1 entries",
+        ),
+        (
+            "range.yaml",
+            "manual_ratios: [0.5, 1.5, 0.1]\nmanual_temp: [1.0, 1.0, 1.0]\nmanual_samp_temp: [1, 1, 1, 1]\nmanual_cfg: [0, 0, 0, 0]\n",
+            "manual_ratios[1] = 1.5 is outside [0, 1]",
+        ),
+        (
+            "neg.yaml",
+            "manual_ratios: [0.5, 0.3, 0.1]\nmanual_temp: [1.0, 1.0, 1.0]\nmanual_samp_temp: [1, -2, 1, 1]\nmanual_cfg: [0, 0, 0, 0]\n",
+            "manual_samp_temp[1] = -2 is negative",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = dir.path().join(name);

@@ -42,7 +42,21 @@ fn conventions_select_preprocessing_splits_and_subsets() {
 
     // torch-fidelity refuses KID with fewer images than its subset size (1000), before any result.
     let result = tmp.path().join("tf.json");
-    let out = genbench(&["eval", "--samples", s, "--ref", r, "--metrics", "kid", "--convention", "torch-fidelity", "--device", "cpu", "--out", result.to_str().unwrap()]);
+    let out = genbench(&[
+        "eval",
+        "--samples",
+        s,
+        "--ref",
+        r,
+        "--metrics",
+        "kid",
+        "--convention",
+        "torch-fidelity",
+        "--device",
+        "cpu",
+        "--out",
+        result.to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && !stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains("subset size 1000") && stderr.contains(&format!("samples: {half}")), "{stderr}");
@@ -51,7 +65,18 @@ fn conventions_select_preprocessing_splits_and_subsets() {
     // clean-fid: Pillow bicubic preprocessing, no IS (the tool has none), KID on min(n, 1000) rows.
     let result = tmp.path().join("clean.json");
     let out = genbench(&[
-        "eval", "--samples", s, "--ref", r, "--metrics", "fid,is,kid", "--convention", "clean-fid", "--device", "cpu", "--out",
+        "eval",
+        "--samples",
+        s,
+        "--ref",
+        r,
+        "--metrics",
+        "fid,is,kid",
+        "--convention",
+        "clean-fid",
+        "--device",
+        "cpu",
+        "--out",
         result.to_str().unwrap(),
     ]);
     assert!(out.status.success());
@@ -67,7 +92,21 @@ fn conventions_select_preprocessing_splits_and_subsets() {
 
     // adm (the default) and an explicit --preprocess override.
     let result = tmp.path().join("adm.json");
-    let out = genbench(&["eval", "--samples", s, "--ref", r, "--metrics", "fid", "--preprocess", "clean", "--device", "cpu", "--out", result.to_str().unwrap()]);
+    let out = genbench(&[
+        "eval",
+        "--samples",
+        s,
+        "--ref",
+        r,
+        "--metrics",
+        "fid",
+        "--preprocess",
+        "clean",
+        "--device",
+        "cpu",
+        "--out",
+        result.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
     assert_eq!(report["settings"]["convention"], "adm");
@@ -95,15 +134,44 @@ fn statistics_from_another_preprocessing_are_refused() {
 
     // Used under adm (the default): refused before any work, naming both modes and the file.
     let result = tmp.path().join("r.json");
-    let out = genbench(&["eval", "--samples", s, "--ref", stats.to_str().unwrap(), "--metrics", "fid", "--device", "cpu", "--out", result.to_str().unwrap()]);
+    let out = genbench(&[
+        "eval",
+        "--samples",
+        s,
+        "--ref",
+        stats.to_str().unwrap(),
+        "--metrics",
+        "fid",
+        "--device",
+        "cpu",
+        "--out",
+        result.to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && !stderr.contains("panicked"), "{stderr}");
-    assert!(stderr.contains("clean_stats.npz") && stderr.contains("'clean'") && stderr.contains("'adm'") && stderr.contains(&recorded.weights_sha1), "{stderr}");
+    assert!(
+        stderr.contains("clean_stats.npz")
+            && stderr.contains("'clean'")
+            && stderr.contains("'adm'")
+            && stderr.contains(&recorded.weights_sha1),
+        "{stderr}"
+    );
     assert!(!result.exists());
 
     // Under the mode they were made with, they are used.
     let out = genbench(&[
-        "eval", "--samples", s, "--ref", stats.to_str().unwrap(), "--metrics", "fid", "--convention", "clean-fid", "--device", "cpu", "--out",
+        "eval",
+        "--samples",
+        s,
+        "--ref",
+        stats.to_str().unwrap(),
+        "--metrics",
+        "fid",
+        "--convention",
+        "clean-fid",
+        "--device",
+        "cpu",
+        "--out",
         result.to_str().unwrap(),
     ]);
     assert!(out.status.success());

@@ -117,10 +117,7 @@ fn reference_statistics_with_other_feature_dims() {
     let sigma: Vec<f64> = (0..64 * 64).map(|i| if i % 65 == 0 { 1.0 } else { 0.0 }).collect();
     write_npz(
         &reference,
-        &[
-            NpyArray::F32 { name: "mu", shape: &[64], data: &[0.0; 64] },
-            NpyArray::F64 { name: "sigma", shape: &[64, 64], data: &sigma },
-        ],
+        &[NpyArray::F32 { name: "mu", shape: &[64], data: &[0.0; 64] }, NpyArray::F64 { name: "sigma", shape: &[64, 64], data: &sigma }],
     )
     .unwrap();
     eval_fails(&samples, &reference, &["--metrics", "fid"], &["ref64.npz", "64 dims", "2048", "differ"]);
@@ -201,12 +198,28 @@ fn end_to_end_eval_and_stats() {
     let result = tmp.path().join("result.json");
     let half_s = half.to_string();
     let out = genbench(&[
-        "eval", "--samples", arg(&samples), "--ref", arg(&reference), "--metrics", "fid,sfid,is,pr,kid",
-        "--device", "cpu", "--batch-size", &half_s, "--pr-precision", "f32", "--out", arg(&result),
+        "eval",
+        "--samples",
+        arg(&samples),
+        "--ref",
+        arg(&reference),
+        "--metrics",
+        "fid,sfid,is,pr,kid",
+        "--device",
+        "cpu",
+        "--batch-size",
+        &half_s,
+        "--pr-precision",
+        "f32",
+        "--out",
+        arg(&result),
     ]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("FID ") && stdout.contains("Precision ") && stdout.contains(&format!("N {half} vs {}", info.n - half)), "{stdout}");
+    assert!(
+        stdout.contains("FID ") && stdout.contains("Precision ") && stdout.contains(&format!("N {half} vs {}", info.n - half)),
+        "{stdout}"
+    );
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
 
     // FID against the same arithmetic on the fixture's reference (PyTorch) pool3 features: the
@@ -256,8 +269,19 @@ fn end_to_end_eval_and_stats() {
     assert!(out.status.success());
     let self_result = tmp.path().join("self.json");
     let out = genbench(&[
-        "eval", "--samples", arg(&samples), "--ref", arg(&stats_file), "--metrics", "fid,sfid",
-        "--device", "cpu", "--batch-size", &half_s, "--out", arg(&self_result),
+        "eval",
+        "--samples",
+        arg(&samples),
+        "--ref",
+        arg(&stats_file),
+        "--metrics",
+        "fid,sfid",
+        "--device",
+        "cpu",
+        "--batch-size",
+        &half_s,
+        "--out",
+        arg(&self_result),
     ]);
     assert!(out.status.success());
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&self_result).unwrap()).unwrap();
@@ -329,7 +353,14 @@ fn suite_exit_code_follows_the_verdicts() {
     let out = run(&verdict_suite(tmp.path(), "good", &good));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    for needle in ["Verdicts:", "pass     self-check fid", "pass     self-check precision", "pass     self-check recall", "skipped  missing-images", "nowhere/x_images.npy"] {
+    for needle in [
+        "Verdicts:",
+        "pass     self-check fid",
+        "pass     self-check precision",
+        "pass     self-check recall",
+        "skipped  missing-images",
+        "nowhere/x_images.npy",
+    ] {
         assert!(stdout.contains(needle), "stdout lacks {needle:?}: {stdout}");
     }
     // IS is computed, or reported unavailable with the reason; FID and the rest are kept.

@@ -42,7 +42,12 @@ impl Cluster {
     fn start(dir: &Path) -> Cluster {
         let o = Command::new(root().join("ci/slurm-up.sh")).arg("start").arg(dir).output().unwrap();
         let cluster = Cluster { dir: dir.to_path_buf(), conf: dir.join("slurm.conf") };
-        assert!(o.status.success(), "ci/slurm-up.sh start failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "ci/slurm-up.sh start failed:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         cluster
     }
 
@@ -103,11 +108,8 @@ metrics = ["fid", "precision", "recall"]
 /// The one `metrics.csv` under `results/tiny-slurm/<timestamp>/`.
 fn metrics_csv(results: &Path) -> String {
     let suite_dir = results.join("tiny-slurm");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&suite_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path().join("metrics.csv"))
-        .filter(|p| p.is_file())
-        .collect();
+    let mut found: Vec<PathBuf> =
+        std::fs::read_dir(&suite_dir).unwrap().map(|e| e.unwrap().path().join("metrics.csv")).filter(|p| p.is_file()).collect();
     assert_eq!(found.len(), 1, "one results folder in {}: {found:?}", suite_dir.display());
     std::fs::read_to_string(found.remove(0)).unwrap()
 }
@@ -160,14 +162,19 @@ fn suite_over_a_slurm_array_equals_a_single_process_run() {
     let deadline = Instant::now() + Duration::from_secs(300);
     let state = loop {
         let s = cluster.job_state(merge_job);
-        if ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"].contains(&s.as_str()) || Instant::now() > deadline {
+        if ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"].contains(&s.as_str()) || Instant::now() > deadline
+        {
             break s;
         }
         std::thread::sleep(Duration::from_millis(500));
     };
     let logs_dir = results.join("tiny-slurm/slurm/logs");
     let logs: Vec<(String, String)> = std::fs::read_dir(&logs_dir)
-        .map(|rd| rd.map(|e| e.unwrap().path()).map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap_or_default())).collect())
+        .map(|rd| {
+            rd.map(|e| e.unwrap().path())
+                .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default();
     let show = || logs.iter().map(|(n, t)| format!("== {n}\n{t}")).collect::<Vec<_>>().join("\n");
     assert_eq!(state, "COMPLETED", "merge job {merge_job} ended {state}; logs:\n{}", show());
@@ -178,5 +185,8 @@ fn suite_over_a_slurm_array_equals_a_single_process_run() {
     }
     assert_metrics_match(&metrics_csv(&results), &want);
     drop(cluster);
-    eprintln!("Slurm suite test wall time: {:.1} s (single-process run, cluster start, 3 array tasks + merge job, stop)", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "Slurm suite test wall time: {:.1} s (single-process run, cluster start, 3 array tasks + merge job, stop)",
+        t0.elapsed().as_secs_f64()
+    );
 }

@@ -90,7 +90,8 @@ metrics = ["fid"]
 
 fn metrics_csv(results: &Path) -> String {
     let dir = results.join("tiny-shards");
-    let runs: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path().join("metrics.csv")).filter(|p| p.is_file()).collect();
+    let runs: Vec<PathBuf> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path().join("metrics.csv")).filter(|p| p.is_file()).collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     std::fs::read_to_string(&runs[0]).unwrap()
 }
@@ -131,7 +132,15 @@ fn suite_shards_then_merge_equal_one_process_and_bad_requests_are_refused() {
 
     // --slurm writes the two scripts; --submit without sbatch on PATH is refused before writing.
     let slurm_results = tmp.path().join("slurm");
-    let o = genbench().env("PATH", tmp.path()).arg("suite").arg(&suite).arg("--results").arg(&slurm_results).args(["--slurm", "--submit"]).output().unwrap();
+    let o = genbench()
+        .env("PATH", tmp.path())
+        .arg("suite")
+        .arg(&suite)
+        .arg("--results")
+        .arg(&slurm_results)
+        .args(["--slurm", "--submit"])
+        .output()
+        .unwrap();
     refused(&o, "sbatch");
     assert!(!slurm_results.exists(), "nothing written when sbatch is missing");
     let out = ok(&suite_cmd(&suite, &slurm_results, &["--slurm", "--array-size", "4", "--partition", "gpu", "--gpus-per-task", "1"]));

@@ -109,7 +109,8 @@ fn resumed_run_equals_uninterrupted_run() {
     let resumed = dir.path().join("resumed.npz");
     ok(&sample(&resumed, &["--n", "10", "--save-tokens", "--stop-after-batches", "2"]));
     assert!(!resumed.exists(), "no final file before all batches exist");
-    let batch_files = std::fs::read_dir(parts(&resumed)).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "npz")).count();
+    let batch_files =
+        std::fs::read_dir(parts(&resumed)).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "npz")).count();
     assert_eq!(batch_files, 2);
     // Other settings are refused.
     refused(&sample(&resumed, &["--n", "10", "--save-tokens", "--seed", "8"]), "other settings");
@@ -142,15 +143,13 @@ fn shards_in_any_order_or_at_once_merge_to_the_bytes_of_one_run() {
     assert_eq!(std::fs::read(&seq).unwrap(), want, "sequential shards + merge differ from one run");
     // stderr is a pipe here, as in a Slurm log: plain progress lines with rate and ETA.
     let err = ok(&sample(&dir.path().join("progress.npz"), &["--n", "4"]));
-    assert!(
-        err.lines().any(|l| l.starts_with("sampling: 4/4 images (100.0%), ") && l.contains("images/s") && l.contains("eta")),
-        "{err}"
-    );
+    assert!(err.lines().any(|l| l.starts_with("sampling: 4/4 images (100.0%), ") && l.contains("images/s") && l.contains("eta")), "{err}");
     assert!(!parts(&seq).exists(), "merge removes the parts after success");
 
     // All three at once.
     let conc = dir.path().join("conc.npz");
-    let children: Vec<Child> = ["0/3", "1/3", "2/3"].iter().map(|k| spawn(sample_cmd(&conc, &[&job[..], &["--shard", k]].concat()))).collect();
+    let children: Vec<Child> =
+        ["0/3", "1/3", "2/3"].iter().map(|k| spawn(sample_cmd(&conc, &[&job[..], &["--shard", k]].concat()))).collect();
     let sampled: usize = children.into_iter().map(|c| batches_sampled_here(&ok(&c.wait_with_output().unwrap()))).sum();
     assert_eq!(sampled, 4, "each batch sampled exactly once");
     ok(&merge(&conc, &[]));
@@ -222,7 +221,15 @@ fn bad_requests_fail_before_any_work() {
     // Parts of another job (another seed) are refused, by folder and by file.
     let other = dir.path().join("other.npz");
     ok(&sample(&other, &["--n", "10", "--seed", "8", "--shard", "1/3"]));
-    let o = genbench().args(["merge", "--keep-parts", "--out"]).arg(&out).arg("--parts").arg(parts(&out)).arg("--parts").arg(parts(&other)).output().unwrap();
+    let o = genbench()
+        .args(["merge", "--keep-parts", "--out"])
+        .arg(&out)
+        .arg("--parts")
+        .arg(parts(&out))
+        .arg("--parts")
+        .arg(parts(&other))
+        .output()
+        .unwrap();
     refused(&o, "another job");
     std::fs::copy(parts(&other).join("batch_00001.npz"), parts(&out).join("batch_00001.npz")).unwrap();
     refused(&merge(&out, &[]), "made with other settings");
@@ -295,7 +302,11 @@ fn killed_run_resumes_to_the_same_bytes() {
     let mut child = spawn(sample_cmd(&killed, &job));
     let parts_dir = parts(&killed);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let batch_count = || std::fs::read_dir(&parts_dir).map(|rd| rd.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".npz")).count()).unwrap_or(0);
+    let batch_count = || {
+        std::fs::read_dir(&parts_dir)
+            .map(|rd| rd.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".npz")).count())
+            .unwrap_or(0)
+    };
     while batch_count() == 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

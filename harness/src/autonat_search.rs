@@ -257,10 +257,7 @@ pub fn run_search(
     };
     let steps = st.steps;
     let groups = Strategy::param_groups(steps);
-    ensure!(
-        st.theta.len() == groups.len() && st.grad.len() < groups.len(),
-        "saved search state does not fit a {steps}-step strategy"
-    );
+    ensure!(st.theta.len() == groups.len() && st.grad.len() < groups.len(), "saved search state does not fit a {steps}-step strategy");
     let mut session_start = std::time::Instant::now();
 
     if st.iterations.is_empty() {
@@ -302,13 +299,7 @@ pub fn run_search(
             ensure!(delta != 0.0, "parameter {} cannot be perturbed", Strategy::param_name(steps, i));
             let (fid, t) = objective.evaluate(&Strategy::from_params(steps, &probe)?)?;
             st.pending_timing.add(&t);
-            st.evaluations.push(Evaluation {
-                iter,
-                phase: "grad".into(),
-                param: Strategy::param_name(steps, i),
-                fid,
-                timing: t,
-            });
+            st.evaluations.push(Evaluation { iter, phase: "grad".into(), param: Strategy::param_name(steps, i), fid, timing: t });
             st.grad.push((fid - base_fid) / delta);
             st.pending_wall_s = wall(&st, session_start);
             session_start = std::time::Instant::now();
@@ -414,10 +405,7 @@ pub fn reference_stats(path: &Path, extractor: &InceptionExtractor, batch: usize
     }
     let names = npz::array_names(path)?;
     if !names.iter().any(|n| n == "arr_0") {
-        bail!(
-            "{}: no reference statistics (mu/sigma) and no images (arr_0); the search needs one of them",
-            path.display()
-        );
+        bail!("{}: no reference statistics (mu/sigma) and no images (arr_0); the search needs one of them", path.display());
     }
     let info = npz::read_images_info(path)?;
     let mut acc = StatsAccumulator::new(POOL3_DIM);
@@ -447,10 +435,7 @@ pub fn run_search_job(job: &SearchJob) -> Result<SearchOutcome> {
 
     let device = args.device.clone();
     let request = ModelRequest {
-        settings: RawSettings::from_iter([
-            ("num_iter".to_string(), args.steps.into()),
-            ("strategy".to_string(), args.init.clone().into()),
-        ]),
+        settings: RawSettings::from_iter([("num_iter".to_string(), args.steps.into()), ("strategy".to_string(), args.init.clone().into())]),
         ..args.model.clone()
     };
     let config = match &request.config {
@@ -481,8 +466,7 @@ pub fn run_search_job(job: &SearchJob) -> Result<SearchOutcome> {
     eprintln!("reference statistics from {} ({:.1} s, computed once)", reference_path.display(), reference_s);
 
     let labels = evaluation_labels(args.samples, genbench_models::generator::Generator::num_classes(&generator), args.seed)?;
-    std::fs::create_dir_all(args.out.join("strategies"))
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(args.out.join("strategies")).with_context(|| format!("cannot create {}", args.out.display()))?;
     // What defines the search: a saved state is continued only under the same key.
     let search_key = serde_json::json!({
         "model": spec.name,
@@ -522,14 +506,19 @@ pub fn run_search_job(job: &SearchJob) -> Result<SearchOutcome> {
             s.theta.len()
         );
     }
-    let mut objective =
-        FidObjective { generator: &mut generator, extractor: &extractor, reference: &reference, labels, batch: args.batch, seed: args.seed };
+    let mut objective = FidObjective {
+        generator: &mut generator,
+        extractor: &extractor,
+        reference: &reference,
+        labels,
+        batch: args.batch,
+        seed: args.seed,
+    };
     let out_dir = args.out.clone();
     let outcome = run_search(&mut objective, init, settings, resume, &mut |progress| match progress {
-        Progress::Evaluated(st) => write_atomic(
-            &state_path,
-            &serde_json::to_string(&serde_json::json!({ "search": search_key, "state": st }))?,
-        ),
+        Progress::Evaluated(st) => {
+            write_atomic(&state_path, &serde_json::to_string(&serde_json::json!({ "search": search_key, "state": st }))?)
+        }
         Progress::IterationDone(st) => {
             let last = st.iterations.last().unwrap();
             eprintln!(
@@ -562,8 +551,8 @@ fn load_saved_state(path: &Path, key: &serde_json::Value) -> Result<Option<Searc
         search: serde_json::Value,
         state: SearchState,
     }
-    let saved: Saved = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a readable genbench search state; {fix}", path.display()))?;
+    let saved: Saved =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a readable genbench search state; {fix}", path.display()))?;
     if let (Some(want), Some(have)) = (key.as_object(), saved.search.as_object()) {
         for (field, value) in want {
             let old = have.get(field).unwrap_or(&serde_json::Value::Null);
@@ -662,15 +651,7 @@ mod tests {
     }
 
     fn settings(iters: usize) -> SearchSettings {
-        SearchSettings {
-            iters,
-            lr_ratios: 1e-3,
-            lr_others: 0.1,
-            momentum: 0.5,
-            step_ratios: 0.01,
-            step_others: 0.1,
-            clip_grad: None,
-        }
+        SearchSettings { iters, lr_ratios: 1e-3, lr_others: 0.1, momentum: 0.5, step_ratios: 0.01, step_others: 0.1, clip_grad: None }
     }
 
     #[test]
@@ -759,8 +740,7 @@ mod tests {
             assert_eq!(state.evaluations.len(), fail_at, "every finished evaluation was saved");
             let mut rest = Quadratic { target: target.clone(), calls: 0 };
             // `init` is ignored when resuming: pass a different one to prove it.
-            let got = run_search(&mut rest, Strategy::search_init(2).unwrap(), &settings(3), Some(state), &mut |_| Ok(()))
-                .unwrap();
+            let got = run_search(&mut rest, Strategy::search_init(2).unwrap(), &settings(3), Some(state), &mut |_| Ok(())).unwrap();
             assert_eq!(rest.calls, 22 - fail_at, "no evaluation repeated or lost (fail_at {fail_at})");
             let fids = |o: &SearchOutcome| o.evaluations.iter().map(|e| (e.iter, e.param.clone(), e.fid)).collect::<Vec<_>>();
             assert_eq!(fids(&got), fids(&want));
@@ -806,12 +786,7 @@ mod tests {
     fn fixture_reference(dir: &Path) -> PathBuf {
         let io = candle_core::safetensors::load(fixture_dir().join("io.safetensors"), &candle_core::Device::Cpu).unwrap();
         let x = io["vq.image_in"].clone();
-        let flips = [
-            x.clone(),
-            x.flip(&[3]).unwrap(),
-            x.flip(&[2]).unwrap(),
-            x.flip(&[2]).unwrap().flip(&[3]).unwrap(),
-        ];
+        let flips = [x.clone(), x.flip(&[3]).unwrap(), x.flip(&[2]).unwrap(), x.flip(&[2]).unwrap().flip(&[3]).unwrap()];
         let all = candle_core::Tensor::cat(&flips, 0).unwrap();
         let (n, _, h, w) = all.dims4().unwrap();
         // The images were made as uint8 / 255: round back exactly.
@@ -867,9 +842,8 @@ mod tests {
             run(tiny_args(out.clone(), Some(reference.clone()))).unwrap();
         }
         let read = |p: &Path| std::fs::read_to_string(p).unwrap();
-        let fid_columns = |text: String| -> Vec<String> {
-            text.lines().skip(1).map(|l| l.split(',').take(4).collect::<Vec<_>>().join(",")).collect()
-        };
+        let fid_columns =
+            |text: String| -> Vec<String> { text.lines().skip(1).map(|l| l.split(',').take(4).collect::<Vec<_>>().join(",")).collect() };
         let evals = fid_columns(read(&runs[0].join("evaluations.csv")));
         assert_eq!(evals.len(), 4, "{evals:?}");
         assert_eq!(evals, fid_columns(read(&runs[1].join("evaluations.csv"))));

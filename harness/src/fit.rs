@@ -47,10 +47,7 @@ pub struct AxisNames {
 
 impl Default for AxisNames {
     fn default() -> Self {
-        Self {
-            x: "x".into(),
-            y: "y".into(),
-        }
+        Self { x: "x".into(), y: "y".into() }
     }
 }
 
@@ -64,13 +61,7 @@ pub enum FitError {
         "line {line}: {column} - L_inf = {value} - {irreducible} = {diff} is not positive; \
          the irreducible loss must lie below every point"
     )]
-    NotAboveIrreducible {
-        line: usize,
-        column: String,
-        value: f64,
-        irreducible: f64,
-        diff: f64,
-    },
+    NotAboveIrreducible { line: usize, column: String, value: f64, irreducible: f64, diff: f64 },
     #[error("line {line}: {column} = {value} is not a finite number")]
     NotFinite { line: usize, column: String, value: f64 },
     #[error("every point has the same {column} ({value}); the slope is undefined")]
@@ -120,12 +111,7 @@ impl PowerLawFit {
 
     /// `L = (b·X)^a` written with the fitted numbers (and `+ L_inf` when one was removed).
     pub fn formula(&self, x_symbol: &str, y_symbol: &str) -> String {
-        let core = format!(
-            "({}·{})^{}",
-            format_sig(self.beta, 3),
-            x_symbol,
-            format_sig(self.alpha, 3)
-        );
+        let core = format!("({}·{})^{}", format_sig(self.beta, 3), x_symbol, format_sig(self.alpha, 3));
         match self.irreducible {
             Some(l_inf) => format!("{y_symbol} = {} + {core}", format_sig(l_inf, 4)),
             None => format!("{y_symbol} = {core}"),
@@ -144,19 +130,11 @@ pub fn fit_power_law(points: &[Point], names: &AxisNames, irreducible: Option<f6
     for p in points {
         for (value, column) in [(p.x, &names.x), (p.y, &names.y)] {
             if !value.is_finite() {
-                return Err(FitError::NotFinite {
-                    line: p.line,
-                    column: column.clone(),
-                    value,
-                });
+                return Err(FitError::NotFinite { line: p.line, column: column.clone(), value });
             }
         }
         if p.x <= 0.0 {
-            return Err(FitError::NonPositive {
-                line: p.line,
-                column: names.x.clone(),
-                value: p.x,
-            });
+            return Err(FitError::NonPositive { line: p.line, column: names.x.clone(), value: p.x });
         }
         let reducible = match irreducible {
             Some(l_inf) => {
@@ -174,11 +152,7 @@ pub fn fit_power_law(points: &[Point], names: &AxisNames, irreducible: Option<f6
             }
             None => {
                 if p.y <= 0.0 {
-                    return Err(FitError::NonPositive {
-                        line: p.line,
-                        column: names.y.clone(),
-                        value: p.y,
-                    });
+                    return Err(FitError::NonPositive { line: p.line, column: names.y.clone(), value: p.y });
                 }
                 p.y
             }
@@ -189,28 +163,20 @@ pub fn fit_power_law(points: &[Point], names: &AxisNames, irreducible: Option<f6
 
     let line = ols(&log_x, &log_y);
     if line.sxx == 0.0 {
-        return Err(FitError::ConstantX {
-            column: names.x.clone(),
-            value: points[0].x,
-        });
+        return Err(FitError::ConstantX { column: names.x.clone(), value: points[0].x });
     }
     if line.syy == 0.0 {
-        return Err(FitError::ConstantY {
-            column: names.y.clone(),
-            value: points[0].y,
-        });
+        return Err(FitError::ConstantY { column: names.y.clone(), value: points[0].y });
     }
 
     let df = (n - 2) as f64;
-    let t975 = StudentsT::new(0.0, 1.0, df)
-        .expect("n - 2 >= 1 degrees of freedom is a valid Student t")
-        .inverse_cdf(0.975);
+    let t975 = StudentsT::new(0.0, 1.0, df).expect("n - 2 >= 1 degrees of freedom is a valid Student t").inverse_cdf(0.975);
     let alpha = line.slope;
     let c = line.intercept;
     let ln_beta = c / alpha;
     // Delta method: gradient of g(c, alpha) = c / alpha is (1/alpha, -c/alpha^2).
-    let var_ln_beta = line.var_intercept / (alpha * alpha) + c * c * line.var_slope / alpha.powi(4)
-        - 2.0 * c * line.cov_intercept_slope / alpha.powi(3);
+    let var_ln_beta =
+        line.var_intercept / (alpha * alpha) + c * c * line.var_slope / alpha.powi(4) - 2.0 * c * line.cov_intercept_slope / alpha.powi(3);
     let ln_beta_se = var_ln_beta.max(0.0).sqrt();
     let alpha_se = line.var_slope.sqrt();
     let c_se = line.var_intercept.sqrt();
@@ -264,11 +230,7 @@ fn ols(x: &[f64], y: &[f64]) -> OlsLine {
     }
     let slope = if sxx > 0.0 { sxy / sxx } else { f64::NAN };
     let intercept = mean_y - slope * mean_x;
-    let residuals: Vec<f64> = x
-        .iter()
-        .zip(y)
-        .map(|(&xi, &yi)| yi - (intercept + slope * xi))
-        .collect();
+    let residuals: Vec<f64> = x.iter().zip(y).map(|(&xi, &yi)| yi - (intercept + slope * xi)).collect();
     let sse: f64 = residuals.iter().map(|r| r * r).sum();
     let s2 = if x.len() > 2 { sse / (n - 2.0) } else { f64::NAN };
     OlsLine {
@@ -353,10 +315,7 @@ mod tests {
     use super::*;
 
     fn pts(xy: &[(f64, f64)]) -> Vec<Point> {
-        xy.iter()
-            .enumerate()
-            .map(|(i, &(x, y))| Point { x, y, line: i + 2 })
-            .collect()
+        xy.iter().enumerate().map(|(i, &(x, y))| Point { x, y, line: i + 2 }).collect()
     }
 
     #[test]
@@ -373,25 +332,8 @@ mod tests {
     #[test]
     fn irreducible_loss_is_subtracted_and_checked_per_row() {
         let points = pts(&[(1.0, 3.0), (10.0, 2.5), (100.0, 2.2)]);
-        let err = fit_power_law(
-            &points,
-            &AxisNames {
-                x: "params".into(),
-                y: "loss".into(),
-            },
-            Some(2.4),
-        )
-        .unwrap_err();
-        assert_eq!(
-            err,
-            FitError::NotAboveIrreducible {
-                line: 4,
-                column: "loss".into(),
-                value: 2.2,
-                irreducible: 2.4,
-                diff: 2.2 - 2.4
-            }
-        );
+        let err = fit_power_law(&points, &AxisNames { x: "params".into(), y: "loss".into() }, Some(2.4)).unwrap_err();
+        assert_eq!(err, FitError::NotAboveIrreducible { line: 4, column: "loss".into(), value: 2.2, irreducible: 2.4, diff: 2.2 - 2.4 });
         assert!(err.to_string().starts_with("line 4: loss - L_inf"));
         let ok = fit_power_law(&points, &AxisNames::default(), Some(2.0)).unwrap();
         assert_eq!(ok.irreducible, Some(2.0));
@@ -400,15 +342,9 @@ mod tests {
 
     #[test]
     fn bad_inputs_name_the_row() {
-        let names = AxisNames {
-            x: "compute".into(),
-            y: "loss".into(),
-        };
+        let names = AxisNames { x: "compute".into(), y: "loss".into() };
         let e = fit_power_law(&pts(&[(1.0, 1.0), (0.0, 2.0), (3.0, 1.0)]), &names, None).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "line 3: compute = 0 is not positive, so it has no logarithm"
-        );
+        assert_eq!(e.to_string(), "line 3: compute = 0 is not positive, so it has no logarithm");
         let e = fit_power_law(&pts(&[(1.0, 1.0), (2.0, -2.0), (3.0, 1.0)]), &names, None).unwrap_err();
         assert!(matches!(e, FitError::NonPositive { line: 3, .. }));
         let e = fit_power_law(&pts(&[(1.0, 1.0), (2.0, 2.0)]), &names, None).unwrap_err();
@@ -431,16 +367,9 @@ mod tests {
 
     #[test]
     fn groups_keep_first_appearance_order() {
-        let p = Point {
-            x: 1.0,
-            y: 1.0,
-            line: 1,
-        };
+        let p = Point { x: 1.0, y: 1.0, line: 1 };
         let g = group_points([("b".to_string(), p), ("a".to_string(), p), ("b".to_string(), p)]);
-        assert_eq!(
-            g.iter().map(|(k, v)| (k.as_str(), v.len())).collect::<Vec<_>>(),
-            [("b", 2), ("a", 1)]
-        );
+        assert_eq!(g.iter().map(|(k, v)| (k.as_str(), v.len())).collect::<Vec<_>>(), [("b", 2), ("a", 1)]);
     }
 
     #[test]

@@ -69,8 +69,7 @@ pub struct FitOutcome {
     pub plot: Option<PlotFiles>,
 }
 
-pub const FRONTIER_DEFINITION: &str =
-    "all rows sorted by compute ascending (ties: lower loss first); a row is kept iff its \
+pub const FRONTIER_DEFINITION: &str = "all rows sorted by compute ascending (ties: lower loss first); a row is kept iff its \
      loss is strictly below every loss at smaller or equal compute";
 pub const BETA_CI_METHOD: &str =
     "delta method on ln(beta) = c/alpha with the full (c, alpha) covariance, Student t with n-2 dof, mapped back by exp";
@@ -83,15 +82,7 @@ pub fn default_plot_path(out_dir: &Path, log: &Path, x: &str, y: &str, frontier:
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
 }
 
 pub fn run(req: &FitRequest) -> Result<FitOutcome> {
@@ -102,18 +93,14 @@ pub fn run(req: &FitRequest) -> Result<FitOutcome> {
     }
     let log = SweepLog::read(&req.log)?;
     let extracted = log.extract(&req.x, &req.y, req.group.as_deref())?;
-    let names = AxisNames {
-        x: extracted.x_column.clone(),
-        y: extracted.y_column.clone(),
-    };
+    let names = AxisNames { x: extracted.x_column.clone(), y: extracted.y_column.clone() };
     let what = format!("{}: fitting {} against {}", req.log.display(), names.y, names.x);
 
     let mut fits = Vec::new();
     let frontier_points: Option<Vec<Point>> = if req.frontier {
         let all: Vec<Point> = extracted.groups.iter().flat_map(|(_, p)| p.iter().copied()).collect();
         let f = frontier(&all);
-        let fit =
-            fit_power_law(&f, &names, req.irreducible).with_context(|| format!("{what} on the compute frontier"))?;
+        let fit = fit_power_law(&f, &names, req.irreducible).with_context(|| format!("{what} on the compute frontier"))?;
         fits.push(group_fit("frontier", fit, &f, &names));
         Some(f)
     } else {
@@ -131,16 +118,10 @@ pub fn run(req: &FitRequest) -> Result<FitOutcome> {
     let plot = if req.no_plot {
         None
     } else {
-        let stem = req
-            .plot
-            .clone()
-            .unwrap_or_else(|| default_plot_path(req.out_dir.as_deref().unwrap_or(Path::new(".")), &req.log, &names.x, &names.y, req.frontier));
-        let title = format!(
-            "{} vs {} ({})",
-            names.y,
-            names.x,
-            req.log.file_name().and_then(|n| n.to_str()).unwrap_or("")
-        );
+        let stem = req.plot.clone().unwrap_or_else(|| {
+            default_plot_path(req.out_dir.as_deref().unwrap_or(Path::new(".")), &req.log, &names.x, &names.y, req.frontier)
+        });
+        let title = format!("{} vs {} ({})", names.y, names.x, req.log.file_name().and_then(|n| n.to_str()).unwrap_or(""));
         let chart = match &frontier_points {
             Some(f) => frontier_chart(&title, &names, &extracted.groups, f, &fits[0].fit),
             None => {
@@ -148,11 +129,7 @@ pub fn run(req: &FitRequest) -> Result<FitOutcome> {
                     .iter()
                     .zip(&extracted.groups)
                     .map(|(gf, (label, points))| {
-                        let label = if extracted.groups.len() == 1 {
-                            "fit".to_string()
-                        } else {
-                            label.clone()
-                        };
+                        let label = if extracted.groups.len() == 1 { "fit".to_string() } else { label.clone() };
                         (label, &gf.fit, points.clone())
                     })
                     .collect();
@@ -178,22 +155,8 @@ pub fn run(req: &FitRequest) -> Result<FitOutcome> {
 
 fn group_fit(group: &str, fit: PowerLawFit, points: &[Point], names: &AxisNames) -> GroupFit {
     let formula = fit.formula(&axis_symbol(&names.x), &axis_symbol(&names.y));
-    let points = points
-        .iter()
-        .zip(&fit.residuals)
-        .map(|(p, r)| Residual {
-            line: p.line,
-            x: p.x,
-            y: p.y,
-            residual: *r,
-        })
-        .collect();
-    GroupFit {
-        group: group.to_string(),
-        fit,
-        formula,
-        points,
-    }
+    let points = points.iter().zip(&fit.residuals).map(|(p, r)| Residual { line: p.line, x: p.x, y: p.y, residual: *r }).collect();
+    GroupFit { group: group.to_string(), fit, formula, points }
 }
 
 impl FitOutcome {
@@ -205,21 +168,9 @@ impl FitOutcome {
             self.x_column,
             self.log.display(),
             if self.frontier { ", on the compute frontier" } else { "" },
-            self.irreducible
-                .map(|l| format!(", L_inf = {} removed", format_sig(l, 6)))
-                .unwrap_or_default()
+            self.irreducible.map(|l| format!(", L_inf = {} removed", format_sig(l, 6))).unwrap_or_default()
         );
-        let header = [
-            "group",
-            "n",
-            "alpha",
-            "alpha 95% CI",
-            "beta",
-            "beta 95% CI",
-            "r",
-            "R^2",
-            "max |res|",
-        ];
+        let header = ["group", "n", "alpha", "alpha 95% CI", "beta", "beta 95% CI", "r", "R^2", "max |res|"];
         let rows: Vec<[String; 9]> = self
             .fits
             .iter()
@@ -230,11 +181,7 @@ impl FitOutcome {
                     g.group.clone(),
                     f.n.to_string(),
                     format_sig(f.alpha, 4),
-                    format!(
-                        "[{}, {}]",
-                        format_sig(f.alpha_ci95[0], 4),
-                        format_sig(f.alpha_ci95[1], 4)
-                    ),
+                    format!("[{}, {}]", format_sig(f.alpha_ci95[0], 4), format_sig(f.alpha_ci95[1], 4)),
                     format_sig(f.beta, 4),
                     format!("[{}, {}]", format_sig(f.beta_ci95[0], 3), format_sig(f.beta_ci95[1], 3)),
                     format!("{:.5}", f.pearson_r),
@@ -243,25 +190,10 @@ impl FitOutcome {
                 ]
             })
             .collect();
-        let widths: Vec<usize> = (0..header.len())
-            .map(|c| {
-                rows.iter()
-                    .map(|r| r[c].chars().count())
-                    .chain([header[c].len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
+        let widths: Vec<usize> =
+            (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).chain([header[c].len()]).max().unwrap_or(0)).collect();
         let line = |cells: Vec<String>| {
-            cells
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_string()
-                + "\n"
+            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string() + "\n"
         };
         out.push_str(&line(header.iter().map(|s| s.to_string()).collect()));
         for r in rows {

@@ -202,9 +202,7 @@ impl Manifest {
         started: SystemTime,
         finished: SystemTime,
     ) -> Self {
-        let suite_sha256 = std::fs::read(&suite.path)
-            .ok()
-            .map(|b| genbench_runtime::hash::sha256_bytes(&b));
+        let suite_sha256 = std::fs::read(&suite.path).ok().map(|b| genbench_runtime::hash::sha256_bytes(&b));
         Self {
             genbench_version: env!("CARGO_PKG_VERSION").to_string(),
             git,
@@ -290,14 +288,8 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_712_320_800);
         assert_eq!(iso_utc(t), "2024-04-05T12:40:00Z");
         assert_eq!(compact_utc(t), "20240405T124000Z");
-        assert_eq!(
-            iso_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            results_dir(Path::new("results"), "quickstart", t),
-            PathBuf::from("results/quickstart/20240405T124000Z")
-        );
+        assert_eq!(iso_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(results_dir(Path::new("results"), "quickstart", t), PathBuf::from("results/quickstart/20240405T124000Z"));
     }
 
     #[test]

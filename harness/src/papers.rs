@@ -40,22 +40,11 @@ impl PaperTable {
         let mut rows = Vec::new();
         for record in reader.records() {
             let record = record.with_context(|| format!("{}: malformed CSV", path.display()))?;
-            let line = record
-                .position()
-                .map(|p| crate::sweep_log::record_line(&text, p))
-                .unwrap_or(rows.len() + 2);
-            rows.push(PaperRow {
-                line,
-                cells: record.iter().map(|c| c.trim().to_string()).collect(),
-            });
+            let line = record.position().map(|p| crate::sweep_log::record_line(&text, p)).unwrap_or(rows.len() + 2);
+            rows.push(PaperRow { line, cells: record.iter().map(|c| c.trim().to_string()).collect() });
         }
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
-        Ok(Self {
-            name,
-            path: path.to_path_buf(),
-            headers,
-            rows,
-        })
+        Ok(Self { name, path: path.to_path_buf(), headers, rows })
     }
 
     pub fn column(&self, name: &str) -> Option<usize> {
@@ -73,23 +62,13 @@ impl PaperTable {
         }
         let mut columns = Vec::with_capacity(key.len());
         for (column, value) in key {
-            let index = self.column(column).ok_or_else(|| {
-                format!(
-                    "{}.csv has no column `{column}`; its columns are: {}",
-                    self.name,
-                    self.headers.join(", ")
-                )
-            })?;
+            let index = self
+                .column(column)
+                .ok_or_else(|| format!("{}.csv has no column `{column}`; its columns are: {}", self.name, self.headers.join(", ")))?;
             columns.push((index, column.as_str(), value.trim()));
         }
-        let matches: Vec<usize> = (0..self.rows.len())
-            .filter(|&r| columns.iter().all(|&(c, _, v)| self.cell(r, c) == v))
-            .collect();
-        let described = columns
-            .iter()
-            .map(|(_, c, v)| format!("{c} = \"{v}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let matches: Vec<usize> = (0..self.rows.len()).filter(|&r| columns.iter().all(|&(c, _, v)| self.cell(r, c) == v)).collect();
+        let described = columns.iter().map(|(_, c, v)| format!("{c} = \"{v}\"")).collect::<Vec<_>>().join(", ");
         match matches.as_slice() {
             [one] => Ok(*one),
             [] => {
@@ -109,20 +88,13 @@ impl PaperTable {
                 ))
             }
             many => {
-                let lines = many
-                    .iter()
-                    .map(|&r| self.rows[r].line.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let lines = many.iter().map(|&r| self.rows[r].line.to_string()).collect::<Vec<_>>().join(", ");
                 // Columns whose values differ among the matches can disambiguate.
                 let distinguishing: Vec<String> = (0..self.headers.len())
                     .filter(|&c| many.iter().any(|&r| self.cell(r, c) != self.cell(many[0], c)))
                     .take(3)
                     .map(|c| {
-                        let vals = many
-                            .iter()
-                            .map(|&r| format!("\"{}\"", self.cell(r, c)))
-                            .collect::<Vec<_>>();
+                        let vals = many.iter().map(|&r| format!("\"{}\"", self.cell(r, c))).collect::<Vec<_>>();
                         format!("`{}` ({})", self.headers[c], vals.join(" / "))
                     })
                     .collect();
@@ -138,27 +110,18 @@ impl PaperTable {
 
     /// The number in `column` of `row`. Cells such as `-`, `~45` or `>45` are not numbers.
     pub fn number(&self, row: usize, column: &str) -> Result<f64, String> {
-        let c = self.column(column).ok_or_else(|| {
-            format!(
-                "{}.csv has no column `{column}`; its columns are: {}",
-                self.name,
-                self.headers.join(", ")
-            )
-        })?;
+        let c = self
+            .column(column)
+            .ok_or_else(|| format!("{}.csv has no column `{column}`; its columns are: {}", self.name, self.headers.join(", ")))?;
         let raw = self.cell(row, c);
         raw.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
-            format!(
-                "{}.csv line {}, column `{column}` holds `{raw}`, which is not a number",
-                self.name, self.rows[row].line
-            )
+            format!("{}.csv line {}, column `{column}` holds `{raw}`, which is not a number", self.name, self.rows[row].line)
         })
     }
 
     /// The `source` column of a row, if the table has one.
     pub fn source(&self, row: usize) -> Option<&str> {
-        self.column("source")
-            .map(|c| self.cell(row, c))
-            .filter(|s| !s.is_empty())
+        self.column("source").map(|c| self.cell(row, c)).filter(|s| !s.is_empty())
     }
 }
 
@@ -171,10 +134,7 @@ pub struct PaperLibrary {
 
 impl PaperLibrary {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            tables: BTreeMap::new(),
-        }
+        Self { dir: dir.into(), tables: BTreeMap::new() }
     }
 
     /// The table `<dir>/<name>.csv`; the error lists the tables that do exist.
@@ -184,11 +144,7 @@ impl PaperLibrary {
             let loaded = if path.is_file() {
                 PaperTable::load(&path).map_err(|e| format!("{e:#}"))
             } else {
-                Err(format!(
-                    "no paper table `{name}` in {}; available: {}",
-                    self.dir.display(),
-                    self.available().join(", ")
-                ))
+                Err(format!("no paper table `{name}` in {}; available: {}", self.dir.display(), self.available().join(", ")))
             };
             self.tables.insert(name.to_string(), loaded);
         }
@@ -254,10 +210,7 @@ mod tests {
     #[test]
     fn ambiguous_key_names_the_distinguishing_column() {
         let e = table().select(&key(&[("model", "VAR-d16")])).unwrap_err();
-        assert!(
-            e.starts_with("2 rows of t.csv (lines 2, 3) have model = \"VAR-d16\""),
-            "{e}"
-        );
+        assert!(e.starts_with("2 rows of t.csv (lines 2, 3) have model = \"VAR-d16\""), "{e}");
         assert!(e.contains("`version` (\"v2\" / \"v1\")"), "{e}");
     }
 
@@ -265,16 +218,10 @@ mod tests {
     fn missing_row_lists_values_and_bad_cells_are_reported() {
         let t = table();
         let e = t.select(&key(&[("model", "VAR-d21")])).unwrap_err();
-        assert_eq!(
-            e,
-            "no row of t.csv has model = \"VAR-d21\"; `model` takes the values: \"VAR-d16\", \"VAR-d20\", \"ADM\""
-        );
+        assert_eq!(e, "no row of t.csv has model = \"VAR-d21\"; `model` takes the values: \"VAR-d16\", \"VAR-d20\", \"ADM\"");
         let e = t.select(&key(&[("modle", "VAR-d16")])).unwrap_err();
         assert!(e.starts_with("t.csv has no column `modle`"), "{e}");
         let adm = t.select(&key(&[("model", "ADM")])).unwrap();
-        assert_eq!(
-            t.number(adm, "fid").unwrap_err(),
-            "t.csv line 5, column `fid` holds `-`, which is not a number"
-        );
+        assert_eq!(t.number(adm, "fid").unwrap_err(), "t.csv line 5, column `fid` holds `-`, which is not a number");
     }
 }

@@ -91,13 +91,7 @@ pub struct Series {
 
 impl Series {
     pub fn new(label: impl Into<String>, points: Vec<(f64, f64)>, style: Style, color: RGBColor) -> Self {
-        Self {
-            label: label.into(),
-            points,
-            style,
-            color,
-            point_labels: Vec::new(),
-        }
+        Self { label: label.into(), points, style, color, point_labels: Vec::new() }
     }
 
     pub fn with_point_labels(mut self, labels: Vec<String>) -> Self {
@@ -150,10 +144,7 @@ pub struct PlotFiles {
 /// Writes `chart` as `<stem>.png` and `<stem>.svg`: the extension of `stem`, if any, is
 /// replaced, so pass `name.png` (not a bare name containing dots).
 pub fn write_chart(chart: &Chart, stem: &Path) -> Result<PlotFiles> {
-    let files = PlotFiles {
-        png: stem.with_extension("png"),
-        svg: stem.with_extension("svg"),
-    };
+    let files = PlotFiles { png: stem.with_extension("png"), svg: stem.with_extension("svg") };
     write_png(chart, &files.png)?;
     write_svg(chart, &files.svg)?;
     Ok(files)
@@ -176,9 +167,7 @@ pub fn write_svg(chart: &Chart, path: &Path) -> Result<()> {
         draw(&root, chart, &plan)?;
         root.present().map_err(|e| anyhow::anyhow!("rendering SVG: {e}"))?;
     }
-    write_atomically(path, |tmp| {
-        std::fs::write(tmp, &svg).with_context(|| format!("writing {}", tmp.display()))
-    })
+    write_atomically(path, |tmp| std::fs::write(tmp, &svg).with_context(|| format!("writing {}", tmp.display())))
 }
 
 /// Runs `write` on a temporary file beside `path` (same extension, so encoders that look at it
@@ -187,17 +176,12 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("plot path has no file name")?;
+    let name = path.file_name().and_then(|n| n.to_str()).context("plot path has no file name")?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("tmp");
     let tmp = path.with_file_name(format!(".{name}.{}.partial.{ext}", std::process::id()));
     let outcome = write(&tmp);
     match outcome {
-        Ok(()) => {
-            std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-        }
+        Ok(()) => std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display())),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             Err(e.context(format!("drawing {}", path.display())))
@@ -234,11 +218,7 @@ impl AxisPlan {
     }
 
     fn label_for(&self, t: f64) -> String {
-        self.labelled
-            .iter()
-            .find(|(v, _)| (v - t).abs() <= 1e-9 * (1.0 + t.abs()))
-            .map(|(_, s)| s.clone())
-            .unwrap_or_default()
+        self.labelled.iter().find(|(v, _)| (v - t).abs() <= 1e-9 * (1.0 + t.abs())).map(|(_, s)| s.clone()).unwrap_or_default()
     }
 }
 
@@ -283,31 +263,14 @@ fn plan(chart: &Chart) -> Result<Plan> {
             }
         }
     }
-    let mut x = axis_plan(
-        chart.x_scale,
-        chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
-    );
+    let mut x = axis_plan(chart.x_scale, chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
     if let Some(ticks) = &chart.x_ticks {
         let texts = format_tick_values(ticks);
-        x.labelled = ticks
-            .iter()
-            .map(|&v| x.to_draw(v))
-            .zip(texts)
-            .filter(|(v, _)| x.range.contains(v))
-            .collect();
-        x.light
-            .retain(|v| !x.labelled.iter().any(|(l, _)| (l - v).abs() < 1e-9));
+        x.labelled = ticks.iter().map(|&v| x.to_draw(v)).zip(texts).filter(|(v, _)| x.range.contains(v)).collect();
+        x.light.retain(|v| !x.labelled.iter().any(|(l, _)| (l - v).abs() < 1e-9));
     }
-    let y = axis_plan(
-        chart.y_scale,
-        chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)),
-    );
-    let mut plan = Plan {
-        x,
-        y,
-        legend: LegendPlace::None,
-        legend_size: (0, 0),
-    };
+    let y = axis_plan(chart.y_scale, chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+    let mut plan = Plan { x, y, legend: LegendPlace::None, legend_size: (0, 0) };
     let labelled: Vec<&Series> = chart.series.iter().filter(|s| !s.label.is_empty()).collect();
     if labelled.is_empty() {
         return Ok(plan);
@@ -321,16 +284,11 @@ fn plan(chart: &Chart) -> Result<Plan> {
     let font: TextStyle = (FONT, LEGEND_SIZE).into();
     let mut text_w = 0;
     for s in &labelled {
-        let (tw, _) = root
-            .estimate_text_size(&s.label, &font)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (tw, _) = root.estimate_text_size(&s.label, &font).map_err(|e| anyhow::anyhow!("{e}"))?;
         text_w = text_w.max(tw as i32);
     }
     let row_h = LEGEND_SIZE as i32 + 6;
-    plan.legend_size = (
-        2 * LEGEND_PAD + LEGEND_SWATCH + 8 + text_w,
-        2 * LEGEND_PAD + row_h * labelled.len() as i32,
-    );
+    plan.legend_size = (2 * LEGEND_PAD + LEGEND_SWATCH + 8 + text_w, 2 * LEGEND_PAD + row_h * labelled.len() as i32);
 
     let chart_ctx = build_chart(&root, chart, &plan)?;
     let (px, py) = chart_ctx.plotting_area().get_pixel_range();
@@ -339,18 +297,13 @@ fn plan(chart: &Chart) -> Result<Plan> {
     let fits = lw + 2 * LEGEND_INSET <= px.end - px.start && lh + 2 * LEGEND_INSET <= py.end - py.start;
     plan.legend = LegendPlace::Below;
     if fits {
-        for place in [
-            LegendPlace::UpperRight,
-            LegendPlace::UpperLeft,
-            LegendPlace::LowerRight,
-            LegendPlace::LowerLeft,
-        ] {
+        for place in [LegendPlace::UpperRight, LegendPlace::UpperLeft, LegendPlace::LowerRight, LegendPlace::LowerLeft] {
             let rect = legend_rect(place, (&px, &py), plan.legend_size);
             // A few pixels of clearance so markers do not touch the box.
             let clear = 6;
-            let hit = occupied.iter().any(|&(x, y)| {
-                x >= rect.0 .0 - clear && x <= rect.1 .0 + clear && y >= rect.0 .1 - clear && y <= rect.1 .1 + clear
-            });
+            let hit = occupied
+                .iter()
+                .any(|&(x, y)| x >= rect.0 .0 - clear && x <= rect.1 .0 + clear && y >= rect.0 .1 - clear && y <= rect.1 .1 + clear);
             if !hit {
                 plan.legend = place;
                 break;
@@ -364,11 +317,7 @@ fn plan(chart: &Chart) -> Result<Plan> {
 fn occupied_pixels(chart: &Chart, plan: &Plan, to_pixel: impl Fn((f64, f64)) -> (i32, i32)) -> Vec<(i32, i32)> {
     let mut out = Vec::new();
     for s in &chart.series {
-        let pix: Vec<(i32, i32)> = s
-            .points
-            .iter()
-            .map(|&(x, y)| to_pixel((plan.x.to_draw(x), plan.y.to_draw(y))))
-            .collect();
+        let pix: Vec<(i32, i32)> = s.points.iter().map(|&(x, y)| to_pixel((plan.x.to_draw(x), plan.y.to_draw(y)))).collect();
         out.extend(&pix);
         if matches!(s.style, Style::Line | Style::Dashed | Style::LinePoints(_)) {
             for pair in pix.windows(2) {
@@ -377,10 +326,7 @@ fn occupied_pixels(chart: &Chart, plan: &Plan, to_pixel: impl Fn((f64, f64)) -> 
                 let steps = (len / 2.0).ceil().max(1.0) as i32;
                 for k in 0..=steps {
                     let t = f64::from(k) / f64::from(steps);
-                    out.push((
-                        a.0 + ((b.0 - a.0) as f64 * t).round() as i32,
-                        a.1 + ((b.1 - a.1) as f64 * t).round() as i32,
-                    ));
+                    out.push((a.0 + ((b.0 - a.0) as f64 * t).round() as i32, a.1 + ((b.1 - a.1) as f64 * t).round() as i32));
                 }
             }
         }
@@ -446,31 +392,19 @@ impl Ranged for TickedAxis {
 
 impl AxisPlan {
     fn ticked(&self) -> TickedAxis {
-        TickedAxis {
-            range: self.range.clone(),
-            bold: self.labelled.iter().map(|(v, _)| *v).collect(),
-            light: self.light.clone(),
-        }
+        TickedAxis { range: self.range.clone(), bold: self.labelled.iter().map(|(v, _)| *v).collect(), light: self.light.clone() }
     }
 }
 
 type PlotCtx<'a, DB> = ChartContext<'a, DB, Cartesian2d<TickedAxis, TickedAxis>>;
 
-fn build_chart<'a, DB: DrawingBackend>(
-    area: &'a DrawingArea<DB, Shift>,
-    chart: &Chart,
-    plan: &Plan,
-) -> Result<PlotCtx<'a, DB>> {
+fn build_chart<'a, DB: DrawingBackend>(area: &'a DrawingArea<DB, Shift>, chart: &Chart, plan: &Plan) -> Result<PlotCtx<'a, DB>> {
     // Room for the widest y tick label.
     let y_label_w = plan
         .y
         .labelled
         .iter()
-        .map(|(_, s)| {
-            area.estimate_text_size(s, &TextStyle::from((FONT, TICK_SIZE)))
-                .map(|(w, _)| w)
-                .unwrap_or(40)
-        })
+        .map(|(_, s)| area.estimate_text_size(s, &TextStyle::from((FONT, TICK_SIZE))).map(|(w, _)| w).unwrap_or(40))
         .max()
         .unwrap_or(40);
     ChartBuilder::on(area)
@@ -492,9 +426,7 @@ macro_rules! draw_marker {
         match $marker {
             Marker::Circle => $area.draw(&Circle::new(at, r, color.filled())),
             Marker::Triangle => $area.draw(&TriangleMarker::new(at, r + 1, color.filled())),
-            Marker::Square => {
-                $area.draw(&(EmptyElement::at(at) + Rectangle::new([(-r + 1, -r + 1), (r - 1, r - 1)], color.filled())))
-            }
+            Marker::Square => $area.draw(&(EmptyElement::at(at) + Rectangle::new([(-r + 1, -r + 1), (r - 1, r - 1)], color.filled()))),
             Marker::Cross => $area.draw(&Cross::new(at, r, color.stroke_width(2))),
         }
     }};
@@ -527,20 +459,14 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart, plan: 
         .map_err(err)?;
 
     for s in &chart.series {
-        let pts: Vec<(f64, f64)> = s
-            .points
-            .iter()
-            .map(|&(x, y)| (plan.x.to_draw(x), plan.y.to_draw(y)))
-            .collect();
+        let pts: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (plan.x.to_draw(x), plan.y.to_draw(y))).collect();
         let line = s.color.stroke_width(2);
         match s.style {
             Style::Line | Style::LinePoints(_) => {
-                ctx.draw_series(LineSeries::new(pts.iter().copied(), line))
-                    .map_err(err)?;
+                ctx.draw_series(LineSeries::new(pts.iter().copied(), line)).map_err(err)?;
             }
             Style::Dashed => {
-                ctx.draw_series(DashedLineSeries::new(pts.iter().copied(), 9, 6, line))
-                    .map_err(err)?;
+                ctx.draw_series(DashedLineSeries::new(pts.iter().copied(), 9, 6, line)).map_err(err)?;
             }
             Style::Points(_) => {}
         }
@@ -550,12 +476,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart, plan: 
             }
         }
         for (p, label) in pts.iter().zip(&s.point_labels) {
-            let text = EmptyElement::at(*p)
-                + Text::new(
-                    label.clone(),
-                    (7, -16),
-                    (FONT, POINT_LABEL_SIZE).into_font().color(&s.color),
-                );
+            let text = EmptyElement::at(*p) + Text::new(label.clone(), (7, -16), (FONT, POINT_LABEL_SIZE).into_font().color(&s.color));
             ctx.plotting_area().draw(&text).map_err(err)?;
         }
     }
@@ -579,12 +500,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart, plan: 
     let target = legend_area.as_ref().unwrap_or(root);
     target
         .draw(&Rectangle::new([(x0, y0), (x1, y1)], WHITE.mix(0.92).filled()))
-        .and_then(|_| {
-            target.draw(&Rectangle::new(
-                [(x0, y0), (x1, y1)],
-                RGBColor(120, 120, 120).stroke_width(1),
-            ))
-        })
+        .and_then(|_| target.draw(&Rectangle::new([(x0, y0), (x1, y1)], RGBColor(120, 120, 120).stroke_width(1))))
         .map_err(err)?;
     let row_h = LEGEND_SIZE as i32 + 6;
     for (i, s) in labelled.iter().enumerate() {
@@ -593,15 +509,11 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart, plan: 
         let line = s.color.stroke_width(2);
         match s.style {
             Style::Line | Style::LinePoints(_) => {
-                target
-                    .draw(&PathElement::new(vec![(sx, cy), (sx + LEGEND_SWATCH, cy)], line))
-                    .map_err(err)?;
+                target.draw(&PathElement::new(vec![(sx, cy), (sx + LEGEND_SWATCH, cy)], line)).map_err(err)?;
             }
             Style::Dashed => {
                 for seg in [(0, 9), (15, 24)] {
-                    target
-                        .draw(&PathElement::new(vec![(sx + seg.0, cy), (sx + seg.1, cy)], line))
-                        .map_err(err)?;
+                    target.draw(&PathElement::new(vec![(sx + seg.0, cy), (sx + seg.1, cy)], line)).map_err(err)?;
                 }
             }
             Style::Points(_) => {}
@@ -609,13 +521,8 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart, plan: 
         if let Style::Points(m) | Style::LinePoints(m) = s.style {
             draw_marker!(target, m, (sx + LEGEND_SWATCH / 2, cy), s.color).map_err(err)?;
         }
-        let style = (FONT, LEGEND_SIZE)
-            .into_font()
-            .color(&BLACK)
-            .pos(text_anchor_left_center());
-        target
-            .draw(&Text::new(s.label.clone(), (sx + LEGEND_SWATCH + 8, cy), style))
-            .map_err(err)?;
+        let style = (FONT, LEGEND_SIZE).into_font().color(&BLACK).pos(text_anchor_left_center());
+        target.draw(&Text::new(s.label.clone(), (sx + LEGEND_SWATCH + 8, cy), style)).map_err(err)?;
     }
     Ok(())
 }
@@ -626,9 +533,7 @@ fn text_anchor_left_center() -> plotters::style::text_anchor::Pos {
 }
 
 fn axis_plan(scale: Scale, values: impl Iterator<Item = f64>) -> AxisPlan {
-    let drawn: Vec<f64> = values
-        .map(|v| if scale == Scale::Log { v.log10() } else { v })
-        .collect();
+    let drawn: Vec<f64> = values.map(|v| if scale == Scale::Log { v.log10() } else { v }).collect();
     let lo = drawn.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = drawn.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     // Pad 6% each side so markers at the extremes are not cut by the frame; a single value
@@ -645,12 +550,7 @@ fn axis_plan(scale: Scale, values: impl Iterator<Item = f64>) -> AxisPlan {
         Scale::Log => log_ticks(range.clone()),
         Scale::Linear => linear_ticks(range.clone()),
     };
-    AxisPlan {
-        scale,
-        range,
-        labelled,
-        light,
-    }
+    AxisPlan { scale, range, labelled, light }
 }
 
 /// Ticks for a log axis, given its range in log10 units. Returns labelled ticks and light grid
@@ -669,11 +569,7 @@ fn log_ticks(range: Range<f64>) -> (Vec<(f64, String)>, Vec<f64>) {
     let mut labelled: Vec<f64> = if decades > 8.0 {
         // Too many decades to label each: every k-th.
         let k = (decades / 7.0).ceil() as i32;
-        (first_decade..=last_decade)
-            .filter(|e| e.rem_euclid(k) == 0)
-            .map(f64::from)
-            .filter(|&v| inside(v))
-            .collect()
+        (first_decade..=last_decade).filter(|e| e.rem_euclid(k) == 0).map(f64::from).filter(|&v| inside(v)).collect()
     } else {
         with_mantissas(&[1])
     };
@@ -688,14 +584,10 @@ fn log_ticks(range: Range<f64>) -> (Vec<(f64, String)>, Vec<f64>) {
         let (vals, _) = linear_tick_values(10f64.powf(range.start)..10f64.powf(range.end));
         labelled = vals.into_iter().filter(|v| *v > 0.0).map(f64::log10).collect();
     }
-    let light: Vec<f64> = if decades <= 6.0 {
-        with_mantissas(&[1, 2, 3, 4, 5, 6, 7, 8, 9])
-    } else {
-        with_mantissas(&[1])
-    }
-    .into_iter()
-    .filter(|v| !labelled.iter().any(|l| (l - v).abs() < 1e-9))
-    .collect();
+    let light: Vec<f64> = if decades <= 6.0 { with_mantissas(&[1, 2, 3, 4, 5, 6, 7, 8, 9]) } else { with_mantissas(&[1]) }
+        .into_iter()
+        .filter(|v| !labelled.iter().any(|l| (l - v).abs() < 1e-9))
+        .collect();
     let values: Vec<f64> = labelled.iter().map(|v| 10f64.powf(*v)).collect();
     let texts = format_tick_values(&values);
     (labelled.into_iter().zip(texts).collect(), light)
@@ -712,11 +604,7 @@ fn linear_tick_values(range: Range<f64>) -> (Vec<f64>, Vec<f64>) {
     let span = range.end - range.start;
     let raw_step = span / 6.0;
     let magnitude = 10f64.powf(raw_step.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * magnitude)
-        .find(|s| span / s <= 8.0)
-        .unwrap_or(10.0 * magnitude);
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| span / s <= 8.0).unwrap_or(10.0 * magnitude);
     let first = (range.start / step).ceil() as i64;
     let last = (range.end / step).floor() as i64;
     let values: Vec<f64> = (first..=last).map(|k| k as f64 * step).collect();
@@ -758,11 +646,7 @@ fn exponent_form(v: f64) -> String {
     let s = format!("{v:.2e}");
     match s.split_once('e') {
         Some((mantissa, exponent)) => {
-            let mantissa = if mantissa.contains('.') {
-                mantissa.trim_end_matches('0').trim_end_matches('.')
-            } else {
-                mantissa
-            };
+            let mantissa = if mantissa.contains('.') { mantissa.trim_end_matches('0').trim_end_matches('.') } else { mantissa };
             format!("{mantissa}e{exponent}")
         }
         None => s,
@@ -785,35 +669,16 @@ pub fn power_law_chart(
     let mut chart = Chart::new(title, names.x.as_str(), names.y.as_str()).scales(Scale::Log, Scale::Log);
     let per_group_fit = fits.len() == groups.len() && groups.len() > 1;
     for (i, (label, points)) in groups.iter().enumerate() {
-        let label = if groups.len() == 1 && label == "all" {
-            "data".to_string()
-        } else {
-            label.clone()
-        };
-        chart.series.push(Series::new(
-            label,
-            points.iter().map(|p| (p.x, p.y)).collect(),
-            Style::Points(Marker::nth(i)),
-            palette(i),
-        ));
+        let label = if groups.len() == 1 && label == "all" { "data".to_string() } else { label.clone() };
+        chart.series.push(Series::new(label, points.iter().map(|p| (p.x, p.y)).collect(), Style::Points(Marker::nth(i)), palette(i)));
     }
     for (i, (label, fit, points)) in fits.iter().enumerate() {
         let color = if per_group_fit { palette(i) } else { RGBColor(0, 0, 0) };
-        let (lo, hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-            (lo.min(p.x), hi.max(p.x))
-        });
+        let (lo, hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.x), hi.max(p.x)));
         let xs = geometric_grid(lo, hi, 64);
         let line: Vec<(f64, f64)> = xs.into_iter().map(|x| (x, fit.predict(x))).collect();
-        let formula = format!(
-            "{}, r = {:.4}",
-            fit.formula(&axis_symbol(&names.x), &axis_symbol(&names.y)),
-            fit.pearson_r
-        );
-        let text = if label.is_empty() {
-            formula
-        } else {
-            format!("{label}: {formula}")
-        };
+        let formula = format!("{}, r = {:.4}", fit.formula(&axis_symbol(&names.x), &axis_symbol(&names.y)), fit.pearson_r);
+        let text = if label.is_empty() { formula } else { format!("{label}: {formula}") };
         chart.series.push(Series::new(text, line, Style::Dashed, color));
     }
     chart
@@ -828,12 +693,7 @@ pub fn frontier_chart(
     frontier_points: &[Point],
     fit: &PowerLawFit,
 ) -> Chart {
-    let mut chart = power_law_chart(
-        title,
-        names,
-        models,
-        &[("frontier fit".to_string(), fit, frontier_points.to_vec())],
-    );
+    let mut chart = power_law_chart(title, names, models, &[("frontier fit".to_string(), fit, frontier_points.to_vec())]);
     let crosses = Series::new(
         "frontier (C_min)",
         frontier_points.iter().map(|p| (p.x, p.y)).collect(),
@@ -861,9 +721,7 @@ fn geometric_grid(lo: f64, hi: f64, n: usize) -> Vec<f64> {
         return vec![lo];
     }
     let (a, b) = (lo.ln(), hi.ln());
-    (0..n)
-        .map(|i| (a + (b - a) * i as f64 / (n - 1) as f64).exp())
-        .collect()
+    (0..n).map(|i| (a + (b - a) * i as f64 / (n - 1) as f64).exp()).collect()
 }
 
 /// One point of a quality-versus-speed chart.
@@ -880,20 +738,12 @@ pub struct QualitySpeedPoint {
 /// unit (seconds on a device, or a published relative time).
 pub fn fid_vs_time_chart(title: &str, time_label: &str, points: &[QualitySpeedPoint]) -> Chart {
     let mut chart = Chart::new(title, time_label, "FID").scales(Scale::Log, Scale::Linear);
-    for (i, family) in distinct(points.iter().map(|p| p.family.as_str()))
-        .into_iter()
-        .enumerate()
-    {
+    for (i, family) in distinct(points.iter().map(|p| p.family.as_str())).into_iter().enumerate() {
         let mut members: Vec<&QualitySpeedPoint> = points.iter().filter(|p| p.family == family).collect();
         members.sort_by(|a, b| a.time.total_cmp(&b.time));
         chart.series.push(
-            Series::new(
-                family,
-                members.iter().map(|p| (p.time, p.fid)).collect(),
-                Style::LinePoints(Marker::nth(i)),
-                palette(i),
-            )
-            .with_point_labels(members.iter().map(|p| p.model.clone()).collect()),
+            Series::new(family, members.iter().map(|p| (p.time, p.fid)).collect(), Style::LinePoints(Marker::nth(i)), palette(i))
+                .with_point_labels(members.iter().map(|p| p.model.clone()).collect()),
         );
     }
     chart
@@ -918,10 +768,7 @@ pub fn per_step_chart(steps: &[StepRecord], quantity: StepQuantity) -> Chart {
     // Model names identify the family already, so the legend shows model and batch.
     let keys = distinct(steps.iter().map(|s| (s.family.as_str(), s.model.as_str(), s.batch)));
     for (i, (family, model, batch)) in keys.into_iter().enumerate() {
-        let mut rows: Vec<&StepRecord> = steps
-            .iter()
-            .filter(|s| s.family == family && s.model == model && s.batch == batch)
-            .collect();
+        let mut rows: Vec<&StepRecord> = steps.iter().filter(|s| s.family == family && s.model == model && s.batch == batch).collect();
         rows.sort_by_key(|s| s.step);
         // Sum kinds within a step (e.g. transformer + decoder) so each step is one point.
         let mut points: Vec<(f64, f64)> = Vec::new();
@@ -938,17 +785,8 @@ pub fn per_step_chart(steps: &[StepRecord], quantity: StepQuantity) -> Chart {
         }
         points.retain(|p| p.1 > 0.0);
         // Markers on hundreds of steps merge into a thick band; a plain line reads better.
-        let style = if points.len() <= 40 {
-            Style::LinePoints(Marker::nth(i))
-        } else {
-            Style::Line
-        };
-        chart.series.push(Series::new(
-            format!("{model}, batch {batch}"),
-            points,
-            style,
-            palette(i),
-        ));
+        let style = if points.len() <= 40 { Style::LinePoints(Marker::nth(i)) } else { Style::Line };
+        chart.series.push(Series::new(format!("{model}, batch {batch}"), points, style, palette(i)));
     }
     chart
 }
@@ -965,57 +803,28 @@ pub struct ResolutionPoint {
 /// fewer than three resolutions are drawn without a fit.
 pub fn resolution_chart(title: &str, points: &[ResolutionPoint]) -> Chart {
     let mut chart = Chart::new(title, "resolution (px)", "wall clock per image (s)").scales(Scale::Log, Scale::Log);
-    for (i, family) in distinct(points.iter().map(|p| p.family.as_str()))
-        .into_iter()
-        .enumerate()
-    {
+    for (i, family) in distinct(points.iter().map(|p| p.family.as_str())).into_iter().enumerate() {
         let mut members: Vec<Point> = points
             .iter()
             .filter(|p| p.family == family)
             .enumerate()
-            .map(|(k, p)| Point {
-                x: p.resolution,
-                y: p.seconds,
-                line: k + 1,
-            })
+            .map(|(k, p)| Point { x: p.resolution, y: p.seconds, line: k + 1 })
             .collect();
         members.sort_by(|a, b| a.x.total_cmp(&b.x));
-        chart.series.push(Series::new(
-            "",
-            members.iter().map(|p| (p.x, p.y)).collect(),
-            Style::Points(Marker::nth(i)),
-            palette(i),
-        ));
+        chart.series.push(Series::new("", members.iter().map(|p| (p.x, p.y)).collect(), Style::Points(Marker::nth(i)), palette(i)));
         let label = match fit_power_law(&members, &AxisNames::default(), None) {
             Ok(fit) => {
                 let xs = geometric_grid(members[0].x, members[members.len() - 1].x, 32);
-                chart.series.push(Series::new(
-                    "",
-                    xs.into_iter().map(|x| (x, fit.predict(x))).collect(),
-                    Style::Dashed,
-                    palette(i),
-                ));
-                format!(
-                    "{family}: slope {} (r = {:.4})",
-                    format_sig(fit.alpha, 3),
-                    fit.pearson_r
-                )
+                chart.series.push(Series::new("", xs.into_iter().map(|x| (x, fit.predict(x))).collect(), Style::Dashed, palette(i)));
+                format!("{family}: slope {} (r = {:.4})", format_sig(fit.alpha, 3), fit.pearson_r)
             }
             Err(_) => format!("{family} (too few points for a slope)"),
         };
         // The legend entry carries the family's marker and its fitted slope.
-        chart.series.push(Series::new(
-            label,
-            Vec::new(),
-            Style::Points(Marker::nth(i)),
-            palette(i),
-        ));
+        chart.series.push(Series::new(label, Vec::new(), Style::Points(Marker::nth(i)), palette(i)));
     }
     // Label the resolutions that were measured rather than round numbers.
-    let mut measured: Vec<f64> = distinct(points.iter().map(|p| p.resolution.to_bits()))
-        .into_iter()
-        .map(f64::from_bits)
-        .collect();
+    let mut measured: Vec<f64> = distinct(points.iter().map(|p| p.resolution.to_bits())).into_iter().map(f64::from_bits).collect();
     measured.sort_by(f64::total_cmp);
     chart.x_ticks = Some(measured);
     chart
@@ -1059,8 +868,7 @@ mod tests {
 
     fn scatter(points: Vec<(f64, f64)>) -> Chart {
         let mut c = Chart::new("t", "x", "y");
-        c.series
-            .push(Series::new("data", points, Style::Points(Marker::Circle), palette(0)));
+        c.series.push(Series::new("data", points, Style::Points(Marker::Circle), palette(0)));
         c
     }
 

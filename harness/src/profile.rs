@@ -90,7 +90,6 @@ pub fn matmul_1024_gflops(device: &Device, iters: usize) -> Result<f64> {
     Ok(gflops_per_s(2.0 * 1024f64.powi(3), t))
 }
 
-
 /// Profiles `generator` (named `name`, running on `device` in `dtype_name`) as `opts` says.
 pub fn profile_generator(
     generator: &mut dyn Generator,
@@ -109,7 +108,8 @@ pub fn profile_generator(
     let mut table = String::new();
     for &b in &opts.batches {
         let mut rng = SeededSource::new(opts.seed ^ b as u64);
-        let labels: Vec<u32> = rng.uniform(b)?.into_iter().map(|u| ((u as f64 * num_classes as f64) as u32).min(num_classes as u32 - 1)).collect();
+        let labels: Vec<u32> =
+            rng.uniform(b)?.into_iter().map(|u| ((u as f64 * num_classes as f64) as u32).min(num_classes as u32 - 1)).collect();
         for w in 0..opts.warmup {
             generator.sample(&labels, opts.seed + w as u64, &mut StepLog::default())?;
         }
@@ -143,7 +143,11 @@ pub fn profile_generator(
         // MAR: the diffusion-MLP denoising passes and the decode, reported apart from the transformer.
         let (mut mlp_s, mut mlp_flops, mut dec_s) = (0.0, 0.0, 0.0);
         writeln!(table, "\n{name}, batch {b} (medians of {} runs; matmul 1024^3 in this run: {mm:.1} GFLOP/s)", opts.repeats)?;
-        writeln!(table, "{:>4} {:>12} {:>6} {:>8} {:>10} {:>9} {:>9} {:>8}", "step", "kind", "tokens", "attended", "ms", "GFLOP", "GFLOP/s", "%matmul")?;
+        writeln!(
+            table,
+            "{:>4} {:>12} {:>6} {:>8} {:>10} {:>9} {:>9} {:>8}",
+            "step", "kind", "tokens", "attended", "ms", "GFLOP", "GFLOP/s", "%matmul"
+        )?;
         for (rec, walls) in per_step.values() {
             let t = median(walls.clone()).unwrap_or_default().as_secs_f64();
             let rate = gflops_per_s(rec.flops, t);

@@ -79,7 +79,13 @@ pub fn run_quickstart(opts: &RunnerOptions) -> Result<QuickstartSummary> {
     // The report is what the command points at, so it carries the summary too (one level down).
     let report_path = outcome.dir.join("report.md");
     let report = std::fs::read_to_string(&report_path).with_context(|| format!("reading {}", report_path.display()))?;
-    let combined = format!("{report}\n{}", text.replace("\n# Quickstart summary", "\n## Quickstart summary").replacen("# Quickstart summary", "## Quickstart summary", 1).replace("\n## Speed-up", "\n### Speed-up").replace("\n## Cost exponents", "\n### Cost exponents"));
+    let combined = format!(
+        "{report}\n{}",
+        text.replace("\n# Quickstart summary", "\n## Quickstart summary")
+            .replacen("# Quickstart summary", "## Quickstart summary", 1)
+            .replace("\n## Speed-up", "\n### Speed-up")
+            .replace("\n## Cost exponents", "\n### Cost exponents")
+    );
     write_atomically(&report_path, |tmp| std::fs::write(tmp, &combined).with_context(|| format!("writing {}", tmp.display())))?;
     Ok(QuickstartSummary { outcome, baseline, ratios, exponents, summary_path, text })
 }
@@ -87,12 +93,8 @@ pub fn run_quickstart(opts: &RunnerOptions) -> Result<QuickstartSummary> {
 /// Speed-ups against the raster AR model (the sequential baseline the other families improve
 /// on), per batch size, at the profile's own resolution.
 pub fn speed_ratios(points: &[&ProfilePoint]) -> (String, Vec<SpeedRatio>) {
-    let baseline_model = points
-        .iter()
-        .find(|p| p.family == "raster_ar")
-        .or_else(|| points.first())
-        .map(|p| p.model.clone())
-        .unwrap_or_default();
+    let baseline_model =
+        points.iter().find(|p| p.family == "raster_ar").or_else(|| points.first()).map(|p| p.model.clone()).unwrap_or_default();
     let mut out = Vec::new();
     for p in points {
         let Some(base) = points.iter().find(|b| b.model == baseline_model && b.batch == p.batch && b.resolution == p.resolution) else {

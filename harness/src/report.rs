@@ -91,10 +91,7 @@ pub fn compare(runs: &[&Run], results: &[RunResult]) -> Vec<Comparison> {
     let mut out = Vec::new();
     for result in results {
         let run = runs.iter().find(|r| r.id == result.id);
-        let targets = run
-            .and_then(|r| r.published.as_ref())
-            .map(|p| p.targets.as_slice())
-            .unwrap_or(&[]);
+        let targets = run.and_then(|r| r.published.as_ref()).map(|p| p.targets.as_slice()).unwrap_or(&[]);
         let mut metrics: Vec<Metric> = run.map(|r| r.metrics.clone()).unwrap_or_default();
         for m in result.metrics.keys() {
             if !metrics.contains(m) {
@@ -183,9 +180,7 @@ pub fn metrics_csv(comparisons: &[Comparison]) -> Result<String> {
 /// `steps.csv`: every step record of every run.
 pub fn steps_csv(results: &[RunResult]) -> Result<String> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "run", "family", "model", "batch", "step", "kind", "tokens", "attended", "ms", "gflop",
-    ])?;
+    w.write_record(["run", "family", "model", "batch", "step", "kind", "tokens", "attended", "ms", "gflop"])?;
     for r in results {
         for s in &r.steps {
             w.write_record([
@@ -240,11 +235,7 @@ pub fn report_markdown(
         md.push_str(&format!("{}\n\n", suite.description.trim()));
     }
     let git = match &manifest.git {
-        Some(g) => format!(
-            "commit {}{}",
-            &g.commit[..g.commit.len().min(12)],
-            if g.dirty { " with uncommitted changes" } else { "" }
-        ),
+        Some(g) => format!("commit {}{}", &g.commit[..g.commit.len().min(12)], if g.dirty { " with uncommitted changes" } else { "" }),
         None => "no git commit recorded".into(),
     };
     md.push_str(&format!(
@@ -259,9 +250,7 @@ pub fn report_markdown(
     ));
 
     let count = |run: &str, v: Verdict| comparisons.iter().filter(|c| c.run == run && c.verdict == v).count();
-    md.push_str(
-        "## Summary\n\n| run | family | model | status | pass | fail | wall clock |\n|---|---|---|---|---|---|---|\n",
-    );
+    md.push_str("## Summary\n\n| run | family | model | status | pass | fail | wall clock |\n|---|---|---|---|---|---|---|\n");
     for r in results {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} s |\n",
@@ -278,9 +267,7 @@ pub fn report_markdown(
         comparisons.iter().filter(|c| c.verdict == Verdict::Pass).count(),
         comparisons.iter().filter(|c| c.verdict == Verdict::Fail).count(),
     );
-    md.push_str(&format!(
-        "\nWithin tolerance: {pass}; outside: {fail}.\n\n## Ours vs published\n"
-    ));
+    md.push_str(&format!("\nWithin tolerance: {pass}; outside: {fail}.\n\n## Ours vs published\n"));
 
     for r in results {
         let run = suite.runs.iter().find(|x| x.id == r.id);
@@ -299,15 +286,16 @@ pub fn report_markdown(
         }
         // Rows with neither a measurement nor a published value (a skipped run's plain metrics)
         // say nothing.
-        let rows: Vec<&Comparison> = comparisons
-            .iter()
-            .filter(|c| c.run == r.id && (c.ours.is_some() || c.published.is_some()))
-            .collect();
+        let rows: Vec<&Comparison> = comparisons.iter().filter(|c| c.run == r.id && (c.ours.is_some() || c.published.is_some())).collect();
         if rows.is_empty() {
             continue;
         }
         if !r.spread.is_empty() {
-            md.push_str(&format!("Mean over {} seeds ({}), ± the sample standard deviation across them.\n\n", r.seeds.len(), seed_list(&r.seeds)));
+            md.push_str(&format!(
+                "Mean over {} seeds ({}), ± the sample standard deviation across them.\n\n",
+                r.seeds.len(),
+                seed_list(&r.seeds)
+            ));
         }
         md.push_str("| metric | ours | published | Δ | Δ% | tolerance | result |\n|---|---|---|---|---|---|---|\n");
         for c in rows {
@@ -373,10 +361,7 @@ impl Verdicts {
         for l in &self.lines {
             s.push_str(&format!("  {l}\n"));
         }
-        s.push_str(&format!(
-            "{} run(s) failed, {} check(s) outside tolerance.\n",
-            self.failed_runs, self.failed_checks
-        ));
+        s.push_str(&format!("{} run(s) failed, {} check(s) outside tolerance.\n", self.failed_runs, self.failed_checks));
         s
     }
 }
@@ -398,11 +383,8 @@ pub fn verdicts(results: &[RunResult], comparisons: &[Comparison]) -> Verdicts {
                     out.lines.push(format!("done     {}: nothing published to compare with", r.id));
                 }
                 for c in checked {
-                    let published = format!(
-                        "published {}{}",
-                        num(c.published),
-                        c.tolerance.map(|t| format!(" {}", t.describe())).unwrap_or_default()
-                    );
+                    let published =
+                        format!("published {}{}", num(c.published), c.tolerance.map(|t| format!(" {}", t.describe())).unwrap_or_default());
                     let line = match (c.verdict, r.unavailable.get(&c.metric)) {
                         (Verdict::Pass, _) => format!("pass     {} {}: {} ({published})", r.id, c.metric, num(c.ours)),
                         (Verdict::Fail, _) => {
@@ -414,7 +396,11 @@ pub fn verdicts(results: &[RunResult], comparisons: &[Comparison]) -> Verdicts {
                     };
                     out.lines.push(line);
                 }
-                for (m, why) in r.unavailable.iter().filter(|(m, _)| !comparisons.iter().any(|c| c.run == r.id && c.metric == **m && c.published.is_some())) {
+                for (m, why) in r
+                    .unavailable
+                    .iter()
+                    .filter(|(m, _)| !comparisons.iter().any(|c| c.run == r.id && c.metric == **m && c.published.is_some()))
+                {
                     out.lines.push(format!("skipped  {} {m}: unavailable: {why}", r.id));
                 }
             }
@@ -437,16 +423,11 @@ pub fn write_results(
     let runs: Vec<&Run> = suite.runs.iter().collect();
     let comparisons = compare(&runs, results);
     let write = |name: &str, text: String| {
-        write_atomically(&dir.join(name), |tmp| {
-            std::fs::write(tmp, &text).with_context(|| format!("writing {}", tmp.display()))
-        })
+        write_atomically(&dir.join(name), |tmp| std::fs::write(tmp, &text).with_context(|| format!("writing {}", tmp.display())))
     };
     write("manifest.json", serde_json::to_string_pretty(manifest)?)?;
     write("metrics.csv", metrics_csv(&comparisons)?)?;
     write("steps.csv", steps_csv(results)?)?;
-    write(
-        "report.md",
-        report_markdown(suite, manifest, results, &comparisons, plots),
-    )?;
+    write("report.md", report_markdown(suite, manifest, results, &comparisons, plots))?;
     Ok(comparisons)
 }

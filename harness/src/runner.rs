@@ -17,13 +17,13 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device};
-use genbench_runtime::{DTypePolicy, DeviceChoice};
 use genbench_metrics::evaluate::{
     evaluate, resize_bicubic_torch_u8, EvalOptions, Evaluation, FeatureCollector, FeatureNeeds, FeatureSummary, ProgressLine, Reference,
 };
 use genbench_metrics::features::{ExtractorOptions, FeatureCache, Features, InceptionExtractor};
 use genbench_metrics::precision_recall::{DistancePrecision, PrConfig};
 use genbench_models::generator::{Generator, StepKind, StepLog};
+use genbench_runtime::{DTypePolicy, DeviceChoice};
 
 use crate::fit::format_sig;
 use crate::manifest::{git_state, results_dir, Machine, Manifest};
@@ -128,9 +128,9 @@ fn dtype_policy(d: Dtype) -> DTypePolicy {
 /// runtime's dtype policy allows it (a refusal names the run).
 pub fn run_dtype(run_id: &str, model: &ModelSpec, device: &Device, dtype_override: Option<DTypePolicy>) -> Result<DType> {
     let policy = dtype_override.unwrap_or_else(|| dtype_policy(model.dtype));
-    policy.compute_dtype(device).with_context(|| {
-        format!("run `{run_id}` asks for {} on {}", policy.name(), genbench_runtime::device::describe(device))
-    })
+    policy
+        .compute_dtype(device)
+        .with_context(|| format!("run `{run_id}` asks for {} on {}", policy.name(), genbench_runtime::device::describe(device)))
 }
 
 /// The registry request for a model spec, at `resolution`. `model` is a published name, or a
@@ -138,10 +138,9 @@ pub fn run_dtype(run_id: &str, model: &ModelSpec, device: &Device, dtype_overrid
 /// directory `suite_dir`) for shapes that have no name.
 pub fn model_request(model: &ModelSpec, resolution: u32, suite_dir: &Path) -> ModelRequest {
     let (ckpt, vae) = match &model.weights {
-        Weights::Checkpoint { checkpoint, tokenizer } => (
-            checkpoint.resolved.clone().ok(),
-            tokenizer.as_ref().and_then(|t| t.resolved.clone().ok()),
-        ),
+        Weights::Checkpoint { checkpoint, tokenizer } => {
+            (checkpoint.resolved.clone().ok(), tokenizer.as_ref().and_then(|t| t.resolved.clone().ok()))
+        }
         Weights::Random => (None, None),
     };
     let config = model.model.ends_with(".json").then(|| suite_dir.join(&model.model));
@@ -218,7 +217,15 @@ struct ProfileOutput {
     settings: serde_json::Value,
 }
 
-fn run_profile(run: &Run, model: &ModelSpec, seeds: &[u64], profile: &ProfileSettings, suite_dir: &Path, device: &Device, opts: &RunnerOptions) -> Result<ProfileOutput> {
+fn run_profile(
+    run: &Run,
+    model: &ModelSpec,
+    seeds: &[u64],
+    profile: &ProfileSettings,
+    suite_dir: &Path,
+    device: &Device,
+    opts: &RunnerOptions,
+) -> Result<ProfileOutput> {
     let family = family_name(model.family).to_string();
     let first_seed = seeds.first().copied().unwrap_or(0);
     // Every seed's timed repeats count: the timings average over all of them.
@@ -230,7 +237,8 @@ fn run_profile(run: &Run, model: &ModelSpec, seeds: &[u64], profile: &ProfileSet
     let resolutions = profile_resolutions(model, profile);
     let dtype = run_dtype(&run.id, model, device, opts.dtype)?;
     for &px in &resolutions {
-        let mut generator = build_generator(model, px, suite_dir, device, dtype).with_context(|| format!("building {} at {px} px", model.model))?;
+        let mut generator =
+            build_generator(model, px, suite_dir, device, dtype).with_context(|| format!("building {} at {px} px", model.model))?;
         generator_settings.insert(px.to_string(), generator.settings());
         let flops = generator.flops_per_image();
         for &batch in &profile.batches {
@@ -267,7 +275,9 @@ fn run_profile(run: &Run, model: &ModelSpec, seeds: &[u64], profile: &ProfileSet
             );
             // Steps of the last timed repeat (warm caches), one set per (resolution, batch);
             // the base resolution's only, so the per-step plot compares like with like.
-            if profile.record_steps && px == *resolutions.iter().find(|&&r| r == model.resolution).unwrap_or(&resolutions[resolutions.len() - 1]) {
+            if profile.record_steps
+                && px == *resolutions.iter().find(|&&r| r == model.resolution).unwrap_or(&resolutions[resolutions.len() - 1])
+            {
                 steps.extend(step_records(&family, &model.model, batch, &last_log));
             }
             points.push(ProfilePoint {
@@ -287,11 +297,7 @@ fn run_profile(run: &Run, model: &ModelSpec, seeds: &[u64], profile: &ProfileSet
     // The run's headline numbers: at the model's own resolution when it was measured, else the
     // last resolution; at the largest batch (the throughput a user would run at).
     let base_px = if resolutions.contains(&model.resolution) { model.resolution } else { resolutions[resolutions.len() - 1] };
-    let headline = points
-        .iter()
-        .filter(|p| p.resolution == base_px)
-        .max_by_key(|p| p.batch)
-        .context("no profile measurement")?;
+    let headline = points.iter().filter(|p| p.resolution == base_px).max_by_key(|p| p.batch).context("no profile measurement")?;
     let mut metrics = BTreeMap::new();
     for m in &run.metrics {
         match m {
@@ -450,11 +456,7 @@ fn run_metric_check(
                 ensure!(want.len() == f.pool3.len(), "{}: {} values, extracted {}", expected.display(), want.len(), f.pool3.len());
                 let max_diff = want.iter().zip(&f.pool3).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 pool3_check.insert(stem.to_string(), serde_json::json!(max_diff));
-                ensure!(
-                    max_diff <= 1e-3,
-                    "{}: extracted pool3 differs from the reference features by {max_diff} (> 1e-3)",
-                    path.display()
-                );
+                ensure!(max_diff <= 1e-3, "{}: extracted pool3 differs from the reference features by {max_diff} (> 1e-3)", path.display());
             }
         }
         parts.push(f);
@@ -710,7 +712,8 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
     let cache_root = opts.results_root.join(&suite.name).join("cache");
     let device = opts.device.open()?;
     let suite_dir = suite.path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut scorer = Scorer { weights_dir: opts.inception_cache.clone(), device: device.clone(), cache: suite_feature_cache(&cache_root), adm: None };
+    let mut scorer =
+        Scorer { weights_dir: opts.inception_cache.clone(), device: device.clone(), cache: suite_feature_cache(&cache_root), adm: None };
     let mut counts = CacheCounts::default();
     let mut results = Vec::new();
     let mut profile_points = Vec::new();
@@ -908,10 +911,18 @@ pub fn resolution_points(points: &[ProfilePoint]) -> Vec<ResolutionPoint> {
         // Sampling steps alone (what the cost claims are about) and the whole image with its
         // decode, so the decoder's share is visible.
         for p in rows.iter().filter(|p| p.batch == batch) {
-            out.push(ResolutionPoint { family: format!("{}, sampling steps", p.model), resolution: f64::from(p.resolution), seconds: p.sampling_sec_per_image });
+            out.push(ResolutionPoint {
+                family: format!("{}, sampling steps", p.model),
+                resolution: f64::from(p.resolution),
+                seconds: p.sampling_sec_per_image,
+            });
         }
         for p in rows.iter().filter(|p| p.batch == batch) {
-            out.push(ResolutionPoint { family: format!("{}, with decode", p.model), resolution: f64::from(p.resolution), seconds: p.sec_per_image });
+            out.push(ResolutionPoint {
+                family: format!("{}, with decode", p.model),
+                resolution: f64::from(p.resolution),
+                seconds: p.sec_per_image,
+            });
         }
     }
     out
@@ -971,7 +982,10 @@ pub fn refusal(run: &Run, suite_dir: &Path, device: &Device, dtype_override: Opt
     let check = || -> Result<()> {
         match &run.task {
             Task::Generate { evaluator, .. } | Task::MetricCheck { evaluator, .. } => {
-                ensure!(*evaluator == Evaluator::Adm, "evaluator `{evaluator:?}` is not implemented by the runner; use evaluator = \"adm\"");
+                ensure!(
+                    *evaluator == Evaluator::Adm,
+                    "evaluator `{evaluator:?}` is not implemented by the runner; use evaluator = \"adm\""
+                );
             }
             Task::Profile { .. } => {}
         }
@@ -1002,7 +1016,13 @@ pub fn refusal(run: &Run, suite_dir: &Path, device: &Device, dtype_override: Opt
 
 /// The plan of `--dry-run`: per run, analytic FLOPs (built with random weights: the FLOP count
 /// depends on shapes only) and an estimated time = FLOPs / the probed matmul throughput.
-pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64, device: &Device, dtype_override: Option<DTypePolicy>) -> Result<Vec<PlanRow>> {
+pub fn plan(
+    suite: &Suite,
+    only: &[String],
+    gflops_per_s: f64,
+    device: &Device,
+    dtype_override: Option<DTypePolicy>,
+) -> Result<Vec<PlanRow>> {
     let suite_dir = suite.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut rows = Vec::new();
     for run in suite.select(only).map_err(anyhow::Error::msg)? {
@@ -1035,7 +1055,11 @@ pub fn plan(suite: &Suite, only: &[String], gflops_per_s: f64, device: &Device, 
             let mut ok = true;
             let dtype = run_dtype(&run.id, spec, device, dtype_override);
             for (px, n) in &images_by_px {
-                match dtype.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|d| build_generator(&random, *px, &suite_dir, device, *d)) {
+                match dtype
+                    .as_ref()
+                    .map_err(|e| anyhow::anyhow!("{e:#}"))
+                    .and_then(|d| build_generator(&random, *px, &suite_dir, device, *d))
+                {
                     Ok(g) => {
                         let gflop = g.flops_per_image().total() / 1e9;
                         if *px == spec.resolution || row.gflop_per_image.is_none() {
@@ -1088,7 +1112,8 @@ pub fn format_plan(suite: &Suite, rows: &[PlanRow], gflops_per_s: f64) -> String
         s.push_str(&format!("{refused} run(s) would be refused by the runner (REFUSED above, with the reason).\n"));
     }
     // Skipped and refused runs are not counted. `+ 0.0`: an empty f64 sum is -0.0, which would print as "-0".
-    let total: f64 = rows.iter().filter(|r| r.note.is_empty() && r.refusal.is_none()).filter_map(|r| r.estimated_seconds).sum::<f64>() + 0.0;
+    let total: f64 =
+        rows.iter().filter(|r| r.note.is_empty() && r.refusal.is_none()).filter_map(|r| r.estimated_seconds).sum::<f64>() + 0.0;
     s.push_str(&format!(
         "Estimated sampling time of the runs that will run {} s: analytic FLOPs / {} GFLOP/s (a 512x512 f32 matmul probe on this machine just now); a lower bound, as attention, sampling and decoding overheads run below matmul peak. Metric checks and Inception feature extraction are not included.\n",
         format_sig(total, 3),

@@ -72,11 +72,12 @@ impl Shard {
         let count = num("SLURM_ARRAY_TASK_COUNT", &count)?;
         let min = var("SLURM_ARRAY_TASK_MIN").map(|v| num("SLURM_ARRAY_TASK_MIN", &v)).transpose()?.unwrap_or(0);
         ensure!(id >= min, "SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}");
-        Self::new(id - min, count).context(
-            "the Slurm array must be contiguous (--array=0-(N-1)) for its task ids to name shards; \
+        Self::new(id - min, count)
+            .context(
+                "the Slurm array must be contiguous (--array=0-(N-1)) for its task ids to name shards; \
              or pass --shard I/N explicitly",
-        )
-        .map(Some)
+            )
+            .map(Some)
     }
 
     pub fn owns(&self, batch: usize) -> bool {
@@ -288,7 +289,8 @@ impl SampleJob {
             None => "sampling".to_string(),
         };
         // Plain progress lines about every 2% of the batches (Slurm logs stay short).
-        let mut progress = Progress::new(&label, "images", assigned_images as u64, found_images as u64, (assigned.len() as u64 / 50).max(1));
+        let mut progress =
+            Progress::new(&label, "images", assigned_images as u64, found_images as u64, (assigned.len() as u64 / 50).max(1));
         let limit = opts.stop_after_batches.unwrap_or(usize::MAX);
         let mut waiting = Vec::new();
         // Another process of the same job may finish it (merge and remove the parts) while this
@@ -581,7 +583,8 @@ fn format_ranges(v: &[usize]) -> String {
 fn read_manifest(dir: &Path) -> Result<(String, serde_json::Value)> {
     let path = dir.join("manifest.json");
     ensure!(path.is_file(), "{}: no manifest.json; is this a parts folder written by `genbench sample`?", dir.display());
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?).with_context(|| format!("{} is corrupt", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path)?).with_context(|| format!("{} is corrupt", path.display()))?;
     let hash = v.get("settings_sha256").and_then(|h| h.as_str()).with_context(|| format!("{}: no settings_sha256", path.display()))?;
     Ok((hash.to_string(), v.get("run").cloned().unwrap_or_default()))
 }
@@ -678,18 +681,15 @@ pub fn merge_parts(out: &Path, dirs: &[PathBuf], keep_parts: bool) -> Result<Mer
             }
             None => "; rerun the same `genbench sample` command to produce them".to_string(),
         };
-        bail!(
-            "{} of {batches} batches are missing (batch_XXXXX.npz for {}){by_shard}",
-            missing.len(),
-            format_ranges(&missing),
-        );
+        bail!("{} of {batches} batches are missing (batch_XXXXX.npz for {}){by_shard}", missing.len(), format_ranges(&missing),);
     }
     let label_bytes: Vec<u8> = labels.iter().flat_map(|&l| (l as u32).to_le_bytes()).collect();
     ensure!(
         run.get("labels_sha256").and_then(|v| v.as_str()) == Some(&genbench_runtime::hash::sha256_bytes(&label_bytes)),
         "the parts' labels do not match the job's labels; the parts folder is inconsistent, delete it and sample again"
     );
-    let with_features: Vec<usize> = found.keys().copied().filter(|&b| features_path(found[&b].parent().unwrap_or(Path::new(".")), b).is_file()).collect();
+    let with_features: Vec<usize> =
+        found.keys().copied().filter(|&b| features_path(found[&b].parent().unwrap_or(Path::new(".")), b).is_file()).collect();
     ensure!(
         with_features.is_empty() || with_features.len() == batches,
         "features exist for {} of {batches} batches; rerun the sampling with --features to complete them",
@@ -764,7 +764,13 @@ mod tests {
     fn shard_specs_parse_and_bad_ones_say_why() {
         assert_eq!("2/4".parse::<Shard>().unwrap(), Shard { index: 2, count: 4 });
         assert_eq!("0/1".parse::<Shard>().unwrap().to_string(), "0/1");
-        for (spec, needle) in [("4/4", "outside 0..4"), ("0/0", "at least 1"), ("-1/3", "not a non-negative"), ("3", "expected I/N"), ("a/2", "not a non-negative")] {
+        for (spec, needle) in [
+            ("4/4", "outside 0..4"),
+            ("0/0", "at least 1"),
+            ("-1/3", "not a non-negative"),
+            ("3", "expected I/N"),
+            ("a/2", "not a non-negative"),
+        ] {
             let err = format!("{:#}", spec.parse::<Shard>().unwrap_err());
             assert!(err.contains(needle), "{spec}: {err}");
         }
@@ -774,9 +780,13 @@ mod tests {
 
     #[test]
     fn slurm_array_variables_name_the_shard() {
-        let env = |vars: &'static [(&'static str, &'static str)]| move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let env =
+            |vars: &'static [(&'static str, &'static str)]| move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
         assert_eq!(Shard::from_slurm(env(&[])).unwrap(), None);
-        assert_eq!(Shard::from_slurm(env(&[("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_COUNT", "3")])).unwrap(), Some(Shard { index: 2, count: 3 }));
+        assert_eq!(
+            Shard::from_slurm(env(&[("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_COUNT", "3")])).unwrap(),
+            Some(Shard { index: 2, count: 3 })
+        );
         let offset = env(&[("SLURM_ARRAY_TASK_ID", "5"), ("SLURM_ARRAY_TASK_COUNT", "3"), ("SLURM_ARRAY_TASK_MIN", "4")]);
         assert_eq!(Shard::from_slurm(offset).unwrap(), Some(Shard { index: 1, count: 3 }));
         let gap = env(&[("SLURM_ARRAY_TASK_ID", "6"), ("SLURM_ARRAY_TASK_COUNT", "3")]);

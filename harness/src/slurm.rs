@@ -112,13 +112,7 @@ pub struct Submitted {
 
 fn sbatch(sbatch: &Path, args: &[String]) -> Result<String> {
     let out = Command::new(sbatch).args(args).output().with_context(|| format!("cannot run {}", sbatch.display()))?;
-    ensure!(
-        out.status.success(),
-        "sbatch {} failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    ensure!(out.status.success(), "sbatch {} failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
     // `--parsable` prints `jobid` or `jobid;cluster`.
     let text = String::from_utf8_lossy(&out.stdout);
     let id = text.trim().split(';').next().unwrap_or("").to_string();
@@ -131,9 +125,16 @@ pub fn submit(sbatch_path: &Path, scripts: &SlurmScripts) -> Result<Submitted> {
     let generate_job = sbatch(sbatch_path, &["--parsable".into(), scripts.generate.display().to_string()])?;
     let merge_job = sbatch(
         sbatch_path,
-        &["--parsable".into(), format!("--dependency=afterok:{generate_job}"), "--kill-on-invalid-dep=yes".into(), scripts.merge.display().to_string()],
+        &[
+            "--parsable".into(),
+            format!("--dependency=afterok:{generate_job}"),
+            "--kill-on-invalid-dep=yes".into(),
+            scripts.merge.display().to_string(),
+        ],
     )
-    .with_context(|| format!("the array job {generate_job} was submitted; cancel it with `scancel {generate_job}` or submit the merge job by hand"))?;
+    .with_context(|| {
+        format!("the array job {generate_job} was submitted; cancel it with `scancel {generate_job}` or submit the merge job by hand")
+    })?;
     Ok(Submitted { generate_job, merge_job })
 }
 
@@ -148,7 +149,14 @@ mod tests {
         let args = vec!["/data/my suite.toml".to_string(), "--results".into(), "/scratch/results".into()];
         let scripts = write_scripts(d.path(), "tiny", Path::new("/opt/genbench"), &args, &s).unwrap();
         let g = std::fs::read_to_string(&scripts.generate).unwrap();
-        for needle in ["#SBATCH --array=0-7", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-task=2", "#SBATCH --time=4:00:00", "'/data/my suite.toml'", "--shard \"$((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN))/${SLURM_ARRAY_TASK_COUNT}\""] {
+        for needle in [
+            "#SBATCH --array=0-7",
+            "#SBATCH --partition=gpu",
+            "#SBATCH --gpus-per-task=2",
+            "#SBATCH --time=4:00:00",
+            "'/data/my suite.toml'",
+            "--shard \"$((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN))/${SLURM_ARRAY_TASK_COUNT}\"",
+        ] {
             assert!(g.contains(needle), "{needle} not in\n{g}");
         }
         let m = std::fs::read_to_string(&scripts.merge).unwrap();

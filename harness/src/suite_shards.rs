@@ -20,8 +20,8 @@ use genbench_models::generator::{Generator, NoObserver};
 use genbench_runtime::progress::Progress;
 
 use crate::runner::{
-    adm_extractor, build_generator, generate_batch_seed, generate_sample_dir, labels_for, run_dtype, run_suite, sample_batch_path, scoring_images,
-    suite_feature_cache, RunnerOptions, SuiteOutcome,
+    adm_extractor, build_generator, generate_batch_seed, generate_sample_dir, labels_for, run_dtype, run_suite, sample_batch_path,
+    scoring_images, suite_feature_cache, RunnerOptions, SuiteOutcome,
 };
 use crate::sampling::{batch_ranges, claim_path_blocking, record_shard_count, recorded_shards, Shard};
 use crate::suite::{Evaluator, Run, Suite, Task};
@@ -81,7 +81,10 @@ pub fn run_suite_shard(suite: &Suite, opts: &RunnerOptions, shard: Shard) -> Res
         let features = shard_extracts_features(run);
         let seeds: Vec<u64> = if seeds.is_empty() { vec![0] } else { seeds.clone() };
         let total = mine.len() * seeds.len();
-        log(opts, format!("[{}/{}] {} shard {shard}: {} of {batches} batches x {} seed(s)", i + 1, runs.len(), run.id, mine.len(), seeds.len()));
+        log(
+            opts,
+            format!("[{}/{}] {} shard {shard}: {} of {batches} batches x {} seed(s)", i + 1, runs.len(), run.id, mine.len(), seeds.len()),
+        );
         let mut generator: Option<Box<dyn Generator>> = None;
         let mut sampled = 0;
         let mut found = 0;
@@ -113,7 +116,14 @@ pub fn run_suite_shard(suite: &Suite, opts: &RunnerOptions, shard: Shard) -> Res
                     let s = g.sample(&labels, generate_batch_seed(seed, b), &mut NoObserver)?;
                     let labels_i64: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
                     let shape = [n as u64];
-                    npz::write_images_npz(&path, &s.images, s.n, s.height, s.width, &[NpyArray::I64 { name: LABELS_KEY, shape: &shape, data: &labels_i64 }])?;
+                    npz::write_images_npz(
+                        &path,
+                        &s.images,
+                        s.n,
+                        s.height,
+                        s.width,
+                        &[NpyArray::I64 { name: LABELS_KEY, shape: &shape, data: &labels_i64 }],
+                    )?;
                     sampled += 1;
                     (s.images, s.height, s.width)
                 };

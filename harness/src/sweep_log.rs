@@ -53,27 +53,13 @@ pub enum SweepLogError {
     #[error("{path}: cannot read")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    Parse { path: PathBuf, line: usize, message: String },
     #[error("{path}: the log has no rows")]
     Empty { path: PathBuf },
     #[error("{path}: no column `{requested}`{tried}; available columns: {}", available.join(", "))]
-    MissingColumn {
-        path: PathBuf,
-        requested: String,
-        tried: String,
-        available: Vec<String>,
-    },
+    MissingColumn { path: PathBuf, requested: String, tried: String, available: Vec<String> },
     #[error("{path}:{line}: column `{column}` is {found}, expected a number")]
-    NotNumeric {
-        path: PathBuf,
-        line: usize,
-        column: String,
-        found: String,
-    },
+    NotNumeric { path: PathBuf, line: usize, column: String, found: String },
     #[error("{path}: {group}has {n} usable points; a power-law fit needs at least {MIN_POINTS}")]
     TooFewPoints { path: PathBuf, group: String, n: usize },
 }
@@ -94,15 +80,8 @@ impl SweepLog {
     /// Reads a log, choosing the format by extension (`.csv`; `.jsonl`, `.ndjson`, `.json`) or,
     /// for other names, by whether the first non-blank character is `{`.
     pub fn read(path: &Path) -> Result<Self, SweepLogError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SweepLogError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let text = std::fs::read_to_string(path).map_err(|source| SweepLogError::Io { path: path.to_path_buf(), source })?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         let format = match ext.as_str() {
             "csv" => LogFormat::Csv,
             "jsonl" | "ndjson" | "json" => LogFormat::JsonLines,
@@ -118,9 +97,7 @@ impl SweepLog {
             LogFormat::JsonLines => parse_jsonl(path, text)?,
         };
         if log.rows.is_empty() {
-            return Err(SweepLogError::Empty {
-                path: path.to_path_buf(),
-            });
+            return Err(SweepLogError::Empty { path: path.to_path_buf() });
         }
         Ok(log)
     }
@@ -138,33 +115,16 @@ impl SweepLog {
         }
         // A case-only difference is almost certainly the same column.
         let lower = name.to_ascii_lowercase();
-        let mut case_matches = self
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.to_ascii_lowercase() == lower);
+        let mut case_matches = self.columns.iter().enumerate().filter(|(_, c)| c.to_ascii_lowercase() == lower);
         if let (Some((i, _)), None) = (case_matches.next(), case_matches.next()) {
             return Ok(i);
         }
         let tried = if candidates.len() > 1 {
-            format!(
-                " (also tried {})",
-                candidates
-                    .iter()
-                    .filter(|c| *c != name)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!(" (also tried {})", candidates.iter().filter(|c| *c != name).cloned().collect::<Vec<_>>().join(", "))
         } else {
             String::new()
         };
-        Err(SweepLogError::MissingColumn {
-            path: self.path.clone(),
-            requested: name.to_string(),
-            tried,
-            available: self.columns.clone(),
-        })
+        Err(SweepLogError::MissingColumn { path: self.path.clone(), requested: name.to_string(), tried, available: self.columns.clone() })
     }
 
     /// Numeric `(x, y)` points with their line numbers, grouped by `group` when given. Every row
@@ -192,14 +152,7 @@ impl SweepLog {
                 },
                 None => "all".to_string(),
             };
-            labelled.push((
-                label,
-                Point {
-                    x: px,
-                    y: py,
-                    line: row.line,
-                },
-            ));
+            labelled.push((label, Point { x: px, y: py, line: row.line }));
         }
         let groups = crate::fit::group_points(labelled);
         for (label, points) in &groups {
@@ -271,38 +224,18 @@ fn parse_cell(raw: &str) -> Cell {
 
 fn parse_csv(path: &Path, text: &str) -> Result<SweepLog, SweepLogError> {
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
-    let parse_err = |line: usize, e: csv::Error| SweepLogError::Parse {
-        path: path.to_path_buf(),
-        line,
-        message: e.to_string(),
-    };
-    let columns: Vec<String> = reader
-        .headers()
-        .map_err(|e| parse_err(1, e))?
-        .iter()
-        .map(|h| h.trim().to_string())
-        .collect();
+    let parse_err = |line: usize, e: csv::Error| SweepLogError::Parse { path: path.to_path_buf(), line, message: e.to_string() };
+    let columns: Vec<String> = reader.headers().map_err(|e| parse_err(1, e))?.iter().map(|h| h.trim().to_string()).collect();
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
             let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
             parse_err(line, e)
         })?;
-        let line = record
-            .position()
-            .map(|p| record_line(text.as_bytes(), p))
-            .unwrap_or(rows.len() + 2);
-        rows.push(LogRow {
-            line,
-            cells: record.iter().map(parse_cell).collect(),
-        });
+        let line = record.position().map(|p| record_line(text.as_bytes(), p)).unwrap_or(rows.len() + 2);
+        rows.push(LogRow { line, cells: record.iter().map(parse_cell).collect() });
     }
-    Ok(SweepLog {
-        path: path.to_path_buf(),
-        format: LogFormat::Csv,
-        columns,
-        rows,
-    })
+    Ok(SweepLog { path: path.to_path_buf(), format: LogFormat::Csv, columns, rows })
 }
 
 fn parse_jsonl(path: &Path, text: &str) -> Result<SweepLog, SweepLogError> {
@@ -316,11 +249,7 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<SweepLog, SweepLogError> {
         let object: OrderedObject = serde_json::from_str(line).map_err(|e| SweepLogError::Parse {
             path: path.to_path_buf(),
             line: line_no,
-            message: if e.is_data() {
-                "expected one JSON object per line".into()
-            } else {
-                format!("not valid JSON: {e}")
-            },
+            message: if e.is_data() { "expected one JSON object per line".into() } else { format!("not valid JSON: {e}") },
         })?;
         for (key, _) in &object.0 {
             if !columns.contains(key) {
@@ -345,12 +274,7 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<SweepLog, SweepLogError> {
                 .collect(),
         })
         .collect();
-    Ok(SweepLog {
-        path: path.to_path_buf(),
-        format: LogFormat::JsonLines,
-        columns,
-        rows,
-    })
+    Ok(SweepLog { path: path.to_path_buf(), format: LogFormat::JsonLines, columns, rows })
 }
 
 /// A JSON object with its keys in file order (serde_json's map sorts them), so that column
@@ -399,10 +323,7 @@ mod tests {
     fn missing_column_lists_available_ones() {
         let log = csv_log("model,params,loss_last\na,1,2\n");
         let msg = log.extract("params", "loss", None).unwrap_err().to_string();
-        assert!(
-            msg.contains("no column `loss` (also tried test_loss, val_loss, eval_loss)"),
-            "{msg}"
-        );
+        assert!(msg.contains("no column `loss` (also tried test_loss, val_loss, eval_loss)"), "{msg}");
         assert!(msg.ends_with("available columns: model, params, loss_last"), "{msg}");
     }
 
@@ -417,10 +338,7 @@ mod tests {
     fn too_few_points_names_the_group() {
         let log = csv_log("model,params,loss\na,1,3\na,2,2\na,3,1\nb,1,3\nb,2,2\n");
         let msg = log.extract("params", "loss", Some("model")).unwrap_err().to_string();
-        assert_eq!(
-            msg,
-            "sweep.csv: group model=b has 2 usable points; a power-law fit needs at least 3"
-        );
+        assert_eq!(msg, "sweep.csv: group model=b has 2 usable points; a power-law fit needs at least 3");
     }
 
     #[test]
@@ -432,8 +350,7 @@ mod tests {
 
     #[test]
     fn jsonl_with_blank_lines_and_string_numbers() {
-        let text =
-            "{\"model\":\"a\",\"compute\":1e15,\"loss\":3}\n\n{\"model\":\"a\",\"compute\":\"2e15\",\"loss\":2.5}\n";
+        let text = "{\"model\":\"a\",\"compute\":1e15,\"loss\":3}\n\n{\"model\":\"a\",\"compute\":\"2e15\",\"loss\":2.5}\n";
         let log = SweepLog::parse(Path::new("x.jsonl"), text, LogFormat::JsonLines).unwrap();
         assert_eq!(log.columns, ["model", "compute", "loss"]);
         assert_eq!(log.rows[1].line, 3);

@@ -36,10 +36,7 @@ fn params_sweep_table_json_and_plot() {
     let fit = &outcome.fits[0].fit;
     assert!((fit.alpha + 0.23250809694446106).abs() < 1e-10, "{}", fit.alpha);
     let table = outcome.table();
-    assert!(
-        table.contains("all    12  -0.2325  [-0.2366, -0.2284]  2.026e-9"),
-        "{table}"
-    );
+    assert!(table.contains("all    12  -0.2325  [-0.2366, -0.2284]  2.026e-9"), "{table}");
     assert!(table.contains("all: L = (2.03e-9·N)^-0.233"), "{table}");
 
     let json: serde_json::Value = serde_json::to_value(&outcome).unwrap();
@@ -74,18 +71,9 @@ fn grouped_and_frontier_fits() {
     let f = run(&req).unwrap();
     assert_eq!(f.fits.len(), 1);
     assert_eq!(f.fits[0].fit.n, 68);
-    assert!(
-        (f.fits[0].fit.alpha + 0.11844493122667502).abs() < 1e-10,
-        "{}",
-        f.fits[0].fit.alpha
-    );
-    assert!(f
-        .table()
-        .contains("frontier definition: all rows sorted by compute ascending"));
-    assert!(dir
-        .path()
-        .join("compute_log.fit-loss-vs-compute-frontier.png")
-        .is_file());
+    assert!((f.fits[0].fit.alpha + 0.11844493122667502).abs() < 1e-10, "{}", f.fits[0].fit.alpha);
+    assert!(f.table().contains("frontier definition: all rows sorted by compute ascending"));
+    assert!(dir.path().join("compute_log.fit-loss-vs-compute-frontier.png").is_file());
 }
 
 fn error(log_text: &str, name: &str, x: &str, y: &str, irreducible: Option<f64>) -> String {
@@ -119,23 +107,11 @@ fn bad_logs_say_what_and_where() {
          the irreducible loss must lie below every point"
     );
     assert_eq!(
-        error(
-            "{\"compute\": 1, \"loss\": 2}\n{\"compute\": 2, \"loss\": \"n/a\"}\n",
-            "t.jsonl",
-            "compute",
-            "loss",
-            None
-        ),
+        error("{\"compute\": 1, \"loss\": 2}\n{\"compute\": 2, \"loss\": \"n/a\"}\n", "t.jsonl", "compute", "loss", None),
         "t.jsonl:2: column `loss` is `n/a`, expected a number"
     );
-    let missing = format!(
-        "{:#}",
-        run(&request(PathBuf::from("/nonexistent/log.csv"), "params", "loss")).unwrap_err()
-    );
-    assert_eq!(
-        missing,
-        "/nonexistent/log.csv: cannot read: No such file or directory (os error 2)"
-    );
+    let missing = format!("{:#}", run(&request(PathBuf::from("/nonexistent/log.csv"), "params", "loss")).unwrap_err());
+    assert_eq!(missing, "/nonexistent/log.csv: cannot read: No such file or directory (os error 2)");
 }
 
 #[test]

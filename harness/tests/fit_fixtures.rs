@@ -11,9 +11,7 @@ use rand_distr::{Distribution, Normal};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/scaling")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/scaling").join(name)
 }
 
 fn golden() -> Value {
@@ -23,38 +21,21 @@ fn golden() -> Value {
 /// Relative closeness; numpy's polyfit and our closed form agree to ~1e-12, the t quantile
 /// (statrs' inverse regularised beta vs scipy) to ~1e-10, so 1e-8 leaves room without hiding bugs.
 fn close(ours: f64, expected: &Value, what: &str) {
-    let expected = expected
-        .as_f64()
-        .unwrap_or_else(|| panic!("{what} missing in golden.json"));
+    let expected = expected.as_f64().unwrap_or_else(|| panic!("{what} missing in golden.json"));
     let rel = ((ours - expected) / expected).abs();
-    assert!(
-        rel < 1e-8,
-        "{what}: ours {ours}, golden {expected}, relative difference {rel:e}"
-    );
+    assert!(rel < 1e-8, "{what}: ours {ours}, golden {expected}, relative difference {rel:e}");
 }
 
 fn check_against_golden(fit: &PowerLawFit, golden: &Value, what: &str) {
     assert_eq!(fit.n as u64, golden["n"].as_u64().unwrap(), "{what}: n");
     close(fit.alpha, &golden["alpha"], &format!("{what}.alpha"));
     close(fit.beta, &golden["beta"], &format!("{what}.beta"));
-    close(
-        fit.log_intercept,
-        &golden["log_intercept"],
-        &format!("{what}.log_intercept"),
-    );
+    close(fit.log_intercept, &golden["log_intercept"], &format!("{what}.log_intercept"));
     close(fit.pearson_r, &golden["pearson_r"], &format!("{what}.pearson_r"));
     close(fit.r2, &golden["r2"], &format!("{what}.r2"));
     for i in 0..2 {
-        close(
-            fit.alpha_ci95[i],
-            &golden["alpha_ci95"][i],
-            &format!("{what}.alpha_ci95[{i}]"),
-        );
-        close(
-            fit.log_intercept_ci95[i],
-            &golden["log_intercept_ci95"][i],
-            &format!("{what}.log_intercept_ci95[{i}]"),
-        );
+        close(fit.alpha_ci95[i], &golden["alpha_ci95"][i], &format!("{what}.alpha_ci95[{i}]"));
+        close(fit.log_intercept_ci95[i], &golden["log_intercept_ci95"][i], &format!("{what}.log_intercept_ci95[{i}]"));
     }
 }
 
@@ -65,10 +46,7 @@ fn fit_log(file: &str, x: &str, y: &str, irreducible: Option<f64>, use_frontier:
     if use_frontier {
         points = frontier(&points);
     }
-    let names = AxisNames {
-        x: extracted.x_column,
-        y: extracted.y_column,
-    };
+    let names = AxisNames { x: extracted.x_column, y: extracted.y_column };
     fit_power_law(&points, &names, irreducible).unwrap()
 }
 
@@ -76,16 +54,8 @@ fn fit_log(file: &str, x: &str, y: &str, irreducible: Option<f64>, use_frontier:
 fn params_sweep_matches_golden() {
     let g = golden();
     let g = &g["params_sweep.csv"];
-    check_against_golden(
-        &fit_log("params_sweep.csv", "params", "loss_last", None, false),
-        &g["loss_last_vs_params"],
-        "loss_last",
-    );
-    check_against_golden(
-        &fit_log("params_sweep.csv", "params", "loss_avg", None, false),
-        &g["loss_avg_vs_params"],
-        "loss_avg",
-    );
+    check_against_golden(&fit_log("params_sweep.csv", "params", "loss_last", None, false), &g["loss_last_vs_params"], "loss_last");
+    check_against_golden(&fit_log("params_sweep.csv", "params", "loss_avg", None, false), &g["loss_avg_vs_params"], "loss_avg");
 }
 
 #[test]
@@ -101,11 +71,7 @@ fn compute_log_frontier_matches_golden() {
     close(first.y, &g["frontier_first"][1], "frontier_first.loss");
     close(last.x, &g["frontier_last"][0], "frontier_last.compute");
     close(last.y, &g["frontier_last"][1], "frontier_last.loss");
-    check_against_golden(
-        &fit_log("compute_log.jsonl", "compute", "loss", None, true),
-        &g["loss_vs_compute_frontier"],
-        "frontier",
-    );
+    check_against_golden(&fit_log("compute_log.jsonl", "compute", "loss", None, true), &g["loss_vs_compute_frontier"], "frontier");
     check_against_golden(
         &fit_log("compute_log.jsonl", "compute", "loss", Some(2.0), true),
         &g["loss_minus_2.0_vs_compute_frontier"],
@@ -121,10 +87,7 @@ fn noisy(rng: &mut ChaCha8Rng, sigma: f64) -> f64 {
 /// The 12 VAR sizes of the scaling study, N = 73728 d^3, in billions of parameters (the unit in
 /// which the paper writes L = (2.0 N)^-0.23).
 fn var_sizes_billions() -> Vec<f64> {
-    [6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 27, 30]
-        .iter()
-        .map(|&d| 73728.0 * f64::from(d).powi(3) / 1e9)
-        .collect()
+    [6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 27, 30].iter().map(|&d| 73728.0 * f64::from(d).powi(3) / 1e9).collect()
 }
 
 fn params_sweep(seed: u64, sigma: f64) -> Vec<Point> {
@@ -132,33 +95,17 @@ fn params_sweep(seed: u64, sigma: f64) -> Vec<Point> {
     var_sizes_billions()
         .into_iter()
         .enumerate()
-        .map(|(i, n)| Point {
-            x: n,
-            y: (2.0 * n).powf(-0.23) * noisy(&mut rng, sigma),
-            line: i + 2,
-        })
+        .map(|(i, n)| Point { x: n, y: (2.0 * n).powf(-0.23) * noisy(&mut rng, sigma), line: i + 2 })
         .collect()
 }
 
 #[test]
 fn recovers_var_l_last_law_within_ci() {
     let fit = fit_power_law(&params_sweep(7, 0.01), &AxisNames::default(), None).unwrap();
-    assert!(
-        fit.alpha_ci95[0] <= -0.23 && -0.23 <= fit.alpha_ci95[1],
-        "alpha CI {:?}",
-        fit.alpha_ci95
-    );
-    assert!(
-        fit.beta_ci95[0] <= 2.0 && 2.0 <= fit.beta_ci95[1],
-        "beta CI {:?}",
-        fit.beta_ci95
-    );
+    assert!(fit.alpha_ci95[0] <= -0.23 && -0.23 <= fit.alpha_ci95[1], "alpha CI {:?}", fit.alpha_ci95);
+    assert!(fit.beta_ci95[0] <= 2.0 && 2.0 <= fit.beta_ci95[1], "beta CI {:?}", fit.beta_ci95);
     // The CIs must be informative, not merely wide: 1% noise over 2.3 decades pins alpha to ~±0.01.
-    assert!(
-        fit.alpha_ci95[1] - fit.alpha_ci95[0] < 0.03,
-        "alpha CI too wide: {:?}",
-        fit.alpha_ci95
-    );
+    assert!(fit.alpha_ci95[1] - fit.alpha_ci95[0] < 0.03, "alpha CI too wide: {:?}", fit.alpha_ci95);
     assert!(fit.pearson_r < -0.99);
 }
 
@@ -201,11 +148,7 @@ fn training_logs(seed: u64, sigma: f64) -> Vec<Point> {
             let c = 1e3 * (step * f64::from(j)).exp();
             let outside = f64::from(j.saturating_sub(hi) + lo.saturating_sub(j)) * step;
             let loss = law(c) * (k * outside * outside).exp() * noisy(&mut rng, sigma);
-            points.push(Point {
-                x: c,
-                y: loss,
-                line: points.len() + 1,
-            });
+            points.push(Point { x: c, y: loss, line: points.len() + 1 });
         }
     }
     points
@@ -228,23 +171,9 @@ fn recovers_var_cmin_law_from_the_frontier_of_training_logs() {
     let f = frontier(&training_logs(0, 0.002));
     assert!(f.len() > 80, "frontier too short: {}", f.len());
     let fit = fit_power_law(&f, &AxisNames::default(), None).unwrap();
-    assert!(
-        fit.alpha_ci95[0] <= -0.13 && -0.13 <= fit.alpha_ci95[1],
-        "alpha {} CI {:?}",
-        fit.alpha,
-        fit.alpha_ci95
-    );
-    assert!(
-        fit.beta_ci95[0] <= 2.2e-5 && 2.2e-5 <= fit.beta_ci95[1],
-        "beta {} CI {:?}",
-        fit.beta,
-        fit.beta_ci95
-    );
-    assert!(
-        fit.alpha_ci95[1] - fit.alpha_ci95[0] < 0.002,
-        "alpha CI not informative: {:?}",
-        fit.alpha_ci95
-    );
+    assert!(fit.alpha_ci95[0] <= -0.13 && -0.13 <= fit.alpha_ci95[1], "alpha {} CI {:?}", fit.alpha, fit.alpha_ci95);
+    assert!(fit.beta_ci95[0] <= 2.2e-5 && 2.2e-5 <= fit.beta_ci95[1], "beta {} CI {:?}", fit.beta, fit.beta_ci95);
+    assert!(fit.alpha_ci95[1] - fit.alpha_ci95[0] < 0.002, "alpha CI not informative: {:?}", fit.alpha_ci95);
 }
 
 /// The running minimum keeps favourable noise draws, so with noise comparable to the per-step
@@ -259,10 +188,7 @@ fn frontier_under_heavy_noise_biases_beta_up_not_alpha() {
         ln_beta_bias += (fit.beta / 2.2e-5).ln() / seeds as f64;
         alpha_bias += (fit.alpha + 0.13) / seeds as f64;
     }
-    assert!(
-        ln_beta_bias > 0.05,
-        "expected beta biased up, mean ln(beta/true) = {ln_beta_bias}"
-    );
+    assert!(ln_beta_bias > 0.05, "expected beta biased up, mean ln(beta/true) = {ln_beta_bias}");
     assert!(alpha_bias.abs() < 0.002, "alpha mean bias {alpha_bias}");
 }
 /// The delta-method interval for beta depends only on the data, not on the unit of x: counting

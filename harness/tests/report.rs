@@ -6,9 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use genbench_harness::manifest::{GitState, Machine, Manifest};
 use genbench_harness::records::{RunResult, RunStatus, StepRecord};
-use genbench_harness::report::{
-    compare, derive_relative_metrics, metrics_csv, report_markdown, steps_csv, write_results, Verdict,
-};
+use genbench_harness::report::{compare, derive_relative_metrics, metrics_csv, report_markdown, steps_csv, write_results, Verdict};
 use genbench_harness::suite::{Metric, Run, Suite};
 
 fn suite() -> Suite {
@@ -23,9 +21,7 @@ fn completed(id: &str, family: &str, model: &str, sec: f64, gflop: f64) -> RunRe
         family: family.into(),
         model: model.into(),
         status: RunStatus::Completed,
-        metrics: [(Metric::SecPerImage, sec), (Metric::GflopPerImage, gflop)]
-            .into_iter()
-            .collect(),
+        metrics: [(Metric::SecPerImage, sec), (Metric::GflopPerImage, gflop)].into_iter().collect(),
         images: 80,
         seeds: vec![0],
         wall_seconds: sec * 80.0,
@@ -71,12 +67,7 @@ fn results(s: &Suite) -> Vec<RunResult> {
     let mut r = vec![
         completed("ar-baseline", "raster_ar", "taming-cin", 10.0, 100.0),
         completed("row2-ar-to-var", "var", "var-d16", 0.15, 600.0),
-        RunResult::skipped(
-            "row3-adaln",
-            "var",
-            "var-d16",
-            "checkpoint /w/var_d16.pth does not exist",
-        ),
+        RunResult::skipped("row3-adaln", "var", "var-d16", "checkpoint /w/var_d16.pth does not exist"),
         completed("row7-scale-up", "var", "var-d30", 2.0, 7580.0),
     ];
     derive_relative_metrics(&runs, &mut r);
@@ -89,10 +80,7 @@ fn relative_metrics_and_verdicts() {
     let r = results(&s);
     assert!((r[1].metrics[&Metric::RelTime] - 0.015).abs() < 1e-12);
     assert!((r[1].metrics[&Metric::RelGflop] - 6.0).abs() < 1e-12);
-    assert!(
-        !r[0].metrics.contains_key(&Metric::RelTime),
-        "the baseline has no ratio"
-    );
+    assert!(!r[0].metrics.contains_key(&Metric::RelTime), "the baseline has no ratio");
     let runs: Vec<&Run> = s.runs.iter().collect();
     let c = compare(&runs, &r);
     let find = |run: &str, m: Metric| c.iter().find(|x| x.run == run && x.metric == m).unwrap();
@@ -113,27 +101,16 @@ fn csvs_and_markdown() {
     let c = compare(&runs, &r);
     let csv = metrics_csv(&c).unwrap();
     let mut lines = csv.lines();
-    assert_eq!(
-        lines.next().unwrap(),
-        "run,family,model,status,metric,value,published,delta,rel_delta,tolerance,verdict,published_from"
-    );
-    let row2 = csv
-        .lines()
-        .find(|l| l.starts_with("row2-ar-to-var,var,var-d16,completed,rel_time,"))
-        .unwrap();
+    assert_eq!(lines.next().unwrap(), "run,family,model,status,metric,value,published,delta,rel_delta,tolerance,verdict,published_from");
+    let row2 = csv.lines().find(|l| l.starts_with("row2-ar-to-var,var,var-d16,completed,rel_time,")).unwrap();
     assert!(
-        row2.ends_with(
-            ",0.013,0.002,0.15384615384615385,×÷2.5,pass,\"var_table3_ablation.csv line 3, column cost_rel_baseline\""
-        ),
+        row2.ends_with(",0.013,0.002,0.15384615384615385,×÷2.5,pass,\"var_table3_ablation.csv line 3, column cost_rel_baseline\""),
         "{row2}"
     );
     assert!(csv.contains("row3-adaln,var,var-d16,skipped,rel_time,,0.016,,,×÷2.5,not measured,"));
 
     let steps = steps_csv(&r).unwrap();
-    assert_eq!(
-        steps.lines().next().unwrap(),
-        "run,family,model,batch,step,kind,tokens,attended,ms,gflop"
-    );
+    assert_eq!(steps.lines().next().unwrap(), "run,family,model,batch,step,kind,tokens,attended,ms,gflop");
     assert_eq!(steps.lines().count(), 1 + 3);
     assert!(steps.contains("row7-scale-up,var,var-d30,16,0,transformer,1,1,1.5,0.62"));
 
@@ -142,41 +119,18 @@ fn csvs_and_markdown() {
         &s,
         &r,
         machine(),
-        Some(GitState {
-            commit: "0123456789abcdef0123".into(),
-            dirty: true,
-        }),
+        Some(GitState { commit: "0123456789abcdef0123".into(), dirty: true }),
         "cpu (2 threads)",
         t0,
         t0 + Duration::from_secs(90),
     );
-    let md = report_markdown(
-        &s,
-        &m,
-        &r,
-        &c,
-        &[("FID vs time".into(), PathBuf::from("plots/fid_vs_time.png"))],
-    );
+    let md = report_markdown(&s, &m, &r, &c, &[("FID vs time".into(), PathBuf::from("plots/fid_vs_time.png"))]);
     assert!(md.starts_with("# Suite `var_table3_speed`\n"));
-    assert!(
-        md.contains(
-            "genbench 0.1.0, commit 0123456789ab with uncommitted changes; device cpu (2 threads); CPU Test CPU"
-        ),
-        "{md}"
-    );
-    assert!(
-        md.contains("| rel_time | 0.015 | 0.013 | +0.002 | +15.4% | ×÷2.5 | pass |"),
-        "{md}"
-    );
-    assert!(
-        md.contains("| rel_time | 0.2 | 0.052 | +0.148 | +285% | ×÷2.5 | FAIL |"),
-        "{md}"
-    );
+    assert!(md.contains("genbench 0.1.0, commit 0123456789ab with uncommitted changes; device cpu (2 threads); CPU Test CPU"), "{md}");
+    assert!(md.contains("| rel_time | 0.015 | 0.013 | +0.002 | +15.4% | ×÷2.5 | pass |"), "{md}");
+    assert!(md.contains("| rel_time | 0.2 | 0.052 | +0.148 | +285% | ×÷2.5 | FAIL |"), "{md}");
     // The skipped run shows only its published target.
-    assert!(
-        md.contains("| rel_time | - | 0.016 | - | - | ×÷2.5 | not measured |\n\n"),
-        "{md}"
-    );
+    assert!(md.contains("| rel_time | - | 0.016 | - | - | ×÷2.5 | not measured |\n\n"), "{md}");
     assert!(md.contains("Skipped: checkpoint /w/var_d16.pth does not exist"));
     assert!(md.contains("| row2-ar-to-var | var | var-d16 | completed | 1 | 0 |"));
     assert!(md.contains("Within tolerance: 1; outside: 1."), "{md}");
@@ -194,10 +148,7 @@ fn manifest_and_files_on_disk() {
     assert_eq!(m.suite_sha256.as_ref().map(String::len), Some(64));
     assert!(m.crate_versions.contains_key("candle-core"));
     assert_eq!(m.runs[2].status, "skipped");
-    assert_eq!(
-        m.runs[2].reason.as_deref(),
-        Some("checkpoint /w/var_d16.pth does not exist")
-    );
+    assert_eq!(m.runs[2].reason.as_deref(), Some("checkpoint /w/var_d16.pth does not exist"));
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results/var_table3_speed/20240405T124000Z");
@@ -208,9 +159,5 @@ fn manifest_and_files_on_disk() {
     }
     let back: Manifest = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(back, m);
-    assert_eq!(
-        std::fs::read_dir(&out).unwrap().count(),
-        4,
-        "temporary files left behind"
-    );
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 4, "temporary files left behind");
 }

@@ -375,7 +375,11 @@ fn paper_suites_run_end_to_end_on_fixtures() {
         }
         let csv = std::fs::read_to_string(out.dir.join("metrics.csv")).unwrap();
         for run in &suite.runs {
-            assert!(csv.lines().any(|l| l.starts_with(&format!("{},", run.id)) && l.contains(",completed,fid,")), "{name}: {}\n{csv}", run.id);
+            assert!(
+                csv.lines().any(|l| l.starts_with(&format!("{},", run.id)) && l.contains(",completed,fid,")),
+                "{name}: {}\n{csv}",
+                run.id
+            );
         }
         let report = std::fs::read_to_string(out.dir.join("report.md")).unwrap();
         assert!(report.contains("## Ours vs published") && report.contains("| fid |"), "{report}");

@@ -54,10 +54,9 @@ fn every_shipped_suite_dry_runs_without_refusal() {
     // not have (an evaluator the runner does not implement: harness/tests/runner.rs). bf16 on the
     // CPU is allowed by the runtime's dtype table, so it is not refused.
     let bad = |edit: &str| {
-        let text = std::fs::read_to_string(suites_dir().join("quickstart.toml")).unwrap().replace(
-            "id = \"profile-var\"\nfamily = \"var\"",
-            &format!("id = \"profile-var\"\nfamily = \"var\"\n{edit}"),
-        );
+        let text = std::fs::read_to_string(suites_dir().join("quickstart.toml"))
+            .unwrap()
+            .replace("id = \"profile-var\"\nfamily = \"var\"", &format!("id = \"profile-var\"\nfamily = \"var\"\n{edit}"));
         let path = suites_dir().join("quickstart.toml");
         let suite = Suite::parse(&path, &text, &|_| None).unwrap();
         let run = suite.runs.iter().find(|r| r.id == "profile-var").unwrap().clone();
@@ -78,40 +77,18 @@ fn every_shipped_suite_validates() {
     names.sort();
     assert_eq!(
         names,
-        [
-            "autonat_in256.toml",
-            "llamagen_c2i.toml",
-            "mar_system.toml",
-            "quickstart.toml",
-            "var_table1.toml",
-            "var_table3_speed.toml"
-        ]
+        ["autonat_in256.toml", "llamagen_c2i.toml", "mar_system.toml", "quickstart.toml", "var_table1.toml", "var_table3_speed.toml"]
     );
     for name in &names {
         let suite = load(name);
         assert!(!suite.runs.is_empty(), "{name} has no runs");
-        assert_eq!(
-            format!("{}.toml", suite.name),
-            *name,
-            "suite name should match its file"
-        );
+        assert_eq!(format!("{}.toml", suite.name), *name, "suite name should match its file");
     }
 }
 
 fn target(suite: &Suite, run: &str, metric: Metric) -> (f64, Tolerance) {
-    let r = suite
-        .runs
-        .iter()
-        .find(|r| r.id == run)
-        .unwrap_or_else(|| panic!("no run {run}"));
-    let t = r
-        .published
-        .as_ref()
-        .unwrap()
-        .targets
-        .iter()
-        .find(|t| t.metric == metric)
-        .unwrap();
+    let r = suite.runs.iter().find(|r| r.id == run).unwrap_or_else(|| panic!("no run {run}"));
+    let t = r.published.as_ref().unwrap().targets.iter().find(|t| t.metric == metric).unwrap();
     (t.published, t.tolerance)
 }
 
@@ -126,22 +103,10 @@ fn var_table1_resolves_the_readme_rows() {
     assert_eq!(target(&s, "var-d30", Metric::Fid), (1.97, Tolerance::Abs(0.2)));
     assert_eq!(target(&s, "var-d16", Metric::Is).0, 280.4);
     // Defaults reach every run; a run's own value wins.
-    let Task::Generate {
-        model,
-        batch,
-        samples,
-        reference,
-        ..
-    } = &s.runs[3].task
-    else {
-        panic!("not generate")
-    };
+    let Task::Generate { model, batch, samples, reference, .. } = &s.runs[3].task else { panic!("not generate") };
     assert_eq!((*batch, *samples), (25, 50000));
     assert_eq!(model.sampler["top_k"], 900);
-    assert_eq!(
-        reference.as_ref().unwrap().resolved,
-        Ok(PathBuf::from("/data/VIRTUAL_imagenet256_labeled.npz"))
-    );
+    assert_eq!(reference.as_ref().unwrap().resolved, Ok(PathBuf::from("/data/VIRTUAL_imagenet256_labeled.npz")));
     match &model.weights {
         Weights::Checkpoint { checkpoint, .. } => {
             assert_eq!(checkpoint.resolved, Ok(PathBuf::from("/weights/var/var_d30.pth")))
@@ -156,19 +121,11 @@ fn var_table1_resolves_the_readme_rows() {
 #[test]
 fn var_table3_cost_column_and_relative_runs() {
     let s = load("var_table3_speed.toml");
-    assert_eq!(
-        target(&s, "row2-ar-to-var", Metric::RelTime),
-        (0.013, Tolerance::Factor(2.5))
-    );
+    assert_eq!(target(&s, "row2-ar-to-var", Metric::RelTime), (0.013, Tolerance::Factor(2.5)));
     assert_eq!(target(&s, "row7-scale-up", Metric::RelTime).0, 0.052);
-    assert!(s.runs[1..]
-        .iter()
-        .all(|r| r.relative_to.as_deref() == Some("ar-baseline")));
+    assert!(s.runs[1..].iter().all(|r| r.relative_to.as_deref() == Some("ar-baseline")));
     assert!(s.runs[0].relative_to.is_none());
-    assert!(s
-        .runs
-        .iter()
-        .all(|r| matches!(&r.task, Task::Profile { model, .. } if model.weights == Weights::Random)));
+    assert!(s.runs.iter().all(|r| matches!(&r.task, Task::Profile { model, .. } if model.weights == Weights::Random)));
 }
 
 #[test]
@@ -177,12 +134,7 @@ fn llamagen_rows_are_told_apart_by_token_grid() {
     assert_eq!(target(&s, "llamagen-b-256", Metric::Fid).0, 5.46);
     assert_eq!(target(&s, "llamagen-b-384", Metric::Fid).0, 6.09);
     assert_eq!(target(&s, "llamagen-3b-384", Metric::Fid).0, 2.18);
-    let Task::Generate {
-        eval_resolution, model, ..
-    } = &s.runs[1].task
-    else {
-        panic!()
-    };
+    let Task::Generate { eval_resolution, model, .. } = &s.runs[1].task else { panic!() };
     assert_eq!((*eval_resolution, model.resolution), (Some(256), 384));
 }
 
@@ -195,17 +147,13 @@ fn quickstart_metric_check_reads_the_golden_values() {
     let check = s.runs.iter().find(|r| r.id == "metric-self-check").unwrap();
     // The bundled images exist, so nothing would be skipped.
     assert_eq!(check.missing_inputs(), Vec::<String>::new());
-    let Task::MetricCheck { images, split_at, pr_distances, .. } = &check.task else {
-        panic!()
-    };
+    let Task::MetricCheck { images, split_at, pr_distances, .. } = &check.task else { panic!() };
     assert_eq!((images.len(), *split_at), (4, 18));
     // The golden precision/recall were computed in float32, so the check must be too.
     assert_eq!(*pr_distances, DistancePrecision::F32);
     // Model defaults did not leak into the metric check, and profile runs got them.
     let var = s.runs.iter().find(|r| r.id == "resolution-var").unwrap();
-    let Task::Profile { profile, model, .. } = &var.task else {
-        panic!()
-    };
+    let Task::Profile { profile, model, .. } = &var.task else { panic!() };
     assert_eq!(profile.resolutions, [64, 128, 256]);
     assert_eq!(profile.repeats, 1);
     assert_eq!(model.arch.depth, Some(6));
@@ -218,9 +166,7 @@ fn missing_weights_make_a_run_skippable_not_invalid() {
     let s = Suite::parse(&path, &text, &|_| None).unwrap();
     let missing = s.runs[0].missing_inputs();
     assert_eq!(missing.len(), 3, "{missing:?}");
-    assert!(missing[0].starts_with(
-        "checkpoint `${GENBENCH_WEIGHTS}/var/var_d16.pth`: environment variable GENBENCH_WEIGHTS is not set"
-    ));
+    assert!(missing[0].starts_with("checkpoint `${GENBENCH_WEIGHTS}/var/var_d16.pth`: environment variable GENBENCH_WEIGHTS is not set"));
     let s = load("var_table1.toml");
     assert!(s.runs[0].missing_inputs()[0].contains("/weights/var/var_d16.pth does not exist"));
 }
@@ -228,18 +174,10 @@ fn missing_weights_make_a_run_skippable_not_invalid() {
 #[test]
 fn only_selects_runs_and_rejects_unknown_ids() {
     let s = load("var_table1.toml");
-    let picked: Vec<&str> = s
-        .select(&["var-d24".into()])
-        .unwrap()
-        .iter()
-        .map(|r| r.id.as_str())
-        .collect();
+    let picked: Vec<&str> = s.select(&["var-d24".into()]).unwrap().iter().map(|r| r.id.as_str()).collect();
     assert_eq!(picked, ["var-d24"]);
     let e = s.select(&["var-d21".into()]).unwrap_err();
-    assert!(
-        e.contains("no run with id `var-d21`; the runs are: var-d16, var-d20, var-d24, var-d30"),
-        "{e}"
-    );
+    assert!(e.contains("no run with id `var-d21`; the runs are: var-d16, var-d20, var-d24, var-d30"), "{e}");
 }
 
 #[test]
@@ -313,48 +251,27 @@ fn the_good_suite_is_good() {
 #[test]
 fn unknown_key_names_line_and_key() {
     let e = error_for(&GOOD.replace("checkpoint = \"w.pth\"", "chekpoint = \"w.pth\""));
-    assert!(
-        e.starts_with("s.toml:8:1: run[0].chekpoint: unknown field `chekpoint`, expected one of"),
-        "{e}"
-    );
+    assert!(e.starts_with("s.toml:8:1: run[0].chekpoint: unknown field `chekpoint`, expected one of"), "{e}");
     let e = error_for(&GOOD.replace("[run.published]", "[run.sampler]\ncfgg = 1.5\n[run.published]"));
-    assert!(
-        e.starts_with("s.toml:16:1: run[0].sampler.cfgg: unknown field `cfgg`"),
-        "{e}"
-    );
+    assert!(e.starts_with("s.toml:16:1: run[0].sampler.cfgg: unknown field `cfgg`"), "{e}");
 }
 
 #[test]
 fn wrong_type_names_line_and_key() {
     let e = error_for(&GOOD.replace("batch = 2", "batch = \"two\""));
-    assert!(
-        e.starts_with("s.toml:11:9: run[0].batch: invalid type: string \"two\", expected u32"),
-        "{e}"
-    );
+    assert!(e.starts_with("s.toml:11:9: run[0].batch: invalid type: string \"two\", expected u32"), "{e}");
     let e = error_for(&GOOD.replace("family = \"var\"", "family = \"vat\""));
-    assert!(
-        e.starts_with("s.toml:6:10: run[0].family: unknown variant `vat`"),
-        "{e}"
-    );
+    assert!(e.starts_with("s.toml:6:10: run[0].family: unknown variant `vat`"), "{e}");
     let e = error_for(&GOOD.replace("metrics = [\"fid\", \"is\"]", "metrics = [\"fid\", \"fidd\"]"));
-    assert!(
-        e.starts_with("s.toml:13:19: run[0].metrics[1]: unknown variant `fidd`"),
-        "{e}"
-    );
+    assert!(e.starts_with("s.toml:13:19: run[0].metrics[1]: unknown variant `fidd`"), "{e}");
 }
 
 #[test]
 fn missing_field_names_the_run() {
     let e = error_for(&GOOD.replace("model = \"var-d16\"\n", ""));
-    assert_eq!(
-        e,
-        "s.toml:4:1: run[0]: missing `model` (set it in the run or in [defaults])"
-    );
+    assert_eq!(e, "s.toml:4:1: run[0]: missing `model` (set it in the run or in [defaults])");
     let e = error_for(&GOOD.replace("reference = \"ref.npz\"\n", ""));
-    assert_eq!(
-        e,
-        "s.toml:4:1: run[0]: missing `reference` (the reference batch `fid` compares against)"
-    );
+    assert_eq!(e, "s.toml:4:1: run[0]: missing `reference` (the reference batch `fid` compares against)");
     let e = error_for("[suite]\nname = \"t\"\n");
     assert_eq!(e, "s.toml:1:1: suite: the suite has no [[run]]");
 }
@@ -369,53 +286,29 @@ fn paper_references_that_do_not_resolve() {
     let e = error_for(&GOOD.replace(", version = \"v1\"", ""));
     assert!(e.starts_with("s.toml:17:1: run[0].published.row: 2 rows of t1.csv (lines 2, 3) have model = \"VAR-d16\"; add a column to the key, e.g. `version`"), "{e}");
     let e = error_for(&GOOD.replace("table = \"t1\"", "table = \"t9\""));
-    assert!(
-        e.starts_with("s.toml:16:1: run[0].published.table: no paper table `t9` in "),
-        "{e}"
-    );
+    assert!(e.starts_with("s.toml:16:1: run[0].published.table: no paper table `t9` in "), "{e}");
     assert!(e.ends_with("papers; available: t1"), "{e}");
 }
 
 #[test]
 fn published_values_must_be_numbers_and_measured() {
     let e = error_for(
-        &GOOD
-            .replace("model = \"VAR-d16\", version = \"v1\"", "model = \"ADM\"")
-            .replace("fid = { abs = 0.3 }", "is = { rel = 0.05 }"),
+        &GOOD.replace("model = \"VAR-d16\", version = \"v1\"", "model = \"ADM\"").replace("fid = { abs = 0.3 }", "is = { rel = 0.05 }"),
     );
-    assert_eq!(
-        e,
-        "s.toml:18:15: run[0].published.tolerance.is: t1.csv line 4, column `is` holds `-`, which is not a number"
-    );
+    assert_eq!(e, "s.toml:18:15: run[0].published.tolerance.is: t1.csv line 4, column `is` holds `-`, which is not a number");
     let e = error_for(&GOOD.replace("fid = { abs = 0.3 }", "kid = { abs = 0.3 }"));
-    assert_eq!(
-        e,
-        "s.toml:18:15: run[0].published.tolerance.kid: `kid` has a tolerance but is not in this run's metrics"
-    );
+    assert_eq!(e, "s.toml:18:15: run[0].published.tolerance.kid: `kid` has a tolerance but is not in this run's metrics");
     let e = error_for(&GOOD.replace("fid = { abs = 0.3 }", "fid = { abs = 0.3, rel = 0.1 }"));
-    assert_eq!(
-        e,
-        "s.toml:18:15: run[0].published.tolerance.fid: give exactly one of `abs`, `rel` or `factor`"
-    );
+    assert_eq!(e, "s.toml:18:15: run[0].published.tolerance.fid: give exactly one of `abs`, `rel` or `factor`");
 }
 
 #[test]
 fn several_problems_are_reported_together_in_line_order() {
-    let e = error_for(
-        &GOOD
-            .replace("resolution = 256", "resolution = 250")
-            .replace("seeds = [0]", "seeds = []"),
-    );
+    let e = error_for(&GOOD.replace("resolution = 256", "resolution = 250").replace("seeds = [0]", "seeds = []"));
     let lines: Vec<&str> = e.lines().collect();
     assert_eq!(lines.len(), 2, "{e}");
-    assert!(
-        lines[0].starts_with("s.toml:9:1: run[0].resolution: 250 is not a positive multiple of 16"),
-        "{e}"
-    );
-    assert!(
-        lines[1].starts_with("s.toml:12:1: run[0].seeds: needs at least one seed"),
-        "{e}"
-    );
+    assert!(lines[0].starts_with("s.toml:9:1: run[0].resolution: 250 is not a positive multiple of 16"), "{e}");
+    assert!(lines[1].starts_with("s.toml:12:1: run[0].seeds: needs at least one seed"), "{e}");
 }
 
 #[test]
@@ -438,25 +331,13 @@ metrics = ["sec_per_image", "rel_time"]
 relative_to = "base"
 "#;
     let e = error_for(base);
-    assert_eq!(
-        e,
-        "s.toml:16:1: run[1].relative_to: run `base` does not measure `sec_per_image`, which this run divides by"
-    );
+    assert_eq!(e, "s.toml:16:1: run[1].relative_to: run `base` does not measure `sec_per_image`, which this run divides by");
     let e = error_for(&base.replace("relative_to = \"base\"", "relative_to = \"bse\""));
-    assert_eq!(
-        e,
-        "s.toml:16:1: run[1].relative_to: no run has id `bse`; the runs are: base, rel"
-    );
+    assert_eq!(e, "s.toml:16:1: run[1].relative_to: no run has id `bse`; the runs are: base, rel");
     let e = error_for(&base.replace("relative_to = \"base\"\n", ""));
-    assert_eq!(
-        e,
-        "s.toml:15:1: run[1].metrics: `rel_time` needs `relative_to` = the id of the run it is relative to"
-    );
+    assert_eq!(e, "s.toml:15:1: run[1].metrics: `rel_time` needs `relative_to` = the id of the run it is relative to");
     let e = error_for(&base.replace("id = \"rel\"", "id = \"base\""));
-    assert!(
-        e.contains("s.toml:14:1: run[1].id: id `base` is used by an earlier run"),
-        "{e}"
-    );
+    assert!(e.contains("s.toml:14:1: run[1].id: id `base` is used by an earlier run"), "{e}");
 }
 
 #[test]

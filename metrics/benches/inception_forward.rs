@@ -20,8 +20,7 @@ fn inception_forward(c: &mut Criterion) {
     let net = InceptionNet::new(&folded, &candle_core::Device::Cpu).expect("network");
     // One image per thread: the smallest batch that keeps every core busy.
     let batch = rayon::current_num_threads().max(1);
-    let x: Vec<f32> =
-        (0..batch * INPUT_SIZE * INPUT_SIZE * 3).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let x: Vec<f32> = (0..batch * INPUT_SIZE * INPUT_SIZE * 3).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
     let mut group = c.benchmark_group("inception_forward");
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(batch as u64));
@@ -31,10 +30,7 @@ fn inception_forward(c: &mut Criterion) {
 
 fn config() -> Criterion {
     let samples = std::env::var("GENBENCH_BENCH_SAMPLES").ok().and_then(|s| s.parse().ok()).unwrap_or(10usize).max(10);
-    Criterion::default()
-        .sample_size(samples)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(5))
+    Criterion::default().sample_size(samples).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(5))
 }
 
 criterion_group! { name = benches; config = config(); targets = inception_forward }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
-use genbench_metrics::fid::{frechet_distance, trace_sqrt_product, trace_sqrt_product_eigen, trace_sqrt_product_blocked_evd};
+use genbench_metrics::fid::{frechet_distance, trace_sqrt_product, trace_sqrt_product_blocked_evd, trace_sqrt_product_eigen};
 use genbench_metrics::stats::FeatureStats;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -64,8 +64,16 @@ fn main() {
         || old = Some(trace_sqrt_product_blocked_evd(&s1.sigma, &s2.sigma, d, Par::rayon(0)).unwrap()),
     );
     let (fid, old) = (fid.unwrap(), old.unwrap());
-    println!("full rank: frechet_distance median {t_new:.3} s; with the blocked solver {t_old:.3} s; blocked/default time {:.2}", t_old / t_new);
-    println!("  tr sqrt: default {:.12} blocked {:.12} rel diff {:.1e}   {fid:?}", fid.trace_sqrt, old.value, (fid.trace_sqrt - old.value).abs() / old.value);
+    println!(
+        "full rank: frechet_distance median {t_new:.3} s; with the blocked solver {t_old:.3} s; blocked/default time {:.2}",
+        t_old / t_new
+    );
+    println!(
+        "  tr sqrt: default {:.12} blocked {:.12} rel diff {:.1e}   {fid:?}",
+        fid.trace_sqrt,
+        old.value,
+        (fid.trace_sqrt - old.value).abs() / old.value
+    );
 
     // N < d on both sides (e.g. 1000 samples against a 1500-sample reference at 2048-d).
     let (r1, r2) = (random_stats(d, d / 2, 0.0, 3), random_stats(d, 3 * d / 4, 0.0, 4));
@@ -76,7 +84,11 @@ fn main() {
         || eig = Some(trace_sqrt_product_eigen(&r1.sigma, &r2.sigma, d, Par::rayon(0)).unwrap()),
     );
     let (fast, eig) = (fast.unwrap(), eig.unwrap());
-    println!("rank-deficient fallback: {:?} median {t_fast:.3} s; previous eigen route {t_eig:.3} s; ratio {:.2}x", fast.route, t_eig / t_fast);
+    println!(
+        "rank-deficient fallback: {:?} median {t_fast:.3} s; previous eigen route {t_eig:.3} s; ratio {:.2}x",
+        fast.route,
+        t_eig / t_fast
+    );
     println!("  tr sqrt: new {:.12} previous {:.12} rel diff {:.1e}", fast.value, eig.value, (fast.value - eig.value).abs() / eig.value);
 
     let n = 10_000;

@@ -12,10 +12,7 @@ fn adjacent_repeat_stats(classes: &[i64]) -> (f64, f64) {
     let repeats = classes.windows(2).filter(|w| w[0] == w[1]).count();
     let mut sorted = classes.to_vec();
     sorted.sort_unstable();
-    let collision: f64 = sorted
-        .chunk_by(|a, b| a == b)
-        .map(|run| (run.len() as f64 / n as f64).powi(2))
-        .sum();
+    let collision: f64 = sorted.chunk_by(|a, b| a == b).map(|run| (run.len() as f64 / n as f64).powi(2)).sum();
     (repeats as f64 / (n - 1) as f64, collision)
 }
 

@@ -17,11 +17,11 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{class_sorted_warning_from_logits, rank_deficiency_warning};
+use crate::convention::{Convention, IsSplits};
 use crate::features::{FeatureCache, Features, InceptionExtractor};
 use crate::fid::{frechet_distance, spatial_frechet_distance, FidResult};
 use crate::images::ImageFolder;
 use crate::inception::{LOGITS_DIM, POOL3_DIM, SPATIAL_DIM};
-use crate::convention::{Convention, IsSplits};
 use crate::inception_score::InceptionScore;
 use crate::kid::{kernel_inception_distance, KidConfig, KidResult};
 use crate::npz::{self, ImagesInfo, NpzStatistics};
@@ -569,7 +569,12 @@ pub struct Evaluation {
 /// Image metrics of `samples` against `reference` with ADM's formulas. Metrics other than image
 /// metrics are ignored. IS without logits is reported in [`Evaluation::unavailable`]; any
 /// other missing input is an error.
-pub fn evaluate(samples: &FeatureSummary, reference: Option<&FeatureSummary>, metrics: &[Metric], options: &EvalOptions) -> Result<Evaluation> {
+pub fn evaluate(
+    samples: &FeatureSummary,
+    reference: Option<&FeatureSummary>,
+    metrics: &[Metric],
+    options: &EvalOptions,
+) -> Result<Evaluation> {
     let mut out = Evaluation::default();
     let reference = |m: Metric| reference.with_context(|| format!("{} needs a reference set", m.label()));
     let mut wanted: Vec<Metric> = metrics.iter().copied().filter(|m| m.is_image_metric()).collect();
@@ -608,7 +613,8 @@ pub fn evaluate(samples: &FeatureSummary, reference: Option<&FeatureSummary>, me
                             .unwrap_or_else(|| "the classifier logits were not collected for these samples".to_owned()),
                     };
                     out.warnings.push(format!("IS unavailable: {reason}"));
-                    out.diagnostics.inception_score = Some(IsDiagnostics { available: false, reason: Some(reason.clone()), score: None, splits: None });
+                    out.diagnostics.inception_score =
+                        Some(IsDiagnostics { available: false, reason: Some(reason.clone()), score: None, splits: None });
                     out.unavailable.insert(m, reason);
                 }
             },

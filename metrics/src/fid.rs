@@ -21,6 +21,7 @@
 //! diagonals is applied.
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::cholesky::llt_pivoting::factor::{
@@ -29,7 +30,6 @@ use faer::linalg::cholesky::llt_pivoting::factor::{
 use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
-use faer::diag::Diag;
 use faer::{Accum, Mat, MatRef, Par};
 
 use crate::numeric::{default_par, symmetric_eigenvalues_in_place};
@@ -91,8 +91,7 @@ pub fn frechet_distance(sample: &FeatureStats, reference: &FeatureStats) -> Resu
         _ => {
             let s1 = with_diagonal_offset(&sample.sigma, d, ADM_RETRY_EPS);
             let s2 = with_diagonal_offset(&reference.sigma, d, ADM_RETRY_EPS);
-            let t = trace_sqrt_product(&s1, &s2, d, par)
-                .context("tr sqrt(S1 S2) failed even with 1e-6 added to the diagonals")?;
+            let t = trace_sqrt_product(&s1, &s2, d, par).context("tr sqrt(S1 S2) failed even with 1e-6 added to the diagonals")?;
             (t, true)
         }
     };
@@ -164,15 +163,8 @@ fn pivoted_cholesky_trace(s1: MatRef<'_, f64>, s2: MatRef<'_, f64>, par: Par) ->
     factor.copy_from_triangular_lower(s1);
     let (mut perm, mut perm_inv) = (vec![0usize; d], vec![0usize; d]);
     let mut mem = MemBuffer::new(pivoted_cholesky_scratch::<usize, f64>(d, par, Default::default()));
-    let (info, _) = pivoted_cholesky(
-        factor.as_mut(),
-        &mut perm,
-        &mut perm_inv,
-        par,
-        MemStack::new(&mut mem),
-        Default::default(),
-    )
-    .map_err(|e| anyhow!("pivoted Cholesky of the sample covariance failed: {e:?}"))?;
+    let (info, _) = pivoted_cholesky(factor.as_mut(), &mut perm, &mut perm_inv, par, MemStack::new(&mut mem), Default::default())
+        .map_err(|e| anyhow!("pivoted Cholesky of the sample covariance failed: {e:?}"))?;
     let rank = info.rank;
     let f = Mat::<f64>::from_fn(d, rank, |i, j| if i >= j { factor[(i, j)] } else { 0.0 });
     let s2_permuted = Mat::<f64>::from_fn(d, d, |i, j| s2[(perm[i], perm[j])]);
@@ -321,12 +313,7 @@ fn cholesky_lower(a: MatRef<'_, f64>, par: Par) -> Option<Mat<f64>> {
 fn symmetric_eigenvalues(a: MatRef<'_, f64>, par: Par) -> Result<Vec<f64>> {
     let d = a.nrows();
     let mut s = Diag::<f64>::zeros(d);
-    let mut mem = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
-        d,
-        ComputeEigenvectors::No,
-        par,
-        Default::default(),
-    ));
+    let mut mem = MemBuffer::new(self_adjoint_evd_scratch::<f64>(d, ComputeEigenvectors::No, par, Default::default()));
     self_adjoint_evd(a, s.as_mut(), None, par, MemStack::new(&mut mem), Default::default())
         .map_err(|e| anyhow!("symmetric eigenvalue solver did not converge: {e:?}"))?;
     Ok(s.column_vector().iter().copied().collect())
@@ -336,12 +323,7 @@ fn symmetric_eigen(a: MatRef<'_, f64>, par: Par) -> Result<(Vec<f64>, Mat<f64>)>
     let d = a.nrows();
     let mut s = Diag::<f64>::zeros(d);
     let mut u = Mat::<f64>::zeros(d, d);
-    let mut mem = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
-        d,
-        ComputeEigenvectors::Yes,
-        par,
-        Default::default(),
-    ));
+    let mut mem = MemBuffer::new(self_adjoint_evd_scratch::<f64>(d, ComputeEigenvectors::Yes, par, Default::default()));
     self_adjoint_evd(a, s.as_mut(), Some(u.as_mut()), par, MemStack::new(&mut mem), Default::default())
         .map_err(|e| anyhow!("symmetric eigendecomposition did not converge: {e:?}"))?;
     Ok((s.column_vector().iter().copied().collect(), u))
@@ -353,9 +335,7 @@ fn symmetric_eigen(a: MatRef<'_, f64>, par: Par) -> Result<(Vec<f64>, Mat<f64>)>
 pub fn trace_sqrt_product_general_eigenvalues(s1: &[f64], s2: &[f64], d: usize) -> Result<f64> {
     let (m1, m2) = (to_mat(s1, d)?, to_mat(s2, d)?);
     let product = &m1 * &m2;
-    let values = product
-        .eigenvalues()
-        .map_err(|e| anyhow!("general eigenvalue solver did not converge: {e:?}"))?;
+    let values = product.eigenvalues().map_err(|e| anyhow!("general eigenvalue solver did not converge: {e:?}"))?;
     Ok(values.iter().map(|z| z.sqrt().re).sum())
 }
 

@@ -44,8 +44,7 @@ impl ImageFolder {
             bail!("{}: no PNG or JPEG images found", dir.display());
         }
         files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-        let (w, h) = image::image_dimensions(&files[0])
-            .with_context(|| format!("cannot read image {}", files[0].display()))?;
+        let (w, h) = image::image_dimensions(&files[0]).with_context(|| format!("cannot read image {}", files[0].display()))?;
         Ok(Self { dir: dir.to_owned(), files, ignored_files, h: h as usize, w: w as usize })
     }
 
@@ -102,18 +101,15 @@ impl ImageFolder {
     }
 
     fn decode(&self, path: &Path) -> Result<Vec<u8>> {
-        let img = image::open(path)
-            .with_context(|| format!("cannot decode image {} (corrupt or not an image?)", path.display()))?
-            .into_rgb8();
+        let img =
+            image::open(path).with_context(|| format!("cannot decode image {} (corrupt or not an image?)", path.display()))?.into_rgb8();
         self.check_size(path, img.width(), img.height())?;
         Ok(img.into_raw())
     }
 }
 
 fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 #[cfg(test)]

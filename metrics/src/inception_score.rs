@@ -28,11 +28,7 @@ pub struct InceptionScore {
 
 fn check_logits(logits: &[f32], classes: usize) -> Result<usize> {
     ensure!(classes >= 2, "IS needs at least 2 classes, got {classes}");
-    ensure!(
-        logits.len().is_multiple_of(classes),
-        "logit buffer of {} values is not a whole number of {classes}-class rows",
-        logits.len()
-    );
+    ensure!(logits.len().is_multiple_of(classes), "logit buffer of {} values is not a whole number of {classes}-class rows", logits.len());
     let n = logits.len() / classes;
     ensure!(n >= 1, "IS needs at least one logit row");
     if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
@@ -69,11 +65,7 @@ pub fn inception_score_adm(logits: &[f32], classes: usize, split_size: usize) ->
     let mean = numpy_sum_f32(&scores) / scores.len() as f32;
     let deviations: Vec<f32> = scores.iter().map(|s| (s - mean) * (s - mean)).collect();
     let std = (numpy_sum_f32(&deviations) / scores.len() as f32).sqrt();
-    Ok(InceptionScore {
-        mean: mean as f64,
-        std: std as f64,
-        split_scores: scores.iter().map(|&s| s as f64).collect(),
-    })
+    Ok(InceptionScore { mean: mean as f64, std: std as f64, split_scores: scores.iter().map(|&s| s as f64).collect() })
 }
 
 /// `exp(mean_i sum_c p_ic (log p_ic - log mean_i p_ic))` in float32 for one split.
@@ -105,9 +97,7 @@ pub fn inception_score_torch_fidelity(logits: &[f32], classes: usize, splits: us
     ensure!(splits >= 1 && splits <= n, "IS with {splits} splits needs at least {splits} rows, got {n}");
     let order = Mt19937::new(seed).permutation(n);
     let log_probs: Vec<Vec<f64>> = order.iter().map(|&i| log_softmax_f64(&logits[i * classes..(i + 1) * classes])).collect();
-    let split_scores: Vec<f64> = (0..splits)
-        .map(|s| split_score_f64(&log_probs[s * n / splits..(s + 1) * n / splits]))
-        .collect();
+    let split_scores: Vec<f64> = (0..splits).map(|s| split_score_f64(&log_probs[s * n / splits..(s + 1) * n / splits])).collect();
     let mean = split_scores.iter().sum::<f64>() / splits as f64;
     let std = (split_scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / splits as f64).sqrt();
     Ok(InceptionScore { mean, std, split_scores })
@@ -127,11 +117,8 @@ fn split_score_f64(log_probs: &[Vec<f64>]) -> f64 {
         marginal.iter_mut().zip(row).for_each(|(m, &lp)| *m += lp.exp());
     }
     let log_marginal: Vec<f64> = marginal.iter().map(|m| (m / rows).ln()).collect();
-    let mean_kl = log_probs
-        .iter()
-        .map(|row| row.iter().zip(&log_marginal).map(|(&lp, &lm)| lp.exp() * (lp - lm)).sum::<f64>())
-        .sum::<f64>()
-        / rows;
+    let mean_kl =
+        log_probs.iter().map(|row| row.iter().zip(&log_marginal).map(|(&lp, &lm)| lp.exp() * (lp - lm)).sum::<f64>()).sum::<f64>() / rows;
     mean_kl.exp()
 }
 

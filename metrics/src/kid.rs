@@ -62,7 +62,8 @@ pub struct KidResult {
 pub fn kernel_inception_distance(x: &[f32], y: &[f32], d: usize, cfg: &KidConfig) -> Result<KidResult> {
     let (nx, ny) = (rows_of(x, d, "samples")?, rows_of(y, d, "reference")?);
     ensure!(cfg.subsets >= 1, "KID needs at least one subset");
-    let seed = u32::try_from(cfg.seed).map_err(|_| anyhow::anyhow!("KID seed {} is outside numpy's RandomState range 0..=4294967295", cfg.seed))?;
+    let seed = u32::try_from(cfg.seed)
+        .map_err(|_| anyhow::anyhow!("KID seed {} is outside numpy's RandomState range 0..=4294967295", cfg.seed))?;
     let m = match cfg.rule {
         KidSubsetRule::Shrink => nx.min(ny).min(cfg.subset_size),
         KidSubsetRule::Exact => {

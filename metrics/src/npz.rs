@@ -81,11 +81,7 @@ fn images_info<R: Read>(path: &Path, npy: &NpyFile<R>) -> Result<ImagesInfo> {
     let what_to_do = "ADM batches hold uint8 images [N, H, W, 3] (RGB, 0..255) in arr_0: convert with \
                       np.clip(x, 0, 255).astype(np.uint8) and save with np.savez";
     if !is_u8 {
-        bail!(
-            "{}: arr_0 has dtype {} and shape {shape:?}, expected uint8; {what_to_do}",
-            path.display(),
-            describe_dtype(&dtype)
-        );
+        bail!("{}: arr_0 has dtype {} and shape {shape:?}, expected uint8; {what_to_do}", path.display(), describe_dtype(&dtype));
     }
     if shape.len() != 4 || shape[3] != 3 {
         bail!("{}: arr_0 has shape {shape:?}, expected [N, H, W, 3]; {what_to_do}", path.display());
@@ -113,11 +109,7 @@ pub fn read_images_info(path: &Path) -> Result<ImagesInfo> {
 
 /// Streams `arr_0` in batches of at most `batch_images` images: `f(pixels, count)` gets
 /// `count * H * W * 3` bytes (NHWC RGB). Returns the array's shape.
-pub fn for_each_image_batch(
-    path: &Path,
-    batch_images: usize,
-    mut f: impl FnMut(&[u8], usize) -> Result<()>,
-) -> Result<ImagesInfo> {
+pub fn for_each_image_batch(path: &Path, batch_images: usize, mut f: impl FnMut(&[u8], usize) -> Result<()>) -> Result<ImagesInfo> {
     ensure!(batch_images > 0, "batch size must be at least 1");
     let mut archive = open_archive(path)?;
     let npy = images_member(path, &mut archive)?;
@@ -194,9 +186,7 @@ fn read_float_array(path: &Path, archive: &mut Archive, key: &str) -> Result<Opt
         DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 4 => {
             npy.into_vec::<f32>().with_context(ctx)?.into_iter().map(f64::from).collect()
         }
-        DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 8 => {
-            npy.into_vec::<f64>().with_context(ctx)?
-        }
+        DType::Plain(ts) if ts.type_char() == TypeChar::Float && ts.size_field() == 8 => npy.into_vec::<f64>().with_context(ctx)?,
         other => bail!("{}: {key} has dtype {}, expected float32 or float64", path.display(), describe_dtype(other)),
     };
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -311,10 +301,9 @@ fn read_stats_pair(
             missing.extend([mu_key, sigma_key]);
             Ok(None)
         }
-        (Some(_), None) | (None, Some(_)) => bail!(
-            "{}: has only one of {mu_key}/{sigma_key}; statistics need both (recompute them with `genbench stats`)",
-            path.display()
-        ),
+        (Some(_), None) | (None, Some(_)) => {
+            bail!("{}: has only one of {mu_key}/{sigma_key}; statistics need both (recompute them with `genbench stats`)", path.display())
+        }
         (Some((mu, mu_shape)), Some((sigma, sigma_shape))) => {
             let d = mu.len();
             ensure!(
@@ -350,7 +339,9 @@ pub enum NpyArray<'a> {
 impl NpyArray<'_> {
     pub fn name(&self) -> &str {
         match self {
-            Self::U8 { name, .. } | Self::U32 { name, .. } | Self::I64 { name, .. } | Self::F32 { name, .. } | Self::F64 { name, .. } => name,
+            Self::U8 { name, .. } | Self::U32 { name, .. } | Self::I64 { name, .. } | Self::F32 { name, .. } | Self::F64 { name, .. } => {
+                name
+            }
         }
     }
 
@@ -387,11 +378,7 @@ pub fn write_npz(path: &Path, arrays: &[NpyArray<'_>]) -> Result<()> {
 /// Writes an ADM sample batch: `arr_0` = `images` as uint8 `[n, h, w, 3]`, plus `extra`
 /// arrays such as `arr_1` int64 labels or u32 token ids.
 pub fn write_images_npz(path: &Path, images: &[u8], n: usize, h: usize, w: usize, extra: &[NpyArray<'_>]) -> Result<()> {
-    ensure!(
-        images.len() == n * h * w * 3,
-        "image buffer has {} bytes, expected {n}x{h}x{w}x3",
-        images.len()
-    );
+    ensure!(images.len() == n * h * w * 3, "image buffer has {} bytes, expected {n}x{h}x{w}x3", images.len());
     let shape = [n as u64, h as u64, w as u64, 3];
     let mut arrays = vec![NpyArray::U8 { name: IMAGES_KEY, shape: &shape, data: images }];
     arrays.extend_from_slice(extra);
@@ -512,7 +499,10 @@ pub fn write_statistics_with(
     provenance: Option<&StatsProvenance>,
 ) -> Result<()> {
     if let Some(p) = provenance {
-        ensure!(!p.preprocess.is_empty() && !p.weights_sha1.is_empty(), "statistics provenance must name the preprocessing and the weights");
+        ensure!(
+            !p.preprocess.is_empty() && !p.weights_sha1.is_empty(),
+            "statistics provenance must name the preprocessing and the weights"
+        );
     }
     pool.validate("pool statistics")?;
     if let Some(s) = spatial {
@@ -614,10 +604,7 @@ pub fn write_file_atomically(path: &Path, write: impl FnOnce(&mut File) -> Resul
 }
 
 fn temporary_sibling(path: &Path) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?
-        .to_string_lossy();
+    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?.to_string_lossy();
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     ensure!(dir.is_dir(), "{}: output directory does not exist", dir.display());
     Ok(dir.join(format!(".{name}.tmp.{}", std::process::id())))

@@ -29,8 +29,7 @@ pub fn numpy_sum_f32(values: &[f32]) -> f32 {
                 *lane += v;
             }
         }
-        let mut total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-            + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        let mut total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
         for &v in &values[unrolled_end..] {
             total += v;
         }

@@ -64,11 +64,7 @@ impl Mt19937 {
         }
         let mask = u64::MAX >> max.leading_zeros();
         loop {
-            let value = if max <= u32::MAX as u64 {
-                (self.next_u32() as u64) & mask
-            } else {
-                self.next_u64() & mask
-            };
+            let value = if max <= u32::MAX as u64 { (self.next_u32() as u64) & mask } else { self.next_u64() & mask };
             if value <= max {
                 return value;
             }

@@ -75,18 +75,12 @@ impl<'a> Prepared<'a> {
         match mode {
             DistancePrecision::F32 => {
                 // np.sum(np.square(u), axis=1) in float32.
-                let norms = features
-                    .par_chunks(d)
-                    .map(|row| numpy_sum_f32(&row.iter().map(|v| v * v).collect::<Vec<_>>()))
-                    .collect();
+                let norms = features.par_chunks(d).map(|row| numpy_sum_f32(&row.iter().map(|v| v * v).collect::<Vec<_>>())).collect();
                 Self { rows, d, values: Cow::Borrowed(features), norms }
             }
             DistancePrecision::Fp16Adm => {
                 let values: Vec<f32> = features.par_iter().map(|&v| round_f16(v)).collect();
-                let norms = values
-                    .par_chunks(d)
-                    .map(|row| round_f16(row.iter().map(|&v| round_f16(v * v)).sum::<f32>()))
-                    .collect();
+                let norms = values.par_chunks(d).map(|row| round_f16(row.iter().map(|&v| round_f16(v * v)).sum::<f32>())).collect();
                 Self { rows, d, values: Cow::Owned(values), norms }
             }
         }
@@ -119,7 +113,11 @@ fn round_f16(v: f32) -> f32 {
         // Round the 23-bit f32 mantissa to fp16's 10 bits, ties to even.
         let bits = a.to_bits();
         let r = f32::from_bits((bits + 0x0fff + ((bits >> 13) & 1)) & !0x1fff);
-        if r >= F16_OVERFLOW { f32::INFINITY } else { r }
+        if r >= F16_OVERFLOW {
+            f32::INFINITY
+        } else {
+            r
+        }
     };
     rounded.copysign(v)
 }
@@ -148,14 +146,7 @@ impl<'a> FeatureSet<'a> {
 
 /// Computes one tile of squared distances `D[i, j]` for `u` rows x `v` rows into `out`
 /// (row-major), returning whether every value is finite.
-fn distance_tile(
-    u: &Prepared,
-    ur: &Range<usize>,
-    v: &Prepared,
-    vr: &Range<usize>,
-    mode: DistancePrecision,
-    out: &mut [f32],
-) -> bool {
+fn distance_tile(u: &Prepared, ur: &Range<usize>, v: &Prepared, vr: &Range<usize>, mode: DistancePrecision, out: &mut [f32]) -> bool {
     let (m, n) = (ur.len(), vr.len());
     let out = &mut out[..m * n];
     gemm_abt_f32(out, u.rows_slice(ur), m, v.rows_slice(vr), n, u.d, default_par());
@@ -390,10 +381,7 @@ fn tile_membership(dists: &[f32], ref_radii: &[f32], col_radii: &[f32], ref_in: 
 fn check_features(features: &[f32], d: usize, k: usize, what: &str) -> Result<()> {
     ensure!(d > 0 && features.len().is_multiple_of(d), "{what}: buffer is not a whole number of {d}-dim rows");
     let rows = features.len() / d;
-    ensure!(
-        rows > k,
-        "{what}: precision/recall with k = {k} needs more than {k} feature rows, got {rows}"
-    );
+    ensure!(rows > k, "{what}: precision/recall with k = {k} needs more than {k} feature rows, got {rows}");
     if let Some(i) = features.iter().position(|v| !v.is_finite()) {
         bail!("{what}: feature row {} contains a non-finite value", i / d);
     }
@@ -416,11 +404,7 @@ pub fn precision_recall(reference: &[f32], samples: &[f32], d: usize, cfg: &PrCo
     let (ref_radii, f1) = manifold_radii_of(&ref_set, cfg);
     let (sample_radii, f2) = manifold_radii_of(&sample_set, cfg);
     let (inside, f3) = evaluate_membership(&ref_set, &ref_radii, &sample_set, &sample_radii, cfg);
-    Ok(PrecisionRecall {
-        precision: fraction(&inside.sample_in),
-        recall: fraction(&inside.ref_in),
-        fp32_fallback_blocks: f1 + f2 + f3,
-    })
+    Ok(PrecisionRecall { precision: fraction(&inside.sample_in), recall: fraction(&inside.ref_in), fp32_fallback_blocks: f1 + f2 + f3 })
 }
 
 fn fraction(flags: &[bool]) -> f64 {
@@ -452,8 +436,7 @@ mod tests {
         };
         let (rr, rs) = (radii(reference), radii(samples));
         let covered = |pts: &[f32], centres: &[f32], r: &[f64]| {
-            pts.chunks(d).filter(|p| centres.chunks(d).zip(r).any(|(c, &rad)| dist(p, c) <= rad)).count() as f64
-                / (pts.len() / d) as f64
+            pts.chunks(d).filter(|p| centres.chunks(d).zip(r).any(|(c, &rad)| dist(p, c) <= rad)).count() as f64 / (pts.len() / d) as f64
         };
         (covered(samples, reference, &rr), covered(reference, samples, &rs))
     }
@@ -517,7 +500,23 @@ mod tests {
 
     #[test]
     fn f16_rounding_matches_the_half_crate() {
-        let specials = [0.0f32, -0.0, 1.0, 65504.0, 65519.99, 65520.0, 1e9, f32::INFINITY, f32::NEG_INFINITY, 5.96e-8, 2.98e-8, 2.99e-8, 6.1e-5, 6.103_515_6e-5, f32::MIN_POSITIVE];
+        let specials = [
+            0.0f32,
+            -0.0,
+            1.0,
+            65504.0,
+            65519.99,
+            65520.0,
+            1e9,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            5.96e-8,
+            2.98e-8,
+            2.99e-8,
+            6.1e-5,
+            6.103_515_6e-5,
+            f32::MIN_POSITIVE,
+        ];
         let strided = (0..u32::MAX / 251).map(|i| f32::from_bits(i * 251));
         for v in specials.into_iter().flat_map(|s| [s, -s]).chain(strided) {
             let expected = half::f16::from_f32(v).to_f32();

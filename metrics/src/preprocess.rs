@@ -128,15 +128,7 @@ fn half_pixel_axis(inp: usize, out: usize) -> Vec<(usize, usize, f32)> {
 }
 
 /// Half-pixel bilinear resize (pytorch-fid's `F.interpolate`) on an HWC image.
-pub fn resize_bilinear_half_pixel(
-    src: &[f32],
-    h: usize,
-    w: usize,
-    c: usize,
-    out_h: usize,
-    out_w: usize,
-    dst: &mut [f32],
-) {
+pub fn resize_bilinear_half_pixel(src: &[f32], h: usize, w: usize, c: usize, out_h: usize, out_w: usize, dst: &mut [f32]) {
     let ys = half_pixel_axis(h, out_h);
     let xs = half_pixel_axis(w, out_w);
     for (oy, &(y0, y1, ly)) in ys.iter().enumerate() {
@@ -154,15 +146,7 @@ pub fn resize_bilinear_half_pixel(
 /// Pillow's `Image.resize(BICUBIC)` on each channel as a mode-'F' float image (clean-fid
 /// "clean"). fast_image_resize's F32 `Convolution(CatmullRom)` reproduces Pillow's coefficients
 /// and pass order exactly (RUST-NOTES section 6). Same size is a plain copy, as in Pillow.
-pub fn resize_bicubic_pillow(
-    src: &[f32],
-    h: usize,
-    w: usize,
-    c: usize,
-    out_h: usize,
-    out_w: usize,
-    dst: &mut [f32],
-) -> Result<()> {
+pub fn resize_bicubic_pillow(src: &[f32], h: usize, w: usize, c: usize, out_h: usize, out_w: usize, dst: &mut [f32]) -> Result<()> {
     use fast_image_resize::images::{TypedImage, TypedImageRef};
     use fast_image_resize::pixels::F32;
     use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
@@ -250,9 +234,7 @@ mod tests {
         let clean = preprocess_batch(&one, 1, 299, 299, Preprocess::Clean).unwrap();
         assert_eq!(&clean[..3], &[-1.0, 0.0, 127.0 / 128.0]);
         let pt = preprocess_batch(&one, 1, 299, 299, Preprocess::Pytorch).unwrap();
-        assert!(
-            (pt[0] + 1.0).abs() < 1e-6 && (pt[1] - (128.0 / 127.5 - 1.0)).abs() < 1e-6 && (pt[2] - 1.0).abs() < 1e-6
-        );
+        assert!((pt[0] + 1.0).abs() < 1e-6 && (pt[1] - (128.0 / 127.5 - 1.0)).abs() < 1e-6 && (pt[2] - 1.0).abs() < 1e-6);
         assert!(preprocess_batch(&one, 2, 299, 299, Preprocess::Adm).is_err());
         assert_eq!("clean".parse::<Preprocess>().unwrap(), Preprocess::Clean);
         assert!("bogus".parse::<Preprocess>().is_err());

@@ -44,21 +44,12 @@ impl FeatureStats {
     pub fn validate(&self, what: &str) -> Result<()> {
         let d = self.dim();
         ensure!(d > 0, "{what}: empty mean vector");
-        ensure!(
-            self.sigma.len() == d * d,
-            "{what}: covariance has {} entries, expected {d}x{d} to match the mean",
-            self.sigma.len()
-        );
+        ensure!(self.sigma.len() == d * d, "{what}: covariance has {} entries, expected {d}x{d} to match the mean", self.sigma.len());
         if let Some(i) = self.mu.iter().position(|v| !v.is_finite()) {
             bail!("{what}: mean contains a non-finite value ({}) at index {i}", self.mu[i]);
         }
         if let Some(i) = self.sigma.iter().position(|v| !v.is_finite()) {
-            bail!(
-                "{what}: covariance contains a non-finite value ({}) at [{}, {}]",
-                self.sigma[i],
-                i / d,
-                i % d
-            );
+            bail!("{what}: covariance contains a non-finite value ({}) at [{}, {}]", self.sigma[i], i / d, i % d);
         }
         Ok(())
     }
@@ -143,11 +134,7 @@ impl StatsAccumulator {
     /// Mean and covariance (N-1 normalisation). Needs at least 2 rows.
     pub fn finish(mut self) -> Result<FeatureStats> {
         self.flush();
-        ensure!(
-            self.n >= 2,
-            "need at least 2 feature rows for a covariance, got {}",
-            self.n
-        );
+        ensure!(self.n >= 2, "need at least 2 feature rows for a covariance, got {}", self.n);
         let d = self.d;
         let scale = 1.0 / (self.n - 1) as f64;
         let mut sigma = vec![0.0; d * d];
@@ -169,11 +156,8 @@ impl StatsAccumulator {
         let d = self.d;
         let rows = self.pending.len() / d;
         let block_mean = column_means(&self.pending, d);
-        let centred: Vec<f64> = self
-            .pending
-            .chunks_exact(d)
-            .flat_map(|row| row.iter().zip(&block_mean).map(|(&v, &m)| v as f64 - m))
-            .collect();
+        let centred: Vec<f64> =
+            self.pending.chunks_exact(d).flat_map(|row| row.iter().zip(&block_mean).map(|(&v, &m)| v as f64 - m)).collect();
         self.pending.clear();
         let mut block_comoment = Mat::<f64>::zeros(d, d);
         let x = row_major(&centred, rows, d);

@@ -128,7 +128,10 @@ fn kid_refuses_subsets_larger_than_a_set_like_torch_fidelity() {
     let (x, y, d) = feature_sets(case);
     let cfg = KidConfig { subset_size: u(case, "subset_size"), subsets: 2, ..Convention::TorchFidelity.kid_config(None) };
     let err = kernel_inception_distance(&x, &y, d, &cfg).unwrap_err().to_string();
-    assert!(err.contains(&format!("subset size {}", cfg.subset_size)) && err.contains("samples: ") && err.contains("smaller subset size"), "{err}");
+    assert!(
+        err.contains(&format!("subset size {}", cfg.subset_size)) && err.contains("samples: ") && err.contains("smaller subset size"),
+        "{err}"
+    );
     // torch-fidelity refused the same case.
     assert!(case["message"].as_str().unwrap().contains(&format!("subset size {}", cfg.subset_size)));
 }

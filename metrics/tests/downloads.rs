@@ -11,14 +11,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use genbench_metrics::download::{fetch_verified, HashCheck};
-use genbench_metrics::inception::weights::{cached_default_path, cached_download_path, default_cache_dir, resolve_default_with, torch_hub_checkpoints_dir};
+use genbench_metrics::inception::weights::{
+    cached_default_path, cached_download_path, default_cache_dir, resolve_default_with, torch_hub_checkpoints_dir,
+};
 use genbench_runtime::hash::sha256_bytes;
 
 #[derive(Clone)]
 enum Reply {
     Body(Vec<u8>),
     /// Announces `claimed` bytes, sends `body`, closes.
-    Truncated { body: Vec<u8>, claimed: usize },
+    Truncated {
+        body: Vec<u8>,
+        claimed: usize,
+    },
     Status(u16),
 }
 
@@ -66,7 +71,9 @@ fn release_name(stem: &str, ext: &str, bytes: &[u8]) -> String {
 }
 
 fn leftovers(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -109,13 +116,17 @@ fn good_truncated_wrong_hash_and_refusing_servers() {
     assert!(leftovers(&dir).is_empty());
 
     // A server that says no, and one that refuses the connection.
-    let err = format!("{:#}", fetch_verified(&format!("{base}/forbidden.bin"), &tmp.path().join("f.bin"), &HashCheck::Sha256("00".into())).unwrap_err());
+    let err = format!(
+        "{:#}",
+        fetch_verified(&format!("{base}/forbidden.bin"), &tmp.path().join("f.bin"), &HashCheck::Sha256("00".into())).unwrap_err()
+    );
     assert!(err.contains("HTTP 403") && err.contains("forbidden.bin"), "{err}");
     let closed = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}/x-12345678.bin", l.local_addr().unwrap())
     };
-    let err = format!("{:#}", fetch_verified(&closed, &tmp.path().join("x.bin"), &HashCheck::from_file_name(&closed).unwrap()).unwrap_err());
+    let err =
+        format!("{:#}", fetch_verified(&closed, &tmp.path().join("x.bin"), &HashCheck::from_file_name(&closed).unwrap()).unwrap_err());
     assert!(err.contains("cannot download") && err.contains(&closed), "{err}");
     assert!(!tmp.path().join("x.bin").exists() && !tmp.path().join("f.bin").exists());
 }
@@ -137,7 +148,8 @@ fn full_inception_weights_are_fetched_into_a_fresh_cache_once() {
     let mut tampered = bytes.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 0x20;
-    let (base, requests) = serve(HashMap::from([(format!("/{name}"), Reply::Body(bytes)), (format!("/bad/{name}"), Reply::Body(tampered))]));
+    let (base, requests) =
+        serve(HashMap::from([(format!("/{name}"), Reply::Body(bytes)), (format!("/bad/{name}"), Reply::Body(tampered))]));
 
     let (cache, hub) = (tmp.path().join("cache"), tmp.path().join("hub"));
     std::fs::create_dir_all(&hub).unwrap();

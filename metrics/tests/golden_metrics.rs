@@ -23,9 +23,8 @@ fn repo_root() -> PathBuf {
 }
 
 fn fixture_dir() -> PathBuf {
-    let dir = std::env::var_os("GENBENCH_FIXTURE_INCEPTION")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("tests/fixtures/inception"));
+    let dir =
+        std::env::var_os("GENBENCH_FIXTURE_INCEPTION").map(PathBuf::from).unwrap_or_else(|| repo_root().join("tests/fixtures/inception"));
     println!("inception fixture folder: {}", dir.display());
     dir
 }
@@ -126,10 +125,8 @@ fn fid_f32_mean_effect_is_negligible() {
     let (xa, xb) = rows.split_at(split * d);
     let (a, b) = (FeatureStats::from_features(xa, d).unwrap(), FeatureStats::from_features(xb, d).unwrap());
     let exact = frechet_distance(&a, &b).unwrap().value;
-    let with_f32_mean = |s: &FeatureStats, x: &[f32]| FeatureStats {
-        mu: adm_f32_mean(x, d).iter().map(|&m| m as f64).collect(),
-        ..s.clone()
-    };
+    let with_f32_mean =
+        |s: &FeatureStats, x: &[f32]| FeatureStats { mu: adm_f32_mean(x, d).iter().map(|&m| m as f64).collect(), ..s.clone() };
     let adm_like = frechet_distance(&with_f32_mean(&a, xa), &with_f32_mean(&b, xb)).unwrap().value;
     println!("FID with f64 mean {exact}, with ADM's float32 mean {adm_like}, delta {:e}", adm_like - exact);
     assert!((adm_like - exact).abs() < 1e-4);

@@ -16,8 +16,8 @@
 use genbench_metrics::features::{ExtractorOptions, InceptionExtractor};
 use genbench_metrics::inception::network::{CandleInception, InceptionNet, POOL3_DIM, SPATIAL_DIM};
 use genbench_metrics::inception::weights::{
-    cached_default_path, default_cache_dir, fold_batch_norm, pytorch_fid_name, resolve_default_with, WeightsSource,
-    DEFAULT_MEMBER, NVIDIA_FILE,
+    cached_default_path, default_cache_dir, fold_batch_norm, pytorch_fid_name, resolve_default_with, WeightsSource, DEFAULT_MEMBER,
+    NVIDIA_FILE,
 };
 use genbench_metrics::preprocess::{preprocess_batch, resize_bilinear_tf1, Preprocess};
 use std::path::{Path, PathBuf};
@@ -123,10 +123,7 @@ fn pool3_and_spatial_features_match_pytorch_on_every_image() {
         let dp = max_abs_diff(&f.pool3, &want_pool3);
         let ds = max_abs_diff(&f.spatial, &want_spatial);
         let scale = want_pool3.iter().fold(0f32, |m, v| m.max(v.abs()));
-        println!(
-            "{}: {} images {}x{}: pool3 max |diff| {dp:e} (max |value| {scale}), spatial max |diff| {ds:e}",
-            g.name, g.n, g.h, g.w
-        );
+        println!("{}: {} images {}x{}: pool3 max |diff| {dp:e} (max |value| {scale}), spatial max |diff| {ds:e}", g.name, g.n, g.h, g.w);
         assert!(dp <= TOL, "{}: pool3 differs by {dp}", g.name);
         assert!(ds <= TOL, "{}: spatial differs by {ds}", g.name);
         // Guard against a vacuous pass (e.g. all-zero features on both sides).
@@ -165,8 +162,7 @@ fn compare_with_default(source: WeightsSource) -> (f32, Vec<f32>, Vec<f32>, Ince
     let n = 2;
     let images = &images[..n * g.h * g.w * 3];
     let base = extractor().extract(images, n, g.h, g.w).unwrap();
-    let other =
-        InceptionExtractor::new(ExtractorOptions { batch_size: 2, weights: source, ..Default::default() }).unwrap();
+    let other = InceptionExtractor::new(ExtractorOptions { batch_size: 2, weights: source, ..Default::default() }).unwrap();
     let f = other.extract(images, n, g.h, g.w).unwrap();
     assert!(other.has_logits(), "a full checkpoint must provide logits");
     assert!(other.no_fc_message().is_empty());
@@ -177,10 +173,7 @@ fn compare_with_default(source: WeightsSource) -> (f32, Vec<f32>, Vec<f32>, Ince
 fn reference_logits(pool3: &[f32], w: &[f32]) -> Vec<f32> {
     pool3
         .chunks(POOL3_DIM)
-        .flat_map(|p| {
-            w.chunks(POOL3_DIM)
-                .map(move |row| p.iter().zip(row).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32)
-        })
+        .flat_map(|p| w.chunks(POOL3_DIM).map(move |row| p.iter().zip(row).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32))
         .collect()
 }
 
@@ -253,8 +246,7 @@ fn feature_cache_round_trip() {
     let _ = extractor();
     let tmp = tempfile::tempdir().unwrap();
     let weights = WeightsSource::File(cached_default_path(&default_cache_dir()));
-    let opts =
-        |preprocess| ExtractorOptions { preprocess, batch_size: 4, weights: weights.clone(), ..Default::default() };
+    let opts = |preprocess| ExtractorOptions { preprocess, batch_size: 4, weights: weights.clone(), ..Default::default() };
     let ex = InceptionExtractor::new_in(opts(Preprocess::Adm), tmp.path()).unwrap();
     assert!(!ex.has_logits() && ex.no_fc_message().contains("--inception-weights"));
     let (_, images) = npy::<u8>(&dir.join("gray64_images.npy"));

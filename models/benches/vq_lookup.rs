@@ -13,7 +13,9 @@ use std::time::Duration;
 fn bench_vq(c: &mut Criterion) {
     let dev = Device::Cpu;
     let mut group = c.benchmark_group("vq_lookup");
-    for (label, vocab, dim, l2) in [("var_4096x32", 4096, 32, false), ("llamagen_16384x8_l2", 16384, 8, true), ("taming_16384x256", 16384, 256, false)] {
+    for (label, vocab, dim, l2) in
+        [("var_4096x32", 4096, 32, false), ("llamagen_16384x8_l2", 16384, 8, true), ("taming_16384x256", 16384, 256, false)]
+    {
         let cb = Codebook::new(Tensor::randn(0f32, 1.0, (vocab, dim), &dev).unwrap(), l2).unwrap();
         let (b, hw) = (8, 16);
         let z = Tensor::randn(0f32, 1.0, (b, dim, hw, hw), &dev).unwrap();

@@ -20,11 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() -> Result<()> {
@@ -107,10 +103,7 @@ fn main() -> Result<()> {
 
     let b = batch as f64;
     let secs = |t: Duration| t.as_secs_f64() / b;
-    println!(
-        "{model} batch {batch} num_iter {num_iter} cfg {cfg_scale} stride {stride} threads {}",
-        candle_core::utils::get_num_threads()
-    );
+    println!("{model} batch {batch} num_iter {num_iter} cfg {cfg_scale} stride {stride} threads {}", candle_core::utils::get_num_threads());
     println!(
         "per_image_s total {:.3} transformer {:.3} mlp {:.3} decode {:.3}",
         secs(t_transformer + t_mlp + t_decode),
@@ -120,11 +113,7 @@ fn main() -> Result<()> {
     );
     let m = cfg.diffusion_head().flops_per_row() * head.num_steps() as f64;
     for (rows, (n, t)) in &per_rows {
-        println!(
-            "mlp rows {rows:3}: {n:3} call(s) x {:.3} s = {:.2} GFLOP/s",
-            t.as_secs_f64(),
-            *rows as f64 * m / t.as_secs_f64() / 1e9
-        );
+        println!("mlp rows {rows:3}: {n:3} call(s) x {:.3} s = {:.2} GFLOP/s", t.as_secs_f64(), *rows as f64 * m / t.as_secs_f64() / 1e9);
     }
 
     // --- plain matmuls of the MLP's shapes, same run: the weight as the MLP stores it

@@ -40,7 +40,10 @@ fn main() -> anyhow::Result<()> {
     let vae_cfg = VarVqVaeConfig::published_with_patch_nums(&cfg.patch_nums);
     let t0 = Instant::now();
     let rnd = RandomWeights::new(0);
-    let model = VarModel::new(VarTransformer::load(&cfg, rnd.var_builder(DType::F32, &dev))?, VarVqVae::load(&vae_cfg, rnd.var_builder(DType::F32, &dev))?)?;
+    let model = VarModel::new(
+        VarTransformer::load(&cfg, rnd.var_builder(DType::F32, &dev))?,
+        VarVqVae::load(&vae_cfg, rnd.var_builder(DType::F32, &dev))?,
+    )?;
     eprintln!("built VAR-d{depth} in {:.1}s; threads {}", t0.elapsed().as_secs_f64(), genbench_runtime::threads::num_threads());
     let s = VarSampling::default();
     for &b in &batches {
@@ -66,7 +69,13 @@ fn main() -> anyhow::Result<()> {
             let t = ts[ts.len() / 2];
             tt += t;
             tf += flops[si];
-            println!("  step {si}: {:8.1} ms {:8.2} GFLOP {:6.1} GFLOP/s ({:3.0}%)", t * 1e3, flops[si] / 1e9, flops[si] / t / 1e9, 100.0 * flops[si] / t / 1e9 / mm);
+            println!(
+                "  step {si}: {:8.1} ms {:8.2} GFLOP {:6.1} GFLOP/s ({:3.0}%)",
+                t * 1e3,
+                flops[si] / 1e9,
+                flops[si] / t / 1e9,
+                100.0 * flops[si] / t / 1e9 / mm
+            );
         }
         println!("  total {:.1} ms, {:.1} GFLOP/s ({:.0}% of matmul)", tt * 1e3, tf / tt / 1e9, 100.0 * tf / tt / 1e9 / mm);
     }

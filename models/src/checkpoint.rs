@@ -138,9 +138,11 @@ impl SimpleBackend for StrictWeights {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self.inner.tensors.get(name).ok_or_else(|| {
-            candle_core::Error::Msg(format!("{}: missing tensor `{name}`", self.inner.source))
-        })?;
+        let t = self
+            .inner
+            .tensors
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: missing tensor `{name}`", self.inner.source)))?;
         self.inner.used.lock().unwrap().insert(name.to_string());
         let t = if t.dtype() != dtype && (t.dtype().is_float() == dtype.is_float()) { t.to_dtype(dtype)? } else { t.clone() };
         t.to_device(dev)
@@ -364,7 +366,11 @@ pub fn compare_keys(requested: &[KeyShape], published: &[KeyShape]) -> Result<()
         problems.push(format!("{} requested tensor(s) not in the published list: {}", extra.len(), list(&extra)));
     }
     if !mismatched.is_empty() {
-        problems.push(format!("{} shape/dtype mismatch(es): {}", mismatched.len(), mismatched.iter().take(10).cloned().collect::<Vec<_>>().join("; ")));
+        problems.push(format!(
+            "{} shape/dtype mismatch(es): {}",
+            mismatched.len(),
+            mismatched.iter().take(10).cloned().collect::<Vec<_>>().join("; ")
+        ));
     }
     if problems.is_empty() {
         Ok(())

@@ -126,8 +126,7 @@ impl ModelRequest {
             }
             return Ok(None);
         }
-        let ckpt =
-            self.ckpt.clone().or(beside.0).with_context(|| format!("needs --ckpt {} (or --random-init for profiling)", what.0))?;
+        let ckpt = self.ckpt.clone().or(beside.0).with_context(|| format!("needs --ckpt {} (or --random-init for profiling)", what.0))?;
         let vae = self.vae.clone().or(beside.1);
         for p in std::iter::once(&ckpt).chain(vae.as_ref()) {
             if !p.is_file() {

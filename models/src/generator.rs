@@ -173,10 +173,7 @@ pub fn to_uint8_nhwc_rounded_from_signed(x: &candle_core::Tensor) -> Result<(Vec
     let (n, c, h, w) = x.dims4()?;
     anyhow::ensure!(c == 3, "expected 3 channels, got {c}");
     let v = x.permute((0, 2, 3, 1))?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let px = v
-        .into_iter()
-        .map(|f| ((((f + 1.0) / 2.0) * 255.0).clamp(0.0, 255.0)).round_ties_even() as u8)
-        .collect();
+    let px = v.into_iter().map(|f| ((((f + 1.0) / 2.0) * 255.0).clamp(0.0, 255.0)).round_ties_even() as u8).collect();
     Ok((px, n, h, w))
 }
 
@@ -216,10 +213,7 @@ mod tests {
 
     #[test]
     fn uint8_conversion_truncates_like_adm() {
-        let x = Tensor::new(&[-1.0f32, -0.5, 0.0, 0.999, 1.0, 2.0], &Device::Cpu)
-            .unwrap()
-            .reshape((1, 3, 1, 2))
-            .unwrap();
+        let x = Tensor::new(&[-1.0f32, -0.5, 0.0, 0.999, 1.0, 2.0], &Device::Cpu).unwrap().reshape((1, 3, 1, 2)).unwrap();
         let (v, n, h, w) = to_uint8_nhwc_from_signed(&x).unwrap();
         assert_eq!((n, h, w), (1, 1, 2));
         // NHWC: pixel 0 = channels (-1, 0, 1), pixel 1 = (-0.5, 0.999, 2.0)

@@ -26,10 +26,10 @@
 //! assert!(err.message.contains("expected one of `cfg`, `top_k`, `top_p`, `more_smooth`"));
 //! ```
 
+pub mod checkpoint;
 pub mod family;
+pub mod flops;
 pub mod generator;
 pub mod generators;
-pub mod checkpoint;
-pub mod flops;
 pub mod nn;
 pub mod tokenizers;

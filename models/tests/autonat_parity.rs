@@ -102,13 +102,7 @@ fn tokenizer_encode_and_decode() {
     let (img, dec_trace) = vq.decode_traced(f.t("vq.codebook_rows")).unwrap();
     assert_close("vq.dec_conv_in", dec_trace.decoder_conv_in.as_ref().unwrap(), f.t("vq.dec_conv_in"), RTOL, ATOL);
     assert_close("vq.dec_mid", dec_trace.decoder_mid.as_ref().unwrap(), f.t("vq.dec_mid"), RTOL, ATOL);
-    assert_close(
-        "vq.dec_up_last_level",
-        dec_trace.decoder_lowest_level.as_ref().unwrap(),
-        f.t("vq.dec_up_last_level"),
-        RTOL,
-        ATOL,
-    );
+    assert_close("vq.dec_up_last_level", dec_trace.decoder_lowest_level.as_ref().unwrap(), f.t("vq.dec_up_last_level"), RTOL, ATOL);
     assert_close("vq.dec_image", &img, f.t("vq.dec_image"), RTOL, ATOL);
     let via_ids = vq.decode_code(f.t("vq.enc_ids")).unwrap();
     assert_close("vq.dec_image (decode_code)", &via_ids, f.t("vq.dec_image"), RTOL, ATOL);
@@ -158,11 +152,7 @@ fn blocks_in_isolation() {
     // Which blocks were isolated is read from the tensor names (`nat.block.in_blocks.{i}.out`).
     let indices = |kind: &str| -> Vec<usize> {
         let prefix = format!("nat.block.{kind}.");
-        let mut v: Vec<usize> = f
-            .io
-            .keys()
-            .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".out")?.parse().ok())
-            .collect();
+        let mut v: Vec<usize> = f.io.keys().filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".out")?.parse().ok()).collect();
         v.sort();
         v
     };

@@ -85,9 +85,24 @@ fn generic_route_runs_no_fast_kernel_and_agrees_with_the_fast_route() {
     println!("fast route: {calls:?}");
     // Each dispatch point records its own kernel: all of them must have run.
     for name in [
-        "ln-modulate", "gated-residual", "split-qkv-heads", "merge-heads", "fused-attention", "linear-rows-bias",
-        "nearest-code", "gelu-tanh", "gelu-erf", "silu", "softmax-last-dim", "add-rows", "upsample-nearest2x",
-        "conv2d-nchw", "group-norm", "group-norm-swish", "top-k-host", "top-p-host",
+        "ln-modulate",
+        "gated-residual",
+        "split-qkv-heads",
+        "merge-heads",
+        "fused-attention",
+        "linear-rows-bias",
+        "nearest-code",
+        "gelu-tanh",
+        "gelu-erf",
+        "silu",
+        "softmax-last-dim",
+        "add-rows",
+        "upsample-nearest2x",
+        "conv2d-nchw",
+        "group-norm",
+        "group-norm-swish",
+        "top-k-host",
+        "top-p-host",
     ] {
         assert!(calls.get(name).copied().unwrap_or(0) > 0, "fast kernel `{name}` did not run on the fast route: {calls:?}");
     }

@@ -207,9 +207,7 @@ fn cached_generation_matches_reference_step_by_step() {
         let guided_ref = f.t(&format!("gen.{tag}.guided_logits"));
         let inputs_ref = f.t(&format!("gen.{tag}.step_input_tokens"));
         let pos_ref = f.ids(&format!("gen.{tag}.step_input_pos"));
-        let guided_flags = f.io.get(&format!("gen.{tag}.step_guided")).map(|t| {
-            t.to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap()
-        });
+        let guided_flags = f.io.get(&format!("gen.{tag}.step_guided")).map(|t| t.to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap());
         for (step, st) in trace.iter().enumerate() {
             assert_eq!(st.raw_logits.dims(), &[rows, f.cfg.gpt.vocab_size]);
             assert_close(&format!("{tag} step {step} raw"), &st.raw_logits, &raw_ref.i(step).unwrap(), ACT_RTOL, 0.0);
@@ -269,7 +267,10 @@ fn bad_inputs_fail_before_sampling() {
     cfg.gpt.n_layer += 1;
     let e = load(cfg.clone()).unwrap();
     let d = cfg.gpt.dim;
-    assert!(e.contains(&format!("`layers.{}.attention.wqkv.weight`", cfg.gpt.n_layer - 1)) && e.contains(&format!("[{}, {d}]", 3 * d)), "{e}");
+    assert!(
+        e.contains(&format!("`layers.{}.attention.wqkv.weight`", cfg.gpt.n_layer - 1)) && e.contains(&format!("[{}, {d}]", 3 * d)),
+        "{e}"
+    );
 
     // A wider model: the first mis-shaped key is named with both shapes. Widened by 4 per head
     // so the config stays valid (dim divisible by n_head, head_dim by 4 for the 2-D RoPE) and

@@ -32,8 +32,7 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use common::{assert_close, assert_same_ids, fixture_dir, load_io, load_json};
 use genbench_models::generator::{StepKind, StepLog};
 use genbench_models::generators::mar::{
-    configs_from_json, load_mar_checkpoint, patchify, unpatchify, CfgSchedule, Mar, MarGenerator, MarSampling,
-    TokenMask,
+    configs_from_json, load_mar_checkpoint, patchify, unpatchify, CfgSchedule, Mar, MarGenerator, MarSampling, TokenMask,
 };
 use genbench_models::generators::mar_diffusion::{DiffusionSchedule, TRAIN_DIFFUSION_STEPS};
 use genbench_models::tokenizers::kl16::{Kl16Config, Kl16Vae};
@@ -244,13 +243,7 @@ fn respaced_schedule_tables_match_reference() {
     let dev = Device::Cpu;
     let as_t = |v: &[f64]| Tensor::new(v, &dev).unwrap();
     let as_t32 = |v: &[f64]| Tensor::new(DiffusionSchedule::f32(v), &dev).unwrap();
-    assert_close(
-        "sched.base1000_alphas_cumprod_f64",
-        &as_t(&base.alphas_cumprod),
-        f.t("sched.base1000_alphas_cumprod_f64"),
-        1e-10,
-        0.0,
-    );
+    assert_close("sched.base1000_alphas_cumprod_f64", &as_t(&base.alphas_cumprod), f.t("sched.base1000_alphas_cumprod_f64"), 1e-10, 0.0);
     let tables: [(&str, &[f64]); 11] = [
         ("betas", &s.betas),
         ("alphas_cumprod", &s.alphas_cumprod),
@@ -440,7 +433,12 @@ fn ddpm_fixed_point_run_matches_reference_step_by_step() {
         let e = err.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         let b = bound.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         let over: Vec<usize> = (0..e.len()).filter(|&j| e[j] > b[j]).collect();
-        assert!(over.is_empty(), "{run}.out: {} elements exceed the derived bound, e.g. {:?}", over.len(), over.iter().take(4).map(|&j| (j, e[j], b[j])).collect::<Vec<_>>());
+        assert!(
+            over.is_empty(),
+            "{run}.out: {} elements exceed the derived bound, e.g. {:?}",
+            over.len(),
+            over.iter().take(4).map(|&j| (j, e[j], b[j])).collect::<Vec<_>>()
+        );
         (e.iter().cloned().fold(0.0, f64::max), b.iter().cloned().fold(0.0, f64::max))
     };
     let max_ref = out.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
@@ -519,11 +517,7 @@ fn sample_tokens_runs_match_reference() {
                 idx.extend(st.mask_to_pred.set_indices().iter().map(|i| i + off));
             }
             let (b2, l, c) = z.dims3().unwrap();
-            let zr = z
-                .reshape((b2 * l, c))
-                .unwrap()
-                .index_select(&Tensor::new(idx.as_slice(), &Device::Cpu).unwrap(), 0)
-                .unwrap();
+            let zr = z.reshape((b2 * l, c)).unwrap().index_select(&Tensor::new(idx.as_slice(), &Device::Cpu).unwrap(), 0).unwrap();
             assert_close(&format!("{} (teacher-forced)", p("z_pred")), &zr, f.t(&p("z_pred")), 1e-5, 1e-4);
         }
         assert_close(&format!("{name}.latents"), &latents, f.t(&format!("{name}.latents")), 1e-5, 0.0);
@@ -535,8 +529,7 @@ fn sample_tokens_runs_match_reference() {
 
         // The observer saw one transformer pass and one MLP denoising per AR step, in order.
         let kinds: Vec<StepKind> = log.records.iter().map(|r| r.kind).collect();
-        let expected: Vec<StepKind> =
-            (0..s.num_iter).flat_map(|_| [StepKind::Transformer, StepKind::DiffusionMlp]).collect();
+        let expected: Vec<StepKind> = (0..s.num_iter).flat_map(|_| [StepKind::Transformer, StepKind::DiffusionMlp]).collect();
         assert_eq!(kinds, expected, "{name}: observed passes");
     }
     assert!(saw_cfg, "the fixture should hold at least one CFG run");

@@ -152,7 +152,8 @@ fn cached_sampling_matches_reference_step_by_step() {
     let pos_ref = f.ids("gen.step_input_pos");
     for (step, st) in trace.iter().enumerate() {
         assert_close(&format!("step {step} logits"), &st.logits, &logits_ref.i(step).unwrap(), ACT_RTOL, 0.0);
-        let want: Vec<u32> = inputs_ref.i(step).unwrap().to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().iter().map(|&x| x as u32).collect();
+        let want: Vec<u32> =
+            inputs_ref.i(step).unwrap().to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().iter().map(|&x| x as u32).collect();
         assert_eq!(st.input_ids, want, "step {step}: consumed ids (step 0 = the class id as a token)");
         assert_eq!(st.input_pos, pos_ref[step] as usize, "step {step}: position");
     }

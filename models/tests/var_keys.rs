@@ -23,8 +23,10 @@ use std::path::PathBuf;
 
 fn published_keys(name: &str) -> Vec<KeyShape> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates =
-        [root.join("../tests/fixtures/reference/checkpoint-keys").join(name), root.join("../../shared/reference/checkpoint-keys").join(name)];
+    let candidates = [
+        root.join("../tests/fixtures/reference/checkpoint-keys").join(name),
+        root.join("../../shared/reference/checkpoint-keys").join(name),
+    ];
     let path = candidates.iter().find(|p| p.is_file()).unwrap_or_else(|| panic!("key list {name} not found in {candidates:?}"));
     eprintln!("published key list: {}", path.display());
     parse_key_list(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -133,7 +135,10 @@ fn missing_or_misshaped_tensors_name_the_key_and_expected_shape() {
     w.insert("head.weight".into(), Tensor::zeros((3, c), DType::F32, &Device::Cpu).unwrap());
     let sw = StrictWeights::new(w, "var.pth");
     let e = VarTransformer::load(&cfg, sw.var_builder(DType::F32, &Device::Cpu)).unwrap_err().to_string();
-    assert!(e.contains("`blocks.0.attn.proj.weight`") && e.contains(&format!("[{c}, {}]", c + 1)) && e.contains(&format!("[{c}, {c}]")), "{e}");
+    assert!(
+        e.contains("`blocks.0.attn.proj.weight`") && e.contains(&format!("[{c}, {}]", c + 1)) && e.contains(&format!("[{c}, {c}]")),
+        "{e}"
+    );
     // Unexpected extra entries are reported after a successful build.
     let mut w = fixture_weights("var.pth");
     w.insert("blocks.99.attn.proj.weight".into(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap());
@@ -152,10 +157,16 @@ fn vae_that_does_not_fit_the_transformer_says_so() {
     let mut vae = fixture_weights("vae.pth");
     vae.insert("quantize.embedding.weight".into(), Tensor::zeros((cfg.vocab_size + 1, cfg.cvae), DType::F32, &Device::Cpu).unwrap());
     let e = check_checkpoints_fit(&cfg, &var, &StrictWeights::new(vae, "big_vae.pth")).unwrap_err().to_string();
-    assert!(e.contains(&format!("codebook of {} entries", cfg.vocab_size + 1)) && e.contains(&format!("predicts {} classes", cfg.vocab_size)), "{e}");
+    assert!(
+        e.contains(&format!("codebook of {} entries", cfg.vocab_size + 1)) && e.contains(&format!("predicts {} classes", cfg.vocab_size)),
+        "{e}"
+    );
     // Number of scales of the VAE.
     let mut vae = fixture_weights("vae.pth");
-    vae.insert("quantize.ema_vocab_hit_SV".into(), Tensor::zeros((cfg.num_scales() + 6, cfg.vocab_size), DType::F32, &Device::Cpu).unwrap());
+    vae.insert(
+        "quantize.ema_vocab_hit_SV".into(),
+        Tensor::zeros((cfg.num_scales() + 6, cfg.vocab_size), DType::F32, &Device::Cpu).unwrap(),
+    );
     let e = check_checkpoints_fit(&cfg, &var, &StrictWeights::new(vae, "vae10.pth")).unwrap_err().to_string();
     assert!(e.contains(&format!("trained for {} scales", cfg.num_scales() + 6)), "{e}");
     // patch_nums of the configuration against the transformer checkpoint.
@@ -176,8 +187,10 @@ fn vae_that_does_not_fit_the_transformer_says_so() {
 #[test]
 fn class_id_out_of_range_fails_before_any_work() {
     let (cfg, vae_cfg) = fixture_configs();
-    let tr = VarTransformer::load(&cfg, StrictWeights::new(fixture_weights("var.pth"), "var.pth").var_builder(DType::F32, &Device::Cpu)).unwrap();
-    let vae = VarVqVae::load(&vae_cfg, StrictWeights::new(fixture_weights("vae.pth"), "vae.pth").var_builder(DType::F32, &Device::Cpu)).unwrap();
+    let tr = VarTransformer::load(&cfg, StrictWeights::new(fixture_weights("var.pth"), "var.pth").var_builder(DType::F32, &Device::Cpu))
+        .unwrap();
+    let vae =
+        VarVqVae::load(&vae_cfg, StrictWeights::new(fixture_weights("vae.pth"), "vae.pth").var_builder(DType::F32, &Device::Cpu)).unwrap();
     let model = VarModel::new(tr, vae).unwrap();
     let mut log = genbench_models::generator::StepLog::default();
     let e = model

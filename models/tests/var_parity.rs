@@ -168,7 +168,11 @@ fn adaln_block_in_isolation() {
         fx.t("blk.cond_BD").clone()
     };
     let m = block.modulation(&cond).unwrap();
-    let rows = Tensor::cat(&[&m.gamma1, &m.gamma2, &(&m.scale1_plus_one - 1.0).unwrap(), &(&m.scale2_plus_one - 1.0).unwrap(), &m.shift1, &m.shift2], 1).unwrap();
+    let rows = Tensor::cat(
+        &[&m.gamma1, &m.gamma2, &(&m.scale1_plus_one - 1.0).unwrap(), &(&m.scale2_plus_one - 1.0).unwrap(), &m.shift1, &m.shift2],
+        1,
+    )
+    .unwrap();
     // (B, 6, C), or (B, 1, 6, C) where a fixture stores `ada_gss + cond_gss` as the reference has it.
     close("blk.ada", &rows.reshape(fx.t("blk.ada").dims()).unwrap(), fx.t("blk.ada"));
     let tr_masked = block.forward_traced(fx.t("blk.x"), &m, Some(fx.t("blk.attn_bias"))).unwrap();

@@ -42,8 +42,7 @@ fn read_pickle(cur: &mut std::io::Cursor<&[u8]>) -> Result<Object> {
 
 impl TorchCheckpoint {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("cannot open checkpoint {}", path.display()))?;
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open checkpoint {}", path.display()))?;
         let mut magic = [0u8; 4];
         let n = (&file).read(&mut magic).unwrap_or(0);
         if n == 4 && magic == LEGACY_MAGIC_PICKLE[..4] {
@@ -62,8 +61,7 @@ impl TorchCheckpoint {
             );
         }
         let file = std::fs::File::open(path)?;
-        let mut zip = zip::ZipArchive::new(BufReader::new(file))
-            .with_context(|| format!("{} is a corrupt zip archive", path.display()))?;
+        let mut zip = zip::ZipArchive::new(BufReader::new(file)).with_context(|| format!("{} is a corrupt zip archive", path.display()))?;
         let pkl_name = zip
             .file_names()
             .filter_map(|n| n.ok().map(|n| n.to_string()))
@@ -74,9 +72,7 @@ impl TorchCheckpoint {
             let reader = zip.by_name(&pkl_name)?;
             let mut reader = BufReader::new(reader);
             let mut stack = Stack::empty();
-            stack
-                .read_loop(&mut reader)
-                .with_context(|| format!("cannot decode the pickle in {}", path.display()))?;
+            stack.read_loop(&mut reader).with_context(|| format!("cannot decode the pickle in {}", path.display()))?;
             stack.finalize().with_context(|| format!("cannot decode the pickle in {}", path.display()))?
         };
         let mut infos = BTreeMap::new();
@@ -176,8 +172,7 @@ impl TorchCheckpoint {
     /// The distinct first path components (`model`, `model_ema`, `state_dict`, ...), to say what
     /// a checkpoint holds when the expected entry is missing.
     pub fn top_level_keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> =
-            self.infos.keys().map(|k| k.split('.').next().unwrap_or("").to_string()).collect();
+        let mut keys: Vec<String> = self.infos.keys().map(|k| k.split('.').next().unwrap_or("").to_string()).collect();
         keys.dedup();
         keys
     }
@@ -318,8 +313,7 @@ fn walk(obj: Object, prefix: String, dir: &Path, out: &mut BTreeMap<String, Tens
 
 /// Loads a safetensors file into a name -> tensor map (used for caches and fixtures).
 pub fn load_safetensors(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
-    let map = candle_core::safetensors::load(path, device)
-        .with_context(|| format!("cannot read safetensors file {}", path.display()))?;
+    let map = candle_core::safetensors::load(path, device).with_context(|| format!("cannot read safetensors file {}", path.display()))?;
     Ok(map.into_iter().collect())
 }
 
@@ -328,13 +322,8 @@ pub fn load_safetensors(path: &Path, device: &Device) -> Result<BTreeMap<String,
 pub fn save_safetensors_atomic(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("out"),
-        std::process::id()
-    ));
-    let map: std::collections::HashMap<String, Tensor> =
-        tensors.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|s| s.to_str()).unwrap_or("out"), std::process::id()));
+    let map: std::collections::HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     candle_core::safetensors::save(&map, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))?;
     Ok(())
@@ -489,5 +478,4 @@ mod tests {
         let e = format!("{:#}", TorchCheckpoint::open(&q).err().unwrap());
         assert!(e.contains("cut.pth") && e.contains("222"), "{e}");
     }
-
 }

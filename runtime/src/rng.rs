@@ -113,8 +113,7 @@ impl RandomSource for SeededSource {
         sample_rows(probs, cols, || self.rng.random::<f64>())
     }
     fn beta(&mut self, numel: usize, alpha: f64, beta: f64) -> Result<Vec<f32>> {
-        let dist = rand_distr::Beta::new(alpha, beta)
-            .map_err(|e| anyhow::anyhow!("beta: invalid parameters ({alpha}, {beta}): {e}"))?;
+        let dist = rand_distr::Beta::new(alpha, beta).map_err(|e| anyhow::anyhow!("beta: invalid parameters ({alpha}, {beta}): {e}"))?;
         Ok((0..numel).map(|_| dist.sample(&mut self.rng) as f32).collect())
     }
 }
@@ -305,11 +304,21 @@ mod tests {
             {
                 struct ViaDefault(SeededSource);
                 impl RandomSource for ViaDefault {
-                    fn normal(&mut self, n: usize) -> Result<Vec<f32>> { self.0.normal(n) }
-                    fn uniform(&mut self, n: usize) -> Result<Vec<f32>> { self.0.uniform(n) }
-                    fn gumbel(&mut self, n: usize) -> Result<Vec<f32>> { self.0.gumbel(n) }
-                    fn permutation(&mut self, n: usize) -> Result<Vec<usize>> { self.0.permutation(n) }
-                    fn categorical(&mut self, p: &[f32], c: usize) -> Result<Vec<u32>> { self.0.categorical(p, c) }
+                    fn normal(&mut self, n: usize) -> Result<Vec<f32>> {
+                        self.0.normal(n)
+                    }
+                    fn uniform(&mut self, n: usize) -> Result<Vec<f32>> {
+                        self.0.uniform(n)
+                    }
+                    fn gumbel(&mut self, n: usize) -> Result<Vec<f32>> {
+                        self.0.gumbel(n)
+                    }
+                    fn permutation(&mut self, n: usize) -> Result<Vec<usize>> {
+                        self.0.permutation(n)
+                    }
+                    fn categorical(&mut self, p: &[f32], c: usize) -> Result<Vec<u32>> {
+                        self.0.categorical(p, c)
+                    }
                 }
                 ViaDefault(SeededSource::new(12)).beta(40_000, 12.0, 3.0).unwrap()
             },

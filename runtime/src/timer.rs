@@ -34,10 +34,7 @@ impl<'a> Stopwatch<'a> {
 }
 
 /// Runs `f` and returns its value with the synchronised wall time.
-pub fn timed<T>(
-    device: &Device,
-    f: impl FnOnce() -> candle_core::Result<T>,
-) -> candle_core::Result<(T, Duration)> {
+pub fn timed<T>(device: &Device, f: impl FnOnce() -> candle_core::Result<T>) -> candle_core::Result<(T, Duration)> {
     let sw = Stopwatch::start(device)?;
     let out = f()?;
     Ok((out, sw.elapsed()?))

@@ -155,12 +155,7 @@ fn run_inception(a: InceptionBenchArgs) -> Result<()> {
     if a.image_size > 0 {
         // End to end: uint8 images -> ADM preprocessing (TF1 resize) -> features.
         let extractor = InceptionExtractor::new_in(
-            ExtractorOptions {
-                preprocess: Preprocess::Adm,
-                device: device.clone(),
-                batch_size: a.batch,
-                weights: source,
-            },
+            ExtractorOptions { preprocess: Preprocess::Adm, device: device.clone(), batch_size: a.batch, weights: source },
             &cache_dir,
         )?;
         let s = a.image_size;

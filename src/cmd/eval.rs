@@ -13,10 +13,12 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use genbench_metrics::checks::{class_sorted_warning_from_labels, rank_deficiency_warning};
-use genbench_metrics::evaluate::{collect_features, evaluate, EvalOptions, Evaluation, FeatureNeeds, ImageSource, Metric, ProgressLine, Reference};
+use genbench_metrics::convention::Convention;
+use genbench_metrics::evaluate::{
+    collect_features, evaluate, EvalOptions, Evaluation, FeatureNeeds, ImageSource, Metric, ProgressLine, Reference,
+};
 use genbench_metrics::features::{ExtractorOptions, InceptionExtractor};
 use genbench_metrics::inception::WeightsSource;
-use genbench_metrics::convention::Convention;
 use genbench_metrics::npz;
 use genbench_metrics::precision_recall::{DistancePrecision, PrConfig};
 use genbench_metrics::preprocess::Preprocess;

@@ -135,10 +135,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let opts = ProcessOptions { shard, stop_after_batches: args.stop_after_batches };
     let report = job.sample(&parts, opts, &mut make_generator, &mut make_extractor)?;
     if report.stopped {
-        eprintln!(
-            "stopped after {} batch(es) as asked; run the same command again to continue",
-            report.batches_sampled
-        );
+        eprintln!("stopped after {} batch(es) as asked; run the same command again to continue", report.batches_sampled);
         return Ok(());
     }
 

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
-use genbench_harness::runner::{format_plan, matmul_gflops_probe, plan, run_suite, RunnerOptions};
 use genbench_harness::report::verdicts;
+use genbench_harness::runner::{format_plan, matmul_gflops_probe, plan, run_suite, RunnerOptions};
 
 use super::DeviceArgs;
 use genbench_harness::suite::Suite;

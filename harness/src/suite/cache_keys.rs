@@ -12,14 +12,7 @@ impl Run {
     /// path do not hit a stale cache. Batch size is included because samplers draw noise per
     /// batch. `None` for runs that generate nothing (metric checks).
     pub fn sample_cache_key(&self, weight_hashes: &BTreeMap<String, String>) -> Option<String> {
-        let Task::Generate {
-            model,
-            samples,
-            batch,
-            seeds,
-            ..
-        } = &self.task
-        else {
+        let Task::Generate { model, samples, batch, seeds, .. } = &self.task else {
             return None;
         };
         let identity = serde_json::json!({
@@ -40,12 +33,7 @@ impl Run {
 
     /// Key of the Inception features of the samples: the sample key plus what changes features.
     pub fn feature_cache_key(&self, sample_key: &str) -> Option<String> {
-        let Task::Generate {
-            evaluator,
-            eval_resolution,
-            ..
-        } = &self.task
-        else {
+        let Task::Generate { evaluator, eval_resolution, .. } = &self.task else {
             return None;
         };
         let identity = serde_json::json!({
@@ -58,9 +46,7 @@ impl Run {
     }
 }
 
-
 /// First 16 hex digits of SHA-256: short enough for directory names, far from colliding.
 pub(super) fn short_hash(text: &str) -> String {
     genbench_runtime::hash::sha256_bytes(text.as_bytes())[..16].to_string()
 }
-

@@ -32,15 +32,7 @@ impl fmt::Display for SuiteError {
             match (p.line, p.key.is_empty()) {
                 (0, _) => write!(f, "{}: {}", self.file.display(), p.message)?,
                 (_, true) => write!(f, "{}:{}:{}: {}", self.file.display(), p.line, p.column, p.message)?,
-                _ => write!(
-                    f,
-                    "{}:{}:{}: {}: {}",
-                    self.file.display(),
-                    p.line,
-                    p.column,
-                    p.key,
-                    p.message
-                )?,
+                _ => write!(f, "{}:{}:{}: {}: {}", self.file.display(), p.line, p.column, p.key, p.message)?,
             }
         }
         Ok(())
@@ -70,12 +62,7 @@ impl<'a> Locator<'a> {
 
     /// The key path of the innermost entry starting at or before `offset`.
     pub(super) fn path_at(&self, offset: usize) -> String {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(start, _)| *start <= offset)
-            .map(|(_, p)| p.clone())
-            .unwrap_or_default()
+        self.entries.iter().rev().find(|(start, _)| *start <= offset).map(|(_, p)| p.clone()).unwrap_or_default()
     }
 
     /// Offset of `path`, or of its nearest ancestor that is written in the file.
@@ -177,4 +164,3 @@ fn collect_value(value: &toml_edit::Value, path: &str, out: &mut Vec<(usize, Str
         _ => {}
     }
 }
-

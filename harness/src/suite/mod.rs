@@ -260,12 +260,7 @@ impl Suite {
     pub fn load(path: &Path) -> Result<Suite, SuiteError> {
         let text = std::fs::read_to_string(path).map_err(|e| SuiteError {
             file: path.to_path_buf(),
-            problems: vec![Problem {
-                line: 0,
-                column: 0,
-                key: String::new(),
-                message: format!("cannot read: {e}"),
-            }],
+            problems: vec![Problem { line: 0, column: 0, key: String::new(), message: format!("cannot read: {e}") }],
         })?;
         Suite::parse(path, &text, &|name| std::env::var(name).ok())
     }
@@ -273,27 +268,14 @@ impl Suite {
     /// Parses and validates `text` as if read from `path`; `env` looks up `${VAR}`s.
     pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Suite, SuiteError> {
         let locator = Locator::new(text);
-        let fail = |problems: Vec<Problem>| SuiteError {
-            file: path.to_path_buf(),
-            problems,
-        };
+        let fail = |problems: Vec<Problem>| SuiteError { file: path.to_path_buf(), problems };
         let file: SuiteFile = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             let (line, column) = locator.line_col(offset);
-            fail(vec![Problem {
-                line,
-                column,
-                key: locator.path_at(offset),
-                message: e.message().to_string(),
-            }])
+            fail(vec![Problem { line, column, key: locator.path_at(offset), message: e.message().to_string() }])
         })?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut v = Validator {
-            locator: &locator,
-            problems: Vec::new(),
-            base_dir: &base_dir,
-            env,
-        };
+        let mut v = Validator { locator: &locator, problems: Vec::new(), base_dir: &base_dir, env };
         let suite = v.suite(path, file);
         if v.problems.is_empty() {
             Ok(suite)
@@ -309,10 +291,7 @@ impl Suite {
         if only.is_empty() {
             return Ok(self.runs.iter().collect());
         }
-        let unknown: Vec<&String> = only
-            .iter()
-            .filter(|id| !self.runs.iter().any(|r| &r.id == *id))
-            .collect();
+        let unknown: Vec<&String> = only.iter().filter(|id| !self.runs.iter().any(|r| &r.id == *id)).collect();
         if !unknown.is_empty() {
             return Err(format!(
                 "{}: no run with id {}; the runs are: {}",
@@ -359,7 +338,8 @@ mod tests {
         let e = load_error(&profile_suite("var", "var-d99", "cfg = 1.5"));
         assert!(e.contains("run[0].model: unknown Var model `var-d99`"), "{e}");
         // AutoNAT's strategy file is an input: resolved against the suite folder, not a load error.
-        let suite = Suite::parse(Path::new("/s/s.toml"), &profile_suite("auto_nat", "autonat-l", "strategy = \"t8.yaml\""), &|_| None).unwrap();
+        let suite =
+            Suite::parse(Path::new("/s/s.toml"), &profile_suite("auto_nat", "autonat-l", "strategy = \"t8.yaml\""), &|_| None).unwrap();
         let model = suite.runs[0].model_spec().unwrap();
         assert_eq!(model.sampler["strategy"], "/s/t8.yaml");
         assert!(suite.runs[0].missing_inputs().iter().any(|m| m.contains("sampler strategy") && m.contains("/s/t8.yaml")));
@@ -371,10 +351,7 @@ mod tests {
         assert_eq!(expand_env("${W}/var/d16.pth", &env).unwrap(), "/weights/var/d16.pth");
         assert_eq!(expand_env("${MISSING:-w}/x", &env).unwrap(), "w/x");
         assert_eq!(expand_env("$HOME/x", &env).unwrap(), "$HOME/x");
-        assert_eq!(
-            expand_env("${MISSING}/x", &env),
-            Err(ExpandError::Unset("MISSING".into()))
-        );
+        assert_eq!(expand_env("${MISSING}/x", &env), Err(ExpandError::Unset("MISSING".into())));
         assert!(matches!(expand_env("${W/x", &env), Err(ExpandError::Syntax(_))));
         assert!(matches!(expand_env("${}/x", &env), Err(ExpandError::Syntax(_))));
     }
@@ -399,4 +376,3 @@ mod tests {
         assert_eq!(parent_path(""), None);
     }
 }
-

@@ -25,21 +25,13 @@ impl Validator<'_> {
     fn problem(&mut self, key: &str, message: impl Into<String>) {
         let offset = self.locator.offset_of(key);
         let (line, column) = self.locator.line_col(offset);
-        self.problems.push(Problem {
-            line,
-            column,
-            key: key.to_string(),
-            message: message.into(),
-        });
+        self.problems.push(Problem { line, column, key: key.to_string(), message: message.into() });
     }
 
     pub(super) fn suite(&mut self, path: &Path, file: SuiteFile) -> Suite {
         let name = file.suite.name.trim().to_string();
         if !is_identifier(&name) {
-            self.problem(
-                "suite.name",
-                format!("`{name}` is used as a directory name: use letters, digits, `-`, `_` or `.`"),
-            );
+            self.problem("suite.name", format!("`{name}` is used as a directory name: use letters, digits, `-`, `_` or `.`"));
         }
         if file.run.is_empty() {
             self.problem("suite", "the suite has no [[run]]");
@@ -49,10 +41,7 @@ impl Validator<'_> {
             self.problem("defaults.id", "`id` cannot have a default: each run needs its own");
         }
         if defaults.published.is_some() {
-            self.problem(
-                "defaults.published",
-                "`published` cannot have a default: it belongs to one run",
-            );
+            self.problem("defaults.published", "`published` cannot have a default: it belongs to one run");
         }
         let papers_dir = self.base_dir.join(file.suite.papers.as_deref().unwrap_or("papers"));
         let mut papers = PaperLibrary::new(papers_dir);
@@ -66,12 +55,7 @@ impl Validator<'_> {
             }
         }
         self.cross_checks(&runs, &all_ids);
-        Suite {
-            path: path.to_path_buf(),
-            name,
-            description: file.suite.description,
-            runs,
-        }
+        Suite { path: path.to_path_buf(), name, description: file.suite.description, runs }
     }
 
     fn require<T>(&mut self, key: &str, field: &str, value: Option<T>) -> Option<T> {
@@ -85,10 +69,7 @@ impl Validator<'_> {
     fn forbid(&mut self, key: &str, kind: RunKind, fields: &[(&str, bool)]) {
         for (field, set) in fields {
             if *set {
-                self.problem(
-                    &format!("{key}.{field}"),
-                    format!("`{field}` does not apply to a {} run", kind_name(kind)),
-                );
+                self.problem(&format!("{key}.{field}"), format!("`{field}` does not apply to a {} run", kind_name(kind)));
             }
         }
     }
@@ -105,29 +86,20 @@ impl Validator<'_> {
                 Err(why)
             }
         };
-        PathSpec {
-            raw: raw.to_string(),
-            resolved,
-        }
+        PathSpec { raw: raw.to_string(), resolved }
     }
 
     fn run(&mut self, index: usize, key: &str, t: RunTable, papers: &mut PaperLibrary) -> Option<Run> {
         let line = self.locator.line_col(self.locator.offset_of(key)).0;
         let id = self.require(key, "id", t.id.clone())?;
         if !is_identifier(&id) {
-            self.problem(
-                &format!("{key}.id"),
-                format!("`{id}`: use letters, digits, `-`, `_` or `.`"),
-            );
+            self.problem(&format!("{key}.id"), format!("`{id}`: use letters, digits, `-`, `_` or `.`"));
         }
         let kind = t.kind.unwrap_or_default();
         let n_before = self.problems.len();
 
         let metrics = match kind {
-            RunKind::Profile => t
-                .metrics
-                .clone()
-                .unwrap_or_else(|| vec![Metric::SecPerImage, Metric::GflopPerImage]),
+            RunKind::Profile => t.metrics.clone().unwrap_or_else(|| vec![Metric::SecPerImage, Metric::GflopPerImage]),
             _ => self.require(key, "metrics", t.metrics.clone()).unwrap_or_default(),
         };
         if metrics.is_empty() {
@@ -140,10 +112,7 @@ impl Validator<'_> {
                 RunKind::MetricCheck => m.is_image_metric(),
             };
             if !allowed {
-                self.problem(
-                    &format!("{key}.metrics[{i}]"),
-                    format!("`{m}` cannot be measured by a {} run", kind_name(kind)),
-                );
+                self.problem(&format!("{key}.metrics[{i}]"), format!("`{m}` cannot be measured by a {} run", kind_name(kind)));
             }
             if metrics[..i].contains(m) {
                 self.problem(&format!("{key}.metrics[{i}]"), format!("`{m}` is listed twice"));
@@ -151,10 +120,7 @@ impl Validator<'_> {
         }
         if let Some(m) = metrics.iter().find(|m| m.relative_base().is_some()) {
             if t.relative_to.is_none() {
-                self.problem(
-                    &format!("{key}.metrics"),
-                    format!("`{m}` needs `relative_to` = the id of the run it is relative to"),
-                );
+                self.problem(&format!("{key}.metrics"), format!("`{m}` needs `relative_to` = the id of the run it is relative to"));
             }
         } else if t.relative_to.is_some() {
             self.problem(
@@ -170,10 +136,7 @@ impl Validator<'_> {
         };
         // A task that could not be built has reported why; the published section is checked
         // anyway so that one pass shows every problem of the run.
-        let published = t
-            .published
-            .as_ref()
-            .and_then(|p| self.published(key, p, &metrics, papers));
+        let published = t.published.as_ref().and_then(|p| self.published(key, p, &metrics, papers));
         if self.problems.len() > n_before {
             return None;
         }
@@ -192,15 +155,7 @@ impl Validator<'_> {
     fn generate_task(&mut self, key: &str, t: &RunTable, metrics: &[Metric]) -> Option<Task> {
         let kind = RunKind::Generate;
         let model = self.model_spec(key, t, kind);
-        self.forbid(
-            key,
-            kind,
-            &[
-                ("profile", t.profile.is_some()),
-                ("images", t.images.is_some()),
-                ("split_at", t.split_at.is_some()),
-            ],
-        );
+        self.forbid(key, kind, &[("profile", t.profile.is_some()), ("images", t.images.is_some()), ("split_at", t.split_at.is_some())]);
         if t.random_weights == Some(true) {
             self.problem(
                 &format!("{key}.random_weights"),
@@ -219,10 +174,7 @@ impl Validator<'_> {
             Some(raw) => Some(self.path(&format!("{key}.reference"), raw)),
             None => {
                 if let Some(m) = metrics.iter().find(|m| m.needs_reference()) {
-                    self.problem(
-                        key,
-                        format!("missing `reference` (the reference batch `{m}` compares against)"),
-                    );
+                    self.problem(key, format!("missing `reference` (the reference batch `{m}` compares against)"));
                 }
                 None
             }
@@ -260,23 +212,14 @@ impl Validator<'_> {
         let p = t.profile.clone().unwrap_or_default();
         let pk = format!("{key}.profile");
         let batches = p.batches.clone().or(t.batch.map(|b| vec![b]));
-        let batches = self
-            .require(key, "batch` or `profile.batches", batches)
-            .unwrap_or_default();
+        let batches = self.require(key, "batch` or `profile.batches", batches).unwrap_or_default();
         if batches.is_empty() || batches.contains(&0) {
-            self.problem(
-                &format!("{pk}.batches"),
-                "batch sizes must be positive and at least one is needed",
-            );
+            self.problem(&format!("{pk}.batches"), "batch sizes must be positive and at least one is needed");
         }
         if p.repeats == Some(0) {
             self.problem(&format!("{pk}.repeats"), "must be at least 1");
         }
-        let resolutions = p
-            .resolutions
-            .clone()
-            .or(model.as_ref().map(|m| vec![m.resolution]))
-            .unwrap_or_default();
+        let resolutions = p.resolutions.clone().or(model.as_ref().map(|m| vec![m.resolution])).unwrap_or_default();
         if let Some(fi) = self.family_impl(&model) {
             for (i, r) in resolutions.iter().enumerate() {
                 self.resolution(&format!("{pk}.resolutions[{i}]"), *r, fi);
@@ -321,17 +264,10 @@ impl Validator<'_> {
         if t.images.is_some() && images.is_empty() {
             self.problem(&format!("{key}.images"), "needs at least one image file");
         }
-        let images: Vec<PathSpec> = images
-            .iter()
-            .enumerate()
-            .map(|(i, raw)| self.path(&format!("{key}.images[{i}]"), raw))
-            .collect();
+        let images: Vec<PathSpec> = images.iter().enumerate().map(|(i, raw)| self.path(&format!("{key}.images[{i}]"), raw)).collect();
         let split_at = self.require(key, "split_at", t.split_at);
         if split_at == Some(0) {
-            self.problem(
-                &format!("{key}.split_at"),
-                "must be at least 1 (the size of the reference set)",
-            );
+            self.problem(&format!("{key}.split_at"), "must be at least 1 (the size of the reference set)");
         }
         Some(Task::MetricCheck {
             images,
@@ -350,39 +286,23 @@ impl Validator<'_> {
         let resolution = self.require(key, "resolution", t.resolution);
         let weights = match (&t.checkpoint, t.random_weights.unwrap_or(false)) {
             (Some(_), true) => {
-                self.problem(
-                    &format!("{key}.random_weights"),
-                    "give either `checkpoint` or `random_weights = true`, not both",
-                );
+                self.problem(&format!("{key}.random_weights"), "give either `checkpoint` or `random_weights = true`, not both");
                 None
             }
             (Some(raw), false) => {
                 let checkpoint = self.path(&format!("{key}.checkpoint"), raw);
-                let tokenizer = t
-                    .tokenizer
-                    .as_ref()
-                    .map(|raw| self.path(&format!("{key}.tokenizer"), raw));
+                let tokenizer = t.tokenizer.as_ref().map(|raw| self.path(&format!("{key}.tokenizer"), raw));
                 Some(Weights::Checkpoint { checkpoint, tokenizer })
             }
             (None, true) => {
                 if t.tokenizer.is_some() {
-                    self.problem(
-                        &format!("{key}.tokenizer"),
-                        "random weights include the tokenizer; remove `tokenizer`",
-                    );
+                    self.problem(&format!("{key}.tokenizer"), "random weights include the tokenizer; remove `tokenizer`");
                 }
                 Some(Weights::Random)
             }
             (None, false) => {
-                let hint = if kind == RunKind::Profile {
-                    " or `random_weights = true`"
-                } else {
-                    ""
-                };
-                self.problem(
-                    key,
-                    format!("missing `checkpoint`{hint} (set it in the run or in [defaults])"),
-                );
+                let hint = if kind == RunKind::Profile { " or `random_weights = true`" } else { "" };
+                self.problem(key, format!("missing `checkpoint`{hint} (set it in the run or in [defaults])"));
                 None
             }
         };
@@ -429,10 +349,7 @@ impl Validator<'_> {
         }
         if let (Some(w), Some(h)) = (arch.width, arch.heads) {
             if h > 0 && !w.is_multiple_of(h) {
-                self.problem(
-                    &format!("{key}.arch.heads"),
-                    format!("width {w} is not divisible by {h} heads"),
-                );
+                self.problem(&format!("{key}.arch.heads"), format!("width {w} is not divisible by {h} heads"));
             }
         }
 
@@ -467,34 +384,20 @@ impl Validator<'_> {
         model.as_ref().and_then(|m| family_of(m.family, &m.model, self.base_dir).ok())
     }
 
-    fn published(
-        &mut self,
-        key: &str,
-        p: &PublishedTable,
-        metrics: &[Metric],
-        papers: &mut PaperLibrary,
-    ) -> Option<Published> {
+    fn published(&mut self, key: &str, p: &PublishedTable, metrics: &[Metric], papers: &mut PaperLibrary) -> Option<Published> {
         let pk = format!("{key}.published");
         if p.tolerance.is_empty() {
-            self.problem(
-                &format!("{pk}.tolerance"),
-                "no metric to compare; add e.g. `fid = { abs = 0.2 }`",
-            );
+            self.problem(&format!("{pk}.tolerance"), "no metric to compare; add e.g. `fid = { abs = 0.2 }`");
         }
         let mut tolerances = Vec::new();
         for (metric, tt) in &p.tolerance {
             let tk = format!("{pk}.tolerance.{metric}");
             if !metrics.contains(metric) {
-                self.problem(
-                    &tk,
-                    format!("`{metric}` has a tolerance but is not in this run's metrics"),
-                );
+                self.problem(&tk, format!("`{metric}` has a tolerance but is not in this run's metrics"));
                 continue;
             }
-            let given: Vec<(&str, f64)> = [("abs", tt.abs), ("rel", tt.rel), ("factor", tt.factor)]
-                .into_iter()
-                .filter_map(|(n, v)| v.map(|v| (n, v)))
-                .collect();
+            let given: Vec<(&str, f64)> =
+                [("abs", tt.abs), ("rel", tt.rel), ("factor", tt.factor)].into_iter().filter_map(|(n, v)| v.map(|v| (n, v))).collect();
             let tolerance = match given.as_slice() {
                 [("abs", v)] if *v >= 0.0 && v.is_finite() => Some(Tolerance::Abs(*v)),
                 [("rel", v)] if *v > 0.0 && v.is_finite() => Some(Tolerance::Rel(*v)),
@@ -505,10 +408,7 @@ impl Validator<'_> {
                         "rel" => "> 0 (a fraction: 0.05 is 5%)",
                         _ => ">= 1",
                     };
-                    self.problem(
-                        &format!("{tk}.{name}"),
-                        format!("{v} is out of range: {name} must be {need}"),
-                    );
+                    self.problem(&format!("{tk}.{name}"), format!("{v} is out of range: {name} must be {need}"));
                     None
                 }
                 _ => {
@@ -523,15 +423,8 @@ impl Validator<'_> {
 
         match (&p.table, &p.row, &p.json) {
             (Some(table), Some(row), None) => {
-                let row_key: BTreeMap<String, String> = row
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()),
-                        )
-                    })
-                    .collect();
+                let row_key: BTreeMap<String, String> =
+                    row.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect();
                 let table = match papers.table(table) {
                     Ok(t) => t,
                     Err(e) => {
@@ -546,11 +439,7 @@ impl Validator<'_> {
                         return None;
                     }
                 };
-                let described = row_key
-                    .iter()
-                    .map(|(k, v)| format!("{k} = \"{v}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let described = row_key.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect::<Vec<_>>().join(", ");
                 let source = format!("{}.csv line {} ({described})", table.name, table.rows[index].line);
                 let citation = table.source(index).map(str::to_string);
                 let mut targets = Vec::new();
@@ -577,11 +466,7 @@ impl Validator<'_> {
                 for (k, m) in problems {
                     self.problem(&k, m);
                 }
-                Some(Published {
-                    source,
-                    citation,
-                    targets,
-                })
+                Some(Published { source, citation, targets })
             }
             (None, None, Some(json)) => {
                 let spec = self.path(&format!("{pk}.json"), json);
@@ -605,10 +490,7 @@ impl Validator<'_> {
                 let mut targets = Vec::new();
                 for (metric, tolerance, tt, tk) in &tolerances {
                     if tt.column.is_some() {
-                        self.problem(
-                            &format!("{tk}.column"),
-                            "`column` is for paper tables; use `pointer` with a json source",
-                        );
+                        self.problem(&format!("{tk}.column"), "`column` is for paper tables; use `pointer` with a json source");
                         continue;
                     }
                     let Some(pointer) = &tt.pointer else {
@@ -622,37 +504,21 @@ impl Validator<'_> {
                             tolerance: *tolerance,
                             origin: format!("{} {pointer}", path.file_name().and_then(|n| n.to_str()).unwrap_or("")),
                         }),
-                        None => self.problem(
-                            &format!("{tk}.pointer"),
-                            format!("{pointer} is not a number in {}", path.display()),
-                        ),
+                        None => self.problem(&format!("{tk}.pointer"), format!("{pointer} is not a number in {}", path.display())),
                     }
                 }
-                Some(Published {
-                    source: path.display().to_string(),
-                    citation: None,
-                    targets,
-                })
+                Some(Published { source: path.display().to_string(), citation: None, targets })
             }
             (Some(_), None, None) => {
-                self.problem(
-                    &pk,
-                    "missing `row` (the columns and values that pick the row, e.g. { model = \"VAR-d16\" })",
-                );
+                self.problem(&pk, "missing `row` (the columns and values that pick the row, e.g. { model = \"VAR-d16\" })");
                 None
             }
             (None, Some(_), None) => {
-                self.problem(
-                    &pk,
-                    "missing `table` (a file name in the papers directory, without .csv)",
-                );
+                self.problem(&pk, "missing `table` (a file name in the papers directory, without .csv)");
                 None
             }
             _ => {
-                self.problem(
-                    &pk,
-                    "give either `table` and `row` (a paper table) or `json` (known values)",
-                );
+                self.problem(&pk, "give either `table` and `row` (a paper table) or `json` (known values)");
                 None
             }
         }
@@ -663,28 +529,19 @@ impl Validator<'_> {
     fn cross_checks(&mut self, runs: &[Run], all_ids: &[String]) {
         for (i, run) in runs.iter().enumerate() {
             if runs[..i].iter().any(|r| r.id == run.id) {
-                self.problem(
-                    &format!("run[{}].id", run.index),
-                    format!("id `{}` is used by an earlier run", run.id),
-                );
+                self.problem(&format!("run[{}].id", run.index), format!("id `{}` is used by an earlier run", run.id));
             }
             let Some(target) = &run.relative_to else { continue };
             let key = format!("run[{}].relative_to", run.index);
             match runs.iter().find(|r| &r.id == target) {
                 // A run that exists but failed validation has its own problems reported.
                 None if all_ids.contains(target) => {}
-                None => self.problem(
-                    &key,
-                    format!("no run has id `{target}`; the runs are: {}", all_ids.join(", ")),
-                ),
+                None => self.problem(&key, format!("no run has id `{target}`; the runs are: {}", all_ids.join(", "))),
                 Some(r) if r.id == run.id => self.problem(&key, "a run cannot be relative to itself"),
                 Some(r) => {
                     for m in run.metrics.iter().filter_map(|m| m.relative_base()) {
                         if !r.metrics.contains(&m) {
-                            self.problem(
-                                &key,
-                                format!("run `{target}` does not measure `{m}`, which this run divides by"),
-                            );
+                            self.problem(&key, format!("run `{target}` does not measure `{m}`, which this run divides by"));
                         }
                     }
                 }
@@ -702,9 +559,7 @@ fn kind_name(kind: RunKind) -> &'static str {
 }
 
 pub(super) fn is_identifier(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -720,9 +575,7 @@ pub fn expand_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Str
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| ExpandError::Syntax("unterminated `${`".into()))?;
+        let end = after.find('}').ok_or_else(|| ExpandError::Syntax("unterminated `${`".into()))?;
         let inner = &after[..end];
         let (name, default) = match inner.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
@@ -741,4 +594,3 @@ pub fn expand_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Str
     out.push_str(rest);
     Ok(out)
 }
-

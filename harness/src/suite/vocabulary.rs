@@ -54,4 +54,3 @@ pub enum Evaluator {
     TorchFidelity,
     CleanFid,
 }
-

@@ -14,8 +14,8 @@
 //!   threads the GEMMs themselves run in parallel instead.
 
 use super::network::{
-    layer_geometry, BlockKind, NetOutput, BLOCKS, INPUT_SIZE, LAYERS, LOGITS_DIM, POOL3_DIM, SPATIAL_CHANNELS,
-    SPATIAL_DIM, SPATIAL_TAP_BLOCK,
+    layer_geometry, BlockKind, NetOutput, BLOCKS, INPUT_SIZE, LAYERS, LOGITS_DIM, POOL3_DIM, SPATIAL_CHANNELS, SPATIAL_DIM,
+    SPATIAL_TAP_BLOCK,
 };
 use super::weights::FoldedWeights;
 use anyhow::{anyhow, bail, Result};
@@ -388,20 +388,8 @@ impl GemmInception {
                     }
                 }
             }
-            convs.insert(
-                *name,
-                GemmConv {
-                    kh: f.kh,
-                    kw: f.kw,
-                    stride,
-                    pad_h,
-                    pad_w,
-                    cin: f.cin,
-                    cout: f.cout,
-                    w_kn,
-                    bias: f.bias.clone(),
-                },
-            );
+            convs
+                .insert(*name, GemmConv { kh: f.kh, kw: f.kw, stride, pad_h, pad_w, cin: f.cin, cout: f.cout, w_kn, bias: f.bias.clone() });
         }
         let mut fused = HashMap::new();
         for (block, kind) in BLOCKS {
@@ -437,11 +425,7 @@ impl GemmInception {
     fn conv_to(&self, name: &str, x: View, out: &mut Act, off: usize, par: Parallelism) -> Result<usize> {
         let l = self.layer(name);
         let stride = out.c;
-        timed_macs(
-            || name.to_string(),
-            l.macs(x.n, x.h, x.w),
-            || conv_into(l, x, Dst { data: &mut out.data, stride, off }, par),
-        )?;
+        timed_macs(|| name.to_string(), l.macs(x.n, x.h, x.w), || conv_into(l, x, Dst { data: &mut out.data, stride, off }, par))?;
         Ok(off + l.cout)
     }
 
@@ -603,8 +587,7 @@ impl GemmInception {
             return self.forward_group(x, n, par);
         }
         // Image-parallel: split into `threads` contiguous groups of near-equal size.
-        let groups: Vec<(usize, usize)> =
-            (0..threads).map(|g| (g * n / threads, (g + 1) * n / threads)).filter(|(a, b)| b > a).collect();
+        let groups: Vec<(usize, usize)> = (0..threads).map(|g| (g * n / threads, (g + 1) * n / threads)).filter(|(a, b)| b > a).collect();
         let parts: Vec<NetOutput> = groups
             .par_iter()
             .map(|&(a, b)| self.forward_group(&x[a * per_image..b * per_image], b - a, Parallelism::None))

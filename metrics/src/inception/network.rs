@@ -143,8 +143,7 @@ pub fn conv_layer_names() -> Vec<&'static str> {
 
 /// Stride and per-axis padding of a layer, given its kernel size.
 pub fn layer_geometry(name: &str, kh: usize, kw: usize) -> Result<(usize, usize, usize)> {
-    let (_, stride, padding) =
-        LAYERS.iter().find(|(n, _, _)| *n == name).ok_or_else(|| anyhow!("unknown Inception layer {name}"))?;
+    let (_, stride, padding) = LAYERS.iter().find(|(n, _, _)| *n == name).ok_or_else(|| anyhow!("unknown Inception layer {name}"))?;
     Ok(match padding {
         Padding::Valid => (*stride, 0, 0),
         Padding::Same => (*stride, (kh - 1) / 2, (kw - 1) / 2),
@@ -238,9 +237,7 @@ impl CandleInception {
         let y = if c.pad_h == c.pad_w {
             x.conv2d(&c.weight, c.pad_h, c.stride, 1, 1)?
         } else {
-            x.pad_with_zeros(2, c.pad_h, c.pad_h)?
-                .pad_with_zeros(3, c.pad_w, c.pad_w)?
-                .conv2d(&c.weight, 0, c.stride, 1, 1)?
+            x.pad_with_zeros(2, c.pad_h, c.pad_h)?.pad_with_zeros(3, c.pad_w, c.pad_w)?.conv2d(&c.weight, 0, c.stride, 1, 1)?
         };
         Ok(y.broadcast_add(&c.bias)?.relu()?)
     }
@@ -299,10 +296,7 @@ impl CandleInception {
                 vec![
                     branch1x1,
                     self.chain(&seq(&["tower.conv", "tower.conv_1", "tower.conv_2"]), x)?,
-                    self.chain(
-                        &seq(&["tower_1.conv", "tower_1.conv_1", "tower_1.conv_2", "tower_1.conv_3", "tower_1.conv_4"]),
-                        x,
-                    )?,
+                    self.chain(&seq(&["tower_1.conv", "tower_1.conv_1", "tower_1.conv_2", "tower_1.conv_3", "tower_1.conv_4"]), x)?,
                     self.conv(&p("tower_2.conv"), &self.avg_pool_exclude_pad(x)?)?,
                 ]
             }
@@ -346,8 +340,7 @@ impl CandleInception {
         let tap = tap.ok_or_else(|| anyhow!("the sFID tap block did not run"))?;
         let n = tap.dim(0)?;
         // NHWC flatten order: idx = (h*17 + w)*7 + c, as ADM's reference statistics use.
-        let spatial =
-            tap.narrow(1, 0, SPATIAL_CHANNELS)?.permute((0, 2, 3, 1))?.contiguous()?.reshape((n, SPATIAL_DIM))?;
+        let spatial = tap.narrow(1, 0, SPATIAL_CHANNELS)?.permute((0, 2, 3, 1))?.contiguous()?.reshape((n, SPATIAL_DIM))?;
         let logits = match &self.fc_t {
             Some(w) => Some(pool3.matmul(w)?),
             None => None,
@@ -357,8 +350,7 @@ impl CandleInception {
 
     /// Forward pass on normalised NHWC input held on the host.
     pub fn forward_nhwc(&self, x: &[f32], n: usize) -> Result<NetOutput> {
-        let t =
-            Tensor::from_slice(x, (n, INPUT_SIZE, INPUT_SIZE, 3), &self.device)?.permute((0, 3, 1, 2))?.contiguous()?;
+        let t = Tensor::from_slice(x, (n, INPUT_SIZE, INPUT_SIZE, 3), &self.device)?.permute((0, 3, 1, 2))?.contiguous()?;
         let (pool3, spatial, logits) = self.forward_nchw(&t)?;
         let host = |t: Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
         Ok(NetOutput { pool3: host(pool3)?, spatial: host(spatial)?, logits: logits.map(host).transpose()? })

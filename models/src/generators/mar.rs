@@ -13,13 +13,12 @@
 //! `permutation(seq_len)` (image 0 first), then per AR step the diffusion head's Gaussian draws.
 
 use super::mar_diffusion::{load_diffusion_head, DiffusionHead, DiffusionHeadConfig};
-use crate::generator::{
-    record_step, to_uint8_nhwc_rounded_from_signed, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize,
-    StepRecord,
-};
 use crate::checkpoint::StrictWeights;
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
+use crate::generator::{
+    record_step, to_uint8_nhwc_rounded_from_signed, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord, StepSize,
+};
 use crate::nn::block::PreNormBlock;
 use crate::nn::norm::LayerNorm;
 use crate::tokenizers::kl16::{Kl16Config, Kl16Vae};
@@ -98,10 +97,7 @@ impl MarConfig {
     /// constructor's keyword arguments; `num_sampling_steps` may be a string as in Python).
     pub fn from_kwargs(kw: &serde_json::Value) -> Result<Self> {
         let u = |k: &str| -> Result<usize> {
-            kw.get(k)
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .with_context(|| format!("MAR config: `{k}` missing or not an integer"))
+            kw.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).with_context(|| format!("MAR config: `{k}` missing or not an integer"))
         };
         let steps = match kw.get("num_sampling_steps") {
             Some(serde_json::Value::String(s)) => s.trim().parse().with_context(|| format!("num_sampling_steps {s:?}"))?,
@@ -157,9 +153,7 @@ impl MarConfig {
         let ne = self.buffer_size + visible;
         let nd = self.buffer_size + self.seq_len();
         let (ce, cd) = (self.encoder_embed_dim, self.decoder_embed_dim);
-        let block = |n: usize, c: usize| {
-            flops::self_attention(n, n, c) + flops::mlp(n, c, (c as f64 * self.mlp_ratio) as usize)
-        };
+        let block = |n: usize, c: usize| flops::self_attention(n, n, c) + flops::mlp(n, c, (c as f64 * self.mlp_ratio) as usize);
         flops::linear(ne, self.token_embed_dim(), ce)
             + self.encoder_depth as f64 * block(ne, ce)
             + flops::linear(ne, ce, cd)
@@ -456,14 +450,10 @@ impl Mar {
         let (buf, l) = (cfg.buffer_size, cfg.seq_len());
         let eps = cfg.norm_eps;
         let encoder_blocks = (0..cfg.encoder_depth)
-            .map(|i| {
-                PreNormBlock::load_timm(vb.pp(format!("encoder_blocks.{i}")), ce, cfg.encoder_num_heads, cfg.mlp_ratio, true, eps)
-            })
+            .map(|i| PreNormBlock::load_timm(vb.pp(format!("encoder_blocks.{i}")), ce, cfg.encoder_num_heads, cfg.mlp_ratio, true, eps))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let decoder_blocks = (0..cfg.decoder_depth)
-            .map(|i| {
-                PreNormBlock::load_timm(vb.pp(format!("decoder_blocks.{i}")), cd, cfg.decoder_num_heads, cfg.mlp_ratio, true, eps)
-            })
+            .map(|i| PreNormBlock::load_timm(vb.pp(format!("decoder_blocks.{i}")), cd, cfg.decoder_num_heads, cfg.mlp_ratio, true, eps))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             class_emb: vb.get((cfg.class_num, ce), "class_emb.weight")?,
@@ -594,7 +584,11 @@ impl Mar {
                     next += 1;
                 }
             }
-            ensure!(next as usize == (i + 1) * kept, "mask keeps {} rows of image {i}, the encoder output has {kept}", next as usize - i * kept);
+            ensure!(
+                next as usize == (i + 1) * kept,
+                "mask keeps {} rows of image {i}, the encoder output has {kept}",
+                next as usize - i * kept
+            );
         }
         let idx = Tensor::from_vec(idx, b * (buf + l), &self.device)?;
         let x = source.index_select(&idx, 0)?.reshape((b, buf + l, cd))?;
@@ -641,7 +635,12 @@ impl Mar {
     ) -> Result<Tensor> {
         let (l, d) = (self.cfg.seq_len(), self.cfg.token_embed_dim());
         s.validate(l)?;
-        ensure!(s.num_sampling_steps == self.diffloss.num_steps(), "the diffusion head is set for {} sampling steps, the sampler asks for {}", self.diffloss.num_steps(), s.num_sampling_steps);
+        ensure!(
+            s.num_sampling_steps == self.diffloss.num_steps(),
+            "the diffusion head is set for {} sampling steps, the sampler asks for {}",
+            self.diffloss.num_steps(),
+            s.num_sampling_steps
+        );
         let bsz = labels.len();
         ensure!(bsz > 0, "sample_tokens needs at least one label");
         let cfg_on = s.uses_cfg();
@@ -653,8 +652,7 @@ impl Mar {
         let orders = (0..bsz).map(|_| rng.permutation(l)).collect::<Result<Vec<_>>>()?;
 
         let cond_embedding = self.class_embedding(labels)?;
-        let class_embedding =
-            if cfg_on { Tensor::cat(&[&cond_embedding, &self.fake_latent(bsz)?], 0)? } else { cond_embedding };
+        let class_embedding = if cfg_on { Tensor::cat(&[&cond_embedding, &self.fake_latent(bsz)?], 0)? } else { cond_embedding };
         let rows_mult = if cfg_on { 2 } else { 1 };
 
         for step in 0..s.num_iter {
@@ -679,9 +677,8 @@ impl Mar {
                 pred_idx.clone()
             };
             let cd = self.cfg.decoder_embed_dim;
-            let z_rows = z
-                .reshape((rows_mult * bsz * l, cd))?
-                .index_select(&Tensor::from_vec(all_idx, rows_mult * n_pred, &self.device)?, 0)?;
+            let z_rows =
+                z.reshape((rows_mult * bsz * l, cd))?.index_select(&Tensor::from_vec(all_idx, rows_mult * n_pred, &self.device)?, 0)?;
             let transformer_wall = sw.elapsed()?;
             observer.on_step(&StepRecord {
                 step,
@@ -839,11 +836,7 @@ impl MarGenerator {
             );
         }
         if vae.config().downsample_factor() != cfg.vae_stride {
-            bail!(
-                "the VAE downsamples by {} but {name} expects a stride of {}",
-                vae.config().downsample_factor(),
-                cfg.vae_stride
-            );
+            bail!("the VAE downsamples by {} but {name} expects a stride of {}", vae.config().downsample_factor(), cfg.vae_stride);
         }
         sampling.validate(cfg.seq_len())?;
         mar.set_num_sampling_steps(sampling.num_sampling_steps)?;
@@ -866,11 +859,7 @@ impl MarGenerator {
         ensure!(dtype == DType::F32, "MAR runs in float32 only, not {dtype:?}");
         // Cheap checks first: a mismatched VAE is refused before the large generator is read.
         if vae_cfg.embed_dim != cfg.vae_embed_dim {
-            bail!(
-                "VAE config has embed_dim {} but {name} uses vae_embed_dim {}",
-                vae_cfg.embed_dim,
-                cfg.vae_embed_dim
-            );
+            bail!("VAE config has embed_dim {} but {name} uses vae_embed_dim {}", vae_cfg.embed_dim, cfg.vae_embed_dim);
         }
         let vae = Kl16Vae::from_checkpoint(vae_cfg, vae_checkpoint, device)?;
         let mar = load_mar_checkpoint(cfg, mar_checkpoint, device)?;
@@ -906,12 +895,7 @@ impl MarGenerator {
     }
 
     /// Latent tokens (scaled) and images in [-1, 1] for the labels, drawing from `rng`.
-    pub fn sample_with(
-        &self,
-        labels: &[u32],
-        rng: &mut dyn RandomSource,
-        observer: &mut dyn StepObserver,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn sample_with(&self, labels: &[u32], rng: &mut dyn RandomSource, observer: &mut dyn StepObserver) -> Result<(Tensor, Tensor)> {
         let latents = self.mar.sample_tokens(labels, &self.sampling, rng, observer)?;
         let (_, _, h, w) = latents.dims4()?;
         let size = StepSize {
@@ -985,7 +969,12 @@ mod tests {
         for (cfg, num_iter, transformer, mlp) in cases {
             let s = MarSampling { num_iter, cfg: 2.9, ..MarSampling::default() };
             let f = flops_per_image(&cfg, &s, &vae);
-            assert!((gf(f.transformer) - transformer).abs() < 0.1, "{} x{num_iter}: transformer {}", cfg.encoder_embed_dim, gf(f.transformer));
+            assert!(
+                (gf(f.transformer) - transformer).abs() < 0.1,
+                "{} x{num_iter}: transformer {}",
+                cfg.encoder_embed_dim,
+                gf(f.transformer)
+            );
             assert!((gf(f.diffusion_mlp) - mlp).abs() < 0.1, "{} x{num_iter}: mlp {}", cfg.encoder_embed_dim, gf(f.diffusion_mlp));
             assert!((gf(f.decoder) - 250.1).abs() < 0.1, "decoder {}", gf(f.decoder));
             assert_eq!(f.per_step.len(), num_iter);

@@ -6,12 +6,12 @@
 //! is rounded to f32 where it is used (`_extract_into_tensor(...).float()`); all tensor math is
 //! f32 in the reference's operation order.
 
-use anyhow::{bail, ensure, Context, Result};
 use crate::flops;
 use crate::nn::adaln::modulate;
 use crate::nn::cfg::uncond_plus_scaled_diff;
 use crate::nn::linear::RowLinear;
 use crate::nn::norm::LayerNorm;
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use genbench_runtime::RandomSource;
@@ -47,13 +47,7 @@ pub fn parse_respacing(spec: &str) -> Result<Vec<usize>> {
     if spec.starts_with("ddim") {
         bail!("respacing {spec:?}: the ddim striding is not used by MAR's sampler");
     }
-    spec.split(',')
-        .map(|s| {
-            s.trim()
-                .parse::<usize>()
-                .with_context(|| format!("respacing {spec:?}: {s:?} is not a step count"))
-        })
-        .collect()
+    spec.split(',').map(|s| s.trim().parse::<usize>().with_context(|| format!("respacing {spec:?}: {s:?} is not a step count"))).collect()
 }
 
 /// `space_timesteps(num_timesteps, section_counts)`: which original steps are kept, ascending.
@@ -115,20 +109,15 @@ impl DiffusionSchedule {
             acc *= 1.0 - b;
             alphas_cumprod.push(acc);
         }
-        let alphas_cumprod_prev: Vec<f64> =
-            std::iter::once(1.0).chain(alphas_cumprod[..n - 1].iter().copied()).collect();
+        let alphas_cumprod_prev: Vec<f64> = std::iter::once(1.0).chain(alphas_cumprod[..n - 1].iter().copied()).collect();
         let sqrt_recip_alphas_cumprod = alphas_cumprod.iter().map(|&a| (1.0 / a).sqrt()).collect();
         let sqrt_recipm1_alphas_cumprod = alphas_cumprod.iter().map(|&a| (1.0 / a - 1.0).sqrt()).collect();
-        let posterior_variance: Vec<f64> =
-            (0..n).map(|i| betas[i] * (1.0 - alphas_cumprod_prev[i]) / (1.0 - alphas_cumprod[i])).collect();
-        let posterior_log_variance_clipped = (0..n)
-            .map(|i| if i == 0 { posterior_variance[1].ln() } else { posterior_variance[i].ln() })
-            .collect();
-        let posterior_mean_coef1 =
-            (0..n).map(|i| betas[i] * alphas_cumprod_prev[i].sqrt() / (1.0 - alphas_cumprod[i])).collect();
-        let posterior_mean_coef2 = (0..n)
-            .map(|i| (1.0 - alphas_cumprod_prev[i]) * (1.0 - betas[i]).sqrt() / (1.0 - alphas_cumprod[i]))
-            .collect();
+        let posterior_variance: Vec<f64> = (0..n).map(|i| betas[i] * (1.0 - alphas_cumprod_prev[i]) / (1.0 - alphas_cumprod[i])).collect();
+        let posterior_log_variance_clipped =
+            (0..n).map(|i| if i == 0 { posterior_variance[1].ln() } else { posterior_variance[i].ln() }).collect();
+        let posterior_mean_coef1 = (0..n).map(|i| betas[i] * alphas_cumprod_prev[i].sqrt() / (1.0 - alphas_cumprod[i])).collect();
+        let posterior_mean_coef2 =
+            (0..n).map(|i| (1.0 - alphas_cumprod_prev[i]) * (1.0 - betas[i]).sqrt() / (1.0 - alphas_cumprod[i])).collect();
         let log_betas = betas.iter().map(|b| b.ln()).collect();
         Ok(Self {
             timestep_map,
@@ -358,13 +347,7 @@ impl SimpleMlpAdaLn {
     /// `forward_with_cfg` given embeddings: rows are [cond half ; uncond half]; both halves see
     /// the first half of `x_t`; eps = u + s·(c − u) is written to both halves while each half
     /// keeps its own variance channels.
-    pub fn forward_with_cfg_embedded(
-        &self,
-        x_t: &Tensor,
-        t_emb: &Tensor,
-        c_emb: &Tensor,
-        cfg_scale: f32,
-    ) -> Result<Tensor> {
+    pub fn forward_with_cfg_embedded(&self, x_t: &Tensor, t_emb: &Tensor, c_emb: &Tensor, cfg_scale: f32) -> Result<Tensor> {
         let rows = x_t.dim(0)?;
         ensure!(rows % 2 == 0, "CFG needs [cond ; uncond] rows, got an odd count {rows}");
         let half = x_t.narrow(0, 0, rows / 2)?;
@@ -463,15 +446,7 @@ impl DiffusionHead {
     /// One reverse step at respaced index `i` for rows `x` (N, C) with condition embeddings
     /// `c_emb` (N, w); `cfg_scale == 1.0` takes the unguided path, as `DiffLoss.sample` does.
     /// `noise` is the `randn_like(x)` draw of this step (used only for i > 0).
-    pub fn p_sample(
-        &self,
-        x: &Tensor,
-        i: usize,
-        c_emb: &Tensor,
-        cfg_scale: f32,
-        noise: &Tensor,
-        temperature: f32,
-    ) -> Result<ReverseStep> {
+    pub fn p_sample(&self, x: &Tensor, i: usize, c_emb: &Tensor, cfg_scale: f32, noise: &Tensor, temperature: f32) -> Result<ReverseStep> {
         let t_emb = self.step_time_embedding(i)?;
         let model_out = if cfg_scale == 1.0 {
             self.net.forward_embedded(x, &t_emb, c_emb)?
@@ -485,11 +460,9 @@ impl DiffusionHead {
         // variance (min) and beta (max).
         let frac = ((v + 1.0)? * 0.5)?;
         let one_minus_frac = frac.affine(-1.0, 1.0)?;
-        let log_variance =
-            (frac.affine(self.max_log[i] as f64, 0.0)? + one_minus_frac.affine(self.min_log[i] as f64, 0.0)?)?;
+        let log_variance = (frac.affine(self.max_log[i] as f64, 0.0)? + one_minus_frac.affine(self.min_log[i] as f64, 0.0)?)?;
         // EPSILON prediction, no clipping of x0 (clip_denoised=False).
-        let pred_xstart =
-            (x.affine(self.sqrt_recip_ac[i] as f64, 0.0)? - eps.affine(self.sqrt_recipm1_ac[i] as f64, 0.0)?)?;
+        let pred_xstart = (x.affine(self.sqrt_recip_ac[i] as f64, 0.0)? - eps.affine(self.sqrt_recipm1_ac[i] as f64, 0.0)?)?;
         let mean = (pred_xstart.affine(self.coef1[i] as f64, 0.0)? + x.affine(self.coef2[i] as f64, 0.0)?)?;
         let sample = if i > 0 {
             let sigma_noise = ((log_variance.clone() * 0.5)?.exp()? * noise)?;
@@ -533,11 +506,7 @@ impl DiffusionHead {
 
 /// Loads `diffloss.net` from a VarBuilder rooted at the generator and builds the head with
 /// MAR's sampling schedule.
-pub fn load_diffusion_head(
-    cfg: &DiffusionHeadConfig,
-    num_sampling_steps: usize,
-    vb_diffloss_net: VarBuilder,
-) -> Result<DiffusionHead> {
+pub fn load_diffusion_head(cfg: &DiffusionHeadConfig, num_sampling_steps: usize, vb_diffloss_net: VarBuilder) -> Result<DiffusionHead> {
     let net = SimpleMlpAdaLn::new(cfg, vb_diffloss_net)?;
     Ok(DiffusionHead::new(net, DiffusionSchedule::mar_sampling(num_sampling_steps)?))
 }

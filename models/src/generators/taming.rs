@@ -12,7 +12,7 @@
 use crate::checkpoint::StrictWeights;
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::generator::{
-    record_step, to_uint8_nhwc_from_signed, FlopsPerImage, Family, Generator, Samples, StepKind, StepObserver, StepSize,
+    record_step, to_uint8_nhwc_from_signed, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize,
 };
 use crate::nn::attention::{self, reset_layer_caches, KvCache, MultiHeadAttention};
 use crate::nn::linear::RowLinear;
@@ -101,8 +101,13 @@ impl TamingConfig {
             n_head: t.get("n_head").and_then(|x| x.as_u64()).unwrap_or(8) as usize,
             n_embd: u(t, "n_embd")?,
         };
-        let vq = TamingVqganConfig::from_reference_json(p.pointer("/first_stage_config/params").context("config has no first_stage_config.params")?)?;
-        let n_classes = p.pointer("/cond_stage_config/params/n_classes").and_then(|x| x.as_u64()).context("config has no cond_stage_config.params.n_classes")? as usize;
+        let vq = TamingVqganConfig::from_reference_json(
+            p.pointer("/first_stage_config/params").context("config has no first_stage_config.params")?,
+        )?;
+        let n_classes = p
+            .pointer("/cond_stage_config/params/n_classes")
+            .and_then(|x| x.as_u64())
+            .context("config has no cond_stage_config.params.n_classes")? as usize;
         let image_size = match v.get("image_size").and_then(|x| x.as_u64()) {
             Some(s) => s as usize,
             None => vq.resolution,
@@ -126,7 +131,12 @@ impl TamingConfig {
             self.vq.n_embed,
             self.gpt.vocab_size
         );
-        ensure!(self.n_classes <= self.gpt.vocab_size, "{} classes cannot index a {}-entry token table", self.n_classes, self.gpt.vocab_size);
+        ensure!(
+            self.n_classes <= self.gpt.vocab_size,
+            "{} classes cannot index a {}-entry token table",
+            self.n_classes,
+            self.gpt.vocab_size
+        );
         ensure!(
             self.tokens_per_image() <= self.gpt.block_size,
             "{} px with {}x downsampling gives {} tokens, more than the GPT's block_size {}",
@@ -527,7 +537,8 @@ impl TamingGenerator {
             Some(v) => (v, ""),
             None => (&w, "first_stage_model"),
         };
-        let cb_key = if vq_prefix.is_empty() { "quantize.embedding.weight".to_string() } else { format!("{vq_prefix}.quantize.embedding.weight") };
+        let cb_key =
+            if vq_prefix.is_empty() { "quantize.embedding.weight".to_string() } else { format!("{vq_prefix}.quantize.embedding.weight") };
         if let Some(cb) = vq_w.tensors().get(&cb_key) {
             ensure!(
                 cb.dim(0)? == cfg.gpt.vocab_size,

@@ -23,8 +23,7 @@ use crate::checkpoint::{get_buffer, StrictWeights};
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
-    record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord,
-    StepSize,
+    record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord, StepSize,
 };
 use crate::nn::adaln::AdaLnModulation;
 use crate::nn::attention::{block_causal_mask, KvCache, MultiHeadAttention, QkNorm, QkvProjection};
@@ -220,7 +219,11 @@ impl VarConfig {
         // qkv + proj (8 q C^2), FFN (4 q C H = 16 q C^2 for H = 4C), scores + weighted sum.
         let per_block = 8.0 * cf(q) * cf(c) * cf(c) + 4.0 * cf(q) * cf(c) * cf(self.mlp_hidden()) + 4.0 * cf(q) * cf(k) * cf(c);
         let ada = 12.0 * cf(c) * cf(c) * if self.shared_aln { 1.0 } else { cf(d) };
-        let body = cf(d) * per_block + ada + 4.0 * cf(c) * cf(c) + 2.0 * cf(q) * cf(c) * cf(self.vocab_size) + 2.0 * cf(q_next) * cf(self.cvae) * cf(c);
+        let body = cf(d) * per_block
+            + ada
+            + 4.0 * cf(c) * cf(c)
+            + 2.0 * cf(q) * cf(c) * cf(self.vocab_size)
+            + 2.0 * cf(q_next) * cf(self.cvae) * cf(c);
         body * if with_cfg { 2.0 } else { 1.0 }
     }
 }
@@ -746,11 +749,8 @@ impl VarModel {
         let hw = vae_cfg.latent_hw();
         let codebook = self.vae.quantize.codebook();
 
-        let mut caches = tr
-            .blocks()
-            .iter()
-            .map(|blk| blk.attention().new_cache(rows, cfg.seq_len(), tr.dtype, &dev))
-            .collect::<Result<Vec<_>>>()?;
+        let mut caches =
+            tr.blocks().iter().map(|blk| blk.attention().new_cache(rows, cfg.seq_len(), tr.dtype, &dev)).collect::<Result<Vec<_>>>()?;
         let mut f_hat = Tensor::zeros((b, cfg.cvae, hw, hw), DType::F32, &dev)?;
         let mut idx_per_scale = Vec::with_capacity(k);
         let mut conditioning: Option<Conditioning> = None;
@@ -831,7 +831,14 @@ impl VarModel {
     pub fn decode(&self, f_hat: &Tensor, step: usize, observer: &mut dyn StepObserver) -> anyhow::Result<Tensor> {
         let dev = self.vae.device().clone();
         let b = f_hat.dim(0)?;
-        let size = StepSize { step, kind: StepKind::Decode, batch: b, tokens_decoded: 0, tokens_attended: 0, flops: b as f64 * self.vae.decode_flops() };
+        let size = StepSize {
+            step,
+            kind: StepKind::Decode,
+            batch: b,
+            tokens_decoded: 0,
+            tokens_attended: 0,
+            flops: b as f64 * self.vae.decode_flops(),
+        };
         record_step(observer, &dev, size, || {
             let f_hat = f_hat.to_dtype(self.vae.quantize.codebook().embedding().dtype())?;
             Ok(((self.vae.fhat_to_img(&f_hat)? + 1.0)? * 0.5)?)
@@ -959,12 +966,7 @@ impl VarGenerator {
     }
 
     /// Samples and returns images in [0, 1] NCHW plus the token ids per scale.
-    pub fn sample_images(
-        &self,
-        labels: &[u32],
-        seed: u64,
-        observer: &mut dyn StepObserver,
-    ) -> anyhow::Result<(Tensor, Vec<Tensor>)> {
+    pub fn sample_images(&self, labels: &[u32], seed: u64, observer: &mut dyn StepObserver) -> anyhow::Result<(Tensor, Vec<Tensor>)> {
         let mut rng = SeededSource::new(seed);
         let (f_hat, idx) = self.model.sample_fhat(labels, &self.sampling, &mut rng, observer, None)?;
         let img = self.model.decode(&f_hat, self.model.transformer.config().num_scales(), observer)?;
@@ -1001,9 +1003,8 @@ impl Generator for VarGenerator {
     fn flops_per_image(&self) -> FlopsPerImage {
         let cfg = self.model.transformer.config();
         let rows = if self.sampling.cfg != 0.0 { 2 } else { 1 };
-        let per_step: Vec<f64> = (0..cfg.num_scales())
-            .map(|si| self.model.transformer.executed_step_flops(si, rows, 1, self.model.vae.config()))
-            .collect();
+        let per_step: Vec<f64> =
+            (0..cfg.num_scales()).map(|si| self.model.transformer.executed_step_flops(si, rows, 1, self.model.vae.config())).collect();
         FlopsPerImage { transformer: per_step.iter().sum(), diffusion_mlp: 0.0, decoder: self.model.vae.decode_flops(), per_step }
     }
     fn sample(&mut self, labels: &[u32], seed: u64, observer: &mut dyn StepObserver) -> anyhow::Result<Samples> {

@@ -7,8 +7,8 @@
 //! * VAR head (`AdaLNBeforeHead`): n = 2, rows scale, shift;
 //! * DiT-style blocks (MAR DiffLoss `adaLN_modulation`): n = 3, rows shift, scale, gate.
 
-use candle_core::{Module, Result, Tensor};
 use crate::nn::linear::RowLinear;
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear, VarBuilder};
 
 /// `Sequential(SiLU, Linear(cond_dim, rows * width))` viewed as `(B, rows, width)`.

@@ -16,8 +16,8 @@
 //! per-step concatenation and no re-allocation. Masks are additive (0 / -inf), broadcastable to
 //! `(B, H, Tq, Tk)`.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
 use crate::nn::linear::RowLinear;
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear_b, Linear, VarBuilder};
 
 /// Preallocated key/value cache, written in place.
@@ -141,9 +141,7 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f
 /// Additive causal mask `(1, 1, q_len, k_len)` for queries at positions
 /// `offset..offset+q_len` over keys `0..k_len`: key j is visible to query i iff `j <= offset + i`.
 pub fn causal_mask(q_len: usize, k_len: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let data: Vec<f32> = (0..q_len)
-        .flat_map(|i| (0..k_len).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
+    let data: Vec<f32> = (0..q_len).flat_map(|i| (0..k_len).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY })).collect();
     Tensor::from_vec(data, (1, 1, q_len, k_len), device)?.to_dtype(dtype)
 }
 
@@ -152,8 +150,7 @@ pub fn causal_mask(q_len: usize, k_len: usize, offset: usize, dtype: DType, devi
 pub fn block_causal_mask(group_sizes: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
     let group: Vec<usize> = group_sizes.iter().enumerate().flat_map(|(g, &n)| std::iter::repeat_n(g, n)).collect();
     let l = group.len();
-    let data: Vec<f32> =
-        group.iter().flat_map(|&gi| group.iter().map(move |&gj| if gj <= gi { 0.0 } else { f32::NEG_INFINITY })).collect();
+    let data: Vec<f32> = group.iter().flat_map(|&gi| group.iter().map(move |&gj| if gj <= gi { 0.0 } else { f32::NEG_INFINITY })).collect();
     Tensor::from_vec(data, (1, 1, l, l), device)?.to_dtype(dtype)
 }
 
@@ -178,7 +175,9 @@ pub enum QkNorm {
     None,
     /// VAR (`attn_l2_norm=True`): `q = normalize(q) * q_scale[h]`, `k = normalize(k)`, where
     /// `q_scale` `(1, H, 1, 1)` is `exp(min(scale_mul_1H11, ln 100))`, precomputed at load.
-    L2WithHeadScale { q_scale: Tensor },
+    L2WithHeadScale {
+        q_scale: Tensor,
+    },
 }
 
 /// Multi-head attention: projections, optional q/k normalisation, optional cache, output
@@ -287,9 +286,7 @@ impl MultiHeadAttention {
                 (all.get(0)?, all.get(1)?, all.get(2)?)
             }
             QkvRows::Separate { q, k, v } => {
-                let heads = |lin: &RowLinear| -> Result<Tensor> {
-                    lin.forward(x)?.reshape((b, t, h, dh))?.transpose(1, 2)?.contiguous()
-                };
+                let heads = |lin: &RowLinear| -> Result<Tensor> { lin.forward(x)?.reshape((b, t, h, dh))?.transpose(1, 2)?.contiguous() };
                 (heads(q)?, heads(k)?, heads(v)?)
             }
         };

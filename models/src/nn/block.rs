@@ -7,8 +7,8 @@
 //! block can be assembled from them.
 
 use super::attention::MultiHeadAttention;
-use super::mlp::{Activation, Mlp};
 use super::elementwise::add;
+use super::mlp::{Activation, Mlp};
 use super::norm::LayerNorm;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;

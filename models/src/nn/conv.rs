@@ -111,9 +111,8 @@ impl Conv2d {
             out.par_chunks_mut(plane_out).enumerate().for_each(|(i, row)| row.fill(bias[i % cout]));
         }
         // Every (image, band of output rows): independent GEMMs writing disjoint output rows.
-        let bands: Vec<(usize, usize, usize)> = (0..b)
-            .flat_map(|bi| (0..ho).step_by(band_rows).map(move |oy0| (bi, oy0, band_rows.min(ho - oy0))))
-            .collect();
+        let bands: Vec<(usize, usize, usize)> =
+            (0..b).flat_map(|bi| (0..ho).step_by(band_rows).map(move |oy0| (bi, oy0, band_rows.min(ho - oy0)))).collect();
         let dst = SendPtr(out.as_mut_ptr());
         let geometry = BandGeometry { cin, h, w, kh, kw, s, p, wo, cout, k, plane_out, pointwise, accumulate: bias.is_some() };
         if threads > 1 && bands.len() >= 2 * threads {
@@ -271,7 +270,8 @@ impl Module for Conv2d {
         if x.device().is_cpu() && x.dtype() == DType::BF16 {
             // candle's CPU conv2d has no bf16 kernel: compute in f32 and round the result to
             // bf16 (PyTorch's CPU bf16 convolution also accumulates in f32).
-            let f32_conv = Self::new(self.weight.to_dtype(DType::F32)?, self.bias.as_ref().map(|b| b.to_dtype(DType::F32)).transpose()?, self.config);
+            let f32_conv =
+                Self::new(self.weight.to_dtype(DType::F32)?, self.bias.as_ref().map(|b| b.to_dtype(DType::F32)).transpose()?, self.config);
             return f32_conv.forward(&x.to_dtype(DType::F32)?)?.to_dtype(DType::BF16);
         }
         if self.fast_path_applies(x) {
@@ -309,7 +309,7 @@ mod tests {
         check(1, 3, 2, 1, 2, 0, (6, 6), true); // 1x1 with stride
         check(1, 2, 3, 3, 1, 2, (4, 4), true); // padding wider than needed
         check(3, 8, 8, 3, 1, 1, (1, 1), false); // 1x1 image
-        // Several bands: 64 channels x 9 taps x 1024 columns exceeds one band.
+                                                // Several bands: 64 channels x 9 taps x 1024 columns exceeds one band.
         check(1, 64, 16, 3, 1, 1, (40, 1024), true);
     }
 
@@ -317,7 +317,8 @@ mod tests {
     fn non_contiguous_input() {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (1, 6, 5, 3), &dev).unwrap().transpose(2, 3).unwrap();
-        let conv = Conv2d::new(Tensor::randn(0f32, 1.0, (4, 6, 3, 3), &dev).unwrap(), None, Conv2dConfig { padding: 1, ..Default::default() });
+        let conv =
+            Conv2d::new(Tensor::randn(0f32, 1.0, (4, 6, 3, 3), &dev).unwrap(), None, Conv2dConfig { padding: 1, ..Default::default() });
         let a = conv.forward(&x).unwrap();
         let b = conv.forward_candle(&x).unwrap();
         let err = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();

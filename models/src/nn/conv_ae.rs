@@ -293,10 +293,7 @@ impl ConvAeConfig {
 
     /// taming-transformers VQGAN f16 (`configs/imagenet_vqgan.yaml`, both codebook sizes).
     pub fn taming_f16() -> Self {
-        Self {
-            attn_qkv: AttnQkv::Separate,
-            ..Self::var_vqvae(128, &[1, 1, 2, 2, 4], 2, 256, true, true)
-        }
+        Self { attn_qkv: AttnQkv::Separate, ..Self::var_vqvae(128, &[1, 1, 2, 2, 4], 2, 256, true, true) }
     }
 
     /// LlamaGen VQ-16 (`tokenizer/tokenizer_image/vq_model.py`, `z_channels 256`).
@@ -307,12 +304,7 @@ impl ConvAeConfig {
     /// The LDM KL-16 autoencoder MAR uses (`embed_dim 16`, `double_z`): attention in the encoder's
     /// lowest level and both middles, none in the decoder levels.
     pub fn ldm_kl16() -> Self {
-        Self {
-            z_channels: 16,
-            double_z: true,
-            decoder_attn: vec![false; 5],
-            ..Self::taming_f16()
-        }
+        Self { z_channels: 16, double_z: true, decoder_attn: vec![false; 5], ..Self::taming_f16() }
     }
 
     pub fn levels(&self) -> usize {

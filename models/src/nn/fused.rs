@@ -54,7 +54,15 @@ impl CustomOp3 for LnModulate {
         "ln-modulate"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         genbench_runtime::kernels::record_fast(self.name());
         let x = f32_slice(s1, l1, "ln_modulate")?;
         let scale = f32_slice(s2, l2, "ln_modulate")?;
@@ -96,7 +104,15 @@ impl CustomOp3 for GatedResidual {
         "gated-residual"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         genbench_runtime::kernels::record_fast(self.name());
         let x = f32_slice(s1, l1, "gated_residual")?;
         let y = f32_slice(s2, l2, "gated_residual")?;
@@ -227,8 +243,15 @@ pub fn attention_merged(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Op
         t.dims4().is_ok() && st[3] == 1 && st[2] == d
     };
     let mask_ok = mask.is_none_or(|m| m.elem_count() == tq * tk && m.dims().iter().rev().skip(2).all(|&x| x == 1));
-    if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && k.dims() == v.dims() && k.dims()[..2] == [b, h] && k.dim(3)? == d
-        && rows_contiguous(k) && rows_contiguous(v) && mask_ok
+    if cpu_f32(q)
+        && cpu_f32(k)
+        && cpu_f32(v)
+        && k.dims() == v.dims()
+        && k.dims()[..2] == [b, h]
+        && k.dim(3)? == d
+        && rows_contiguous(k)
+        && rows_contiguous(v)
+        && mask_ok
     {
         let mask = match mask {
             Some(m) => Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
@@ -255,7 +278,15 @@ impl CustomOp3 for FusedAttention {
         "fused-attention"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         genbench_runtime::kernels::record_fast(self.name());
         let q = f32_slice(s1, l1, "fused attention")?;
         let (CpuStorage::F32(kd), CpuStorage::F32(vd)) = (s2, s3) else {
@@ -302,10 +333,25 @@ impl CustomOp3 for FusedAttention {
                 unsafe {
                     // scores (m x tk) = scale * q_tile (m x d) @ k^T (d x tk)
                     gemm::gemm(
-                        m, tk, d, s.as_mut_ptr(), 1, tk as isize, false,
-                        qp, 1, d as isize,
-                        kp, ks[2] as isize, 1,
-                        0.0, self.scale, false, false, false, gemm::Parallelism::None,
+                        m,
+                        tk,
+                        d,
+                        s.as_mut_ptr(),
+                        1,
+                        tk as isize,
+                        false,
+                        qp,
+                        1,
+                        d as isize,
+                        kp,
+                        ks[2] as isize,
+                        1,
+                        0.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
                     );
                 }
                 if let Some(mask) = &self.mask {
@@ -321,10 +367,25 @@ impl CustomOp3 for FusedAttention {
                     // out rows (m x d, row stride h*d) = probs (m x tk) @ v (tk x d)
                     let op = out_ptr.0.add((bi * tq + t0) * h * d + hi * d);
                     gemm::gemm(
-                        m, d, tk, op, 1, (h * d) as isize, false,
-                        s.as_ptr(), 1, tk as isize,
-                        vp, 1, vs[2] as isize,
-                        0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                        m,
+                        d,
+                        tk,
+                        op,
+                        1,
+                        (h * d) as isize,
+                        false,
+                        s.as_ptr(),
+                        1,
+                        tk as isize,
+                        vp,
+                        1,
+                        vs[2] as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
                     );
                 }
             });
@@ -385,10 +446,25 @@ impl LinearRows {
                 // SAFETY: columns c0..c0+cols of w and out, disjoint between tasks.
                 unsafe {
                     gemm::gemm(
-                        rows, cols, k, (op as *mut f32).add(c0), 1, n as isize, read_dst,
-                        xp as *const f32, 1, k as isize,
-                        (wp as *const f32).add(c0), 1, n as isize,
-                        1.0, 1.0, false, false, false, gemm::Parallelism::None,
+                        rows,
+                        cols,
+                        k,
+                        (op as *mut f32).add(c0),
+                        1,
+                        n as isize,
+                        read_dst,
+                        xp as *const f32,
+                        1,
+                        k as isize,
+                        (wp as *const f32).add(c0),
+                        1,
+                        n as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
                     );
                 }
             });
@@ -399,10 +475,25 @@ impl LinearRows {
             // SAFETY: x is rows x k, w is k x n, out is rows x n, all contiguous row-major.
             unsafe {
                 gemm::gemm(
-                    rows, n, k, out.as_mut_ptr(), 1, n as isize, bias.is_some(),
-                    x.as_ptr(), 1, k as isize,
-                    w.as_ptr(), 1, n as isize,
-                    1.0, 1.0, false, false, false, par,
+                    rows,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    bias.is_some(),
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    1,
+                    n as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
                 );
             }
         }
@@ -424,7 +515,15 @@ impl CustomOp3 for LinearRows {
     fn name(&self) -> &'static str {
         "linear-rows-bias"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         genbench_runtime::kernels::record_fast("linear-rows-bias");
         Self::run(f32_slice(s1, l1, "linear")?, l1, f32_slice(s2, l2, "linear")?, l2, Some(f32_slice(s3, l3, "linear")?))
     }
@@ -460,7 +559,15 @@ impl CustomOp3 for NearestCode {
         "nearest-code"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         genbench_runtime::kernels::record_fast(self.name());
         let z = f32_slice(s1, l1, "nearest_code")?;
         let e = f32_slice(s2, l2, "nearest_code")?;
@@ -486,10 +593,25 @@ impl CustomOp3 for NearestCode {
                 // SAFETY: z rows r0..r0+m (m x d), e (v x d) read transposed, cross m x v.
                 unsafe {
                     gemm::gemm(
-                        m, v, d, cross.as_mut_ptr(), 1, v as isize, false,
-                        z[r0 * d..].as_ptr(), 1, d as isize,
-                        e.as_ptr(), d as isize, 1,
-                        0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                        m,
+                        v,
+                        d,
+                        cross.as_mut_ptr(),
+                        1,
+                        v as isize,
+                        false,
+                        z[r0 * d..].as_ptr(),
+                        1,
+                        d as isize,
+                        e.as_ptr(),
+                        d as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
                     );
                 }
                 for (r, slot) in idx.iter_mut().enumerate() {
@@ -564,7 +686,15 @@ mod tests {
         let e = Tensor::randn(0f32, 1.0, (300, 5), &dev).unwrap();
         let e_sq = e.sqr().unwrap().sum(1).unwrap();
         let z = Tensor::randn(0f32, 1.0, (259, 5), &dev).unwrap();
-        let d = z.sqr().unwrap().sum_keepdim(1).unwrap().broadcast_add(&e_sq).unwrap().broadcast_sub(&(z.matmul(&e.t().unwrap()).unwrap() * 2.0).unwrap()).unwrap();
+        let d = z
+            .sqr()
+            .unwrap()
+            .sum_keepdim(1)
+            .unwrap()
+            .broadcast_add(&e_sq)
+            .unwrap()
+            .broadcast_sub(&(z.matmul(&e.t().unwrap()).unwrap() * 2.0).unwrap())
+            .unwrap();
         assert_eq!(nearest_code(&z, &e, &e_sq).unwrap().to_vec1::<u32>().unwrap(), d.argmin(1).unwrap().to_vec1::<u32>().unwrap());
     }
 

@@ -145,6 +145,9 @@ mod tests {
         let y = r.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(&y[..4], &[2.5, 4.5, 10.5, 12.5]);
         let same = Resize2d::new(Mode::Bicubic, (4, 4), (4, 4), DType::F32, &dev).unwrap();
-        assert_eq!(same.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            same.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 }

@@ -5,8 +5,8 @@
 //!   arguments so each family keeps its checkpoint naming.
 //! * [`SwiGlu`]: LlamaGen's `w2(SiLU(w1 x) * w3 x)` without biases.
 
-use candle_core::{Module, Result, Tensor};
 use crate::nn::linear::RowLinear;
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
 
 /// Element-wise nonlinearity of an MLP.

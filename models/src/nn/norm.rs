@@ -196,9 +196,7 @@ impl Module for GroupNorm {
         let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.reshape(dims.as_slice())?.to_dtype(dtype)?;
         let mut affine_shape = vec![1usize; dims.len()];
         affine_shape[1] = self.channels;
-        normed
-            .broadcast_mul(&self.weight.reshape(affine_shape.as_slice())?)?
-            .broadcast_add(&self.bias.reshape(affine_shape.as_slice())?)
+        normed.broadcast_mul(&self.weight.reshape(affine_shape.as_slice())?)?.broadcast_add(&self.bias.reshape(affine_shape.as_slice())?)
     }
 }
 
@@ -253,7 +251,8 @@ mod tests {
         let err = (&fast - &generic).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
         assert!(err < 1e-5, "{err}");
         let fused = gn.forward_swish(&x).unwrap().to_dtype(DType::F64).unwrap();
-        let err = (&fused - generic.silu().unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        let err =
+            (&fused - generic.silu().unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
         assert!(err < 1e-5, "{err}");
         // Non-contiguous input.
         let xt = x.transpose(2, 3).unwrap();

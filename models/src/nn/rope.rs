@@ -36,9 +36,7 @@ impl Rope2d {
         let quarter = half / 2;
         // The reference computes the frequencies and the angles in float32 (torch default dtype)
         // and takes cos / sin of the float32 angle: do the same so the table matches to an ulp.
-        let freqs: Vec<f32> = (0..quarter)
-            .map(|j| 1.0f32 / (base as f32).powf((2 * j) as f32 / half as f32))
-            .collect();
+        let freqs: Vec<f32> = (0..quarter).map(|j| 1.0f32 / (base as f32).powf((2 * j) as f32 / half as f32)).collect();
         let rows = prefix + grid * grid;
         let mut cos = vec![0f32; rows * half];
         let mut sin = vec![0f32; rows * half];

@@ -39,10 +39,8 @@ impl Kl16Config {
     pub fn from_reference_kwargs(tokenizer: &serde_json::Value) -> Result<Self> {
         let enc = tokenizer.get("encoder_kwargs").context("tokenizer config: no encoder_kwargs")?;
         let dec = tokenizer.get("decoder_kwargs").context("tokenizer config: no decoder_kwargs")?;
-        let embed_dim = tokenizer
-            .pointer("/kwargs/embed_dim")
-            .and_then(|v| v.as_u64())
-            .context("tokenizer config: kwargs.embed_dim missing")? as usize;
+        let embed_dim =
+            tokenizer.pointer("/kwargs/embed_dim").and_then(|v| v.as_u64()).context("tokenizer config: kwargs.embed_dim missing")? as usize;
         let latent_scale = tokenizer.get("latent_scale").and_then(|v| v.as_f64()).unwrap_or(LATENT_SCALE);
         let get_u = |o: &serde_json::Value, k: &str| -> Result<usize> {
             o.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).with_context(|| format!("tokenizer config: `{k}` missing"))
@@ -164,8 +162,7 @@ impl Kl16Vae {
                 );
             }
         }
-        let weights =
-            StrictWeights::new(ckpt.load(CHECKPOINT_KEY, None, device)?, format!("{}[{CHECKPOINT_KEY}]", path.display()));
+        let weights = StrictWeights::new(ckpt.load(CHECKPOINT_KEY, None, device)?, format!("{}[{CHECKPOINT_KEY}]", path.display()));
         let vae = Self::load(cfg, weights.var_builder(DType::F32, device))
             .with_context(|| format!("loading the KL-16 VAE from {}", path.display()))?;
         // Training-only entries of LDM checkpoints (the discriminator / LPIPS loss) are not

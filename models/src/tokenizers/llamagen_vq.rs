@@ -89,7 +89,10 @@ impl LlamaGenVqConfig {
             norm_groups: gn.and_then(|g| g.get("num_groups")).and_then(|x| x.as_u64()).unwrap_or(32) as usize,
             norm_eps: gn.and_then(|g| g.get("eps")).and_then(|x| x.as_f64()).unwrap_or(1e-6),
         };
-        ensure!(u(enc, "z_channels")? == cfg.z_channels && u(dec, "z_channels")? == cfg.z_channels, "vq: z_channels disagree between ModelArgs, encoder and decoder");
+        ensure!(
+            u(enc, "z_channels")? == cfg.z_channels && u(dec, "z_channels")? == cfg.z_channels,
+            "vq: z_channels disagree between ModelArgs, encoder and decoder"
+        );
         cfg.validate()?;
         Ok(cfg)
     }
@@ -168,9 +171,7 @@ mod tests {
     fn vq16_decoder_flops_match_reference() {
         // MODELS.md 1: LlamaGen VQ-16 decoder 252.7 GFLOP at 256 px, 570.1 at 384 px.
         let cfg = LlamaGenVqConfig::vq_16();
-        let dec = |g: usize| {
-            (crate::flops::conv2d(g, g, 8, 256, 1) + Decoder::flops(&cfg.conv_ae(), (g, g))) / 1e9
-        };
+        let dec = |g: usize| (crate::flops::conv2d(g, g, 8, 256, 1) + Decoder::flops(&cfg.conv_ae(), (g, g))) / 1e9;
         assert!((dec(16) - 252.7).abs() < 0.5, "{}", dec(16));
         assert!((dec(24) - 570.1).abs() < 1.0, "{}", dec(24));
     }

@@ -11,12 +11,12 @@
 
 use crate::checkpoint::StrictWeights;
 use crate::flops;
+use crate::nn::conv::{conv2d, conv2d_no_bias, Conv2d};
 use crate::nn::conv_ae::{NormSpec, ResnetBlock, Upsample};
 use crate::nn::norm::GroupNorm;
 use crate::nn::vq::Codebook;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
-use crate::nn::conv::{conv2d, conv2d_no_bias, Conv2d};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! [`crate::nn::conv_ae`] and [`crate::nn::vq`].
 pub mod kl16;
 pub mod llamagen_vq;
-pub mod taming_vqgan;
 pub mod mage_vqgan;
+pub mod taming_vqgan;
 pub mod var_vqvae;
 pub mod vq_autoencoder;

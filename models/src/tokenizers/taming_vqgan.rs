@@ -59,7 +59,10 @@ impl TamingVqganConfig {
                 .map(|x| x.as_u64().map(|x| x as usize).with_context(|| format!("vqgan: ddconfig.{k} holds a non-integer")))
                 .collect()
         };
-        ensure!(!dd.get("double_z").and_then(|x| x.as_bool()).unwrap_or(false), "vqgan: double_z is a KL-autoencoder setting, not a VQGAN one");
+        ensure!(
+            !dd.get("double_z").and_then(|x| x.as_bool()).unwrap_or(false),
+            "vqgan: double_z is a KL-autoencoder setting, not a VQGAN one"
+        );
         let cfg = Self {
             embed_dim: u(p, "embed_dim")?,
             n_embed: u(p, "n_embed")?,

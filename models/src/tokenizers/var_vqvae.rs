@@ -12,12 +12,12 @@
 //! from a reference `config.json` ([`VarVqVaeConfig::from_reference_json`]).
 
 use crate::checkpoint::get_buffer;
+use crate::nn::conv::{conv2d, Conv2d};
 use crate::nn::conv_ae::{ConvAeConfig, Decoder, Encoder};
 use crate::nn::interpolate::{Mode, Resize2d};
 use crate::nn::vq::Codebook;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use crate::nn::conv::{conv2d, Conv2d};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -226,8 +226,7 @@ impl MultiScaleQuantizer {
             phis.push(Phi { conv: conv2d(cfg.z_channels, cfg.z_channels, 3, conv_cfg, pvb)?, ratio });
         }
         let k = cfg.patch_nums.len();
-        let phi_of_scale =
-            (0..k).map(|si| if n_phis == 0 { None } else { Some(phi_index(si, k, n_phis, cfg.share_quant_resi)) }).collect();
+        let phi_of_scale = (0..k).map(|si| if n_phis == 0 { None } else { Some(phi_index(si, k, n_phis, cfg.share_quant_resi)) }).collect();
         let hw = cfg.latent_hw();
         let mut up = vec![];
         let mut down = vec![];

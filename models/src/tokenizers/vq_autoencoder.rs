@@ -4,11 +4,11 @@
 //! the codebook rule (raw rows or L2-normalised, in [`Codebook`]), so each one builds this with
 //! its own config and codebook and adds only its own loading and config parsing.
 
+use crate::nn::conv::{conv2d, Conv2d};
 use crate::nn::conv_ae::{ConvAeConfig, Decoder, DecoderTrace, Encoder, EncoderTrace};
 use crate::nn::vq::Codebook;
 use anyhow::{ensure, Result};
 use candle_core::{Module, Tensor};
-use crate::nn::conv::{conv2d, Conv2d};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 pub struct VqAutoencoder {
