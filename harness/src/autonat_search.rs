@@ -75,6 +75,9 @@ pub struct SearchJob {
     pub out: PathBuf,
     pub settings: SearchSettings,
     pub device: Device,
+    /// The generator's float type (the runtime's dtype table decides what the device allows);
+    /// the Inception always runs in f32.
+    pub dtype: genbench_runtime::DTypePolicy,
     /// Inception weights file; None: the cached FID Inception, fetched on first use.
     pub inception_weights: Option<PathBuf>,
     /// Cache folder (None: the metrics crate's default).
@@ -448,7 +451,7 @@ pub fn run_search_job(job: &SearchJob) -> Result<SearchOutcome> {
         ensure!(AutoNatSpec::is_fixture_config(c), "--config {} is not an AutoNAT config", request.config.as_ref().unwrap().display());
     }
     let (spec, weights) = autonat_model(&request, config.as_ref())?;
-    let mut generator = spec.build(&weights, &device, candle_core::DType::F32)?;
+    let mut generator = spec.build(&weights, &device, args.dtype.compute_dtype(&device)?)?;
 
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let extractor = InceptionExtractor::new_in(
@@ -478,6 +481,7 @@ pub fn run_search_job(job: &SearchJob) -> Result<SearchOutcome> {
         "samples": args.samples,
         "batch": args.batch,
         "seed": args.seed,
+        "dtype": args.dtype.name(),
         "init": args.init,
         "reference": reference_path.display().to_string(),
         "lr_ratios": settings.lr_ratios,
@@ -818,6 +822,7 @@ mod tests {
             out,
             settings: settings(1),
             device: Device::Cpu,
+            dtype: Default::default(),
             inception_weights: None,
             cache_dir: None,
             inception_batch: 8,

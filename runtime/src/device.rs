@@ -32,6 +32,13 @@ impl FromStr for DeviceChoice {
     }
 }
 
+/// Written as on the command line (`cpu`, `cuda:0`, `auto`), e.g. in a suite's manifest.
+impl serde::Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -4,10 +4,10 @@
 use anyhow::Result;
 use clap::Args;
 use genbench_harness::autonat_search::{run_search_job, SearchJob, SearchSettings};
-use genbench_runtime::DeviceChoice;
 use std::path::PathBuf;
 
 use super::model_registry::ModelArgs;
+use super::DeviceArgs;
 
 #[derive(Args, Clone, Debug)]
 #[command(group(clap::ArgGroup::new("network").args(["model", "config"]).required(true)))]
@@ -54,9 +54,8 @@ pub struct AutonatSearchArgs {
     /// Clip every gradient entry to [-c, c] before the update (the reference's --clip_grad).
     #[arg(long)]
     pub clip_grad: Option<f64>,
-    /// cpu, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Inception weights file; default: the cached FID Inception, fetched on first use.
     #[arg(long)]
     pub inception_weights: Option<PathBuf>,
@@ -87,7 +86,8 @@ pub fn run(args: AutonatSearchArgs) -> Result<()> {
             step_others: args.step_others,
             clip_grad: args.clip_grad,
         },
-        device: args.device.open()?,
+        device: args.device.device().open()?,
+        dtype: args.device.generator_dtype(),
         inception_weights: args.inception_weights,
         cache_dir: args.cache_dir,
         inception_batch: args.inception_batch,

@@ -11,7 +11,6 @@ use genbench_metrics::inception::weights::{default_cache_dir, fold_batch_norm, W
 use genbench_metrics::inception::InceptionNet;
 use genbench_metrics::preprocess::Preprocess;
 use genbench_runtime::timer::{median, Stopwatch};
-use genbench_runtime::DeviceChoice;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,9 +37,8 @@ struct InceptionBenchArgs {
     /// Untimed passes first (page faults, lazy allocations).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
-    /// cpu, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Inception weights file; default: the cached FID Inception, fetched on first use.
     #[arg(long)]
     inception_weights: Option<PathBuf>,
@@ -86,7 +84,8 @@ fn process_cpu_seconds() -> Option<f64> {
 
 fn run_inception(a: InceptionBenchArgs) -> Result<()> {
     anyhow::ensure!(a.batch > 0 && a.iters > 0, "--batch and --iters must be at least 1");
-    let device = a.device.open()?;
+    a.device.require_f32("bench inception")?;
+    let device = a.device.device().open()?;
     let cache_dir = a.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let source = match &a.inception_weights {
         Some(p) => WeightsSource::File(p.clone()),

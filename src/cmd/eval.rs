@@ -103,7 +103,7 @@ fn make_extractor(args: &ExtractorArgs, preprocess: Preprocess, command: &str) -
         Some(path) => WeightsSource::File(path.clone()),
         None => WeightsSource::Default,
     };
-    let device = args.device.device.open()?;
+    let device = args.device.device().open()?;
     InceptionExtractor::new(ExtractorOptions { preprocess, device, batch_size: args.batch_size, weights })
         .context("cannot set up the Inception feature extractor")
 }
@@ -260,7 +260,7 @@ fn eval_report(
             "metrics": metrics,
             "convention": args.convention,
             "preprocess": extractor.preprocess().to_string(),
-            "device": args.extractor.device.device.to_string(),
+            "device": args.extractor.device.device().to_string(),
             "batch_size": args.extractor.batch_size,
             "pr": options.pr,
             "is_splits": args.convention.is_splits(),

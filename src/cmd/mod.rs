@@ -19,17 +19,27 @@ use genbench_runtime::{DTypePolicy, DeviceChoice};
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct DeviceArgs {
     /// cpu, cuda:N or auto (the first GPU when built with `--features cuda` and one is present,
-    /// else the CPU).
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
+    /// else the CPU). Default: auto (a suite file's `device` for `suite`).
+    #[arg(long)]
+    pub device: Option<DeviceChoice>,
     /// Float type of generator weights and activations: f32, f16 or bf16. Default: what each run
-    /// or model asks for (f32 unless set). The runtime's dtype policy refuses what the device
-    /// cannot run (bf16 on the CPU). Metrics always run in f32.
+    /// or model asks for (f32 unless set). The runtime's dtype table refuses what the device
+    /// cannot run (e.g. bf16 below compute capability 8.0). Metrics always run in f32.
     #[arg(long)]
     pub dtype: Option<DTypePolicy>,
 }
 
 impl DeviceArgs {
+    /// `--device`, else auto.
+    pub fn device(&self) -> DeviceChoice {
+        self.device.unwrap_or(DeviceChoice::Auto)
+    }
+
+    /// The generator's dtype for commands without a per-run setting: `--dtype`, else f32.
+    pub fn generator_dtype(&self) -> DTypePolicy {
+        self.dtype.unwrap_or_default()
+    }
+
     /// For commands whose networks run in f32 only (the metrics: parity with the reference
     /// evaluators): refuses any other `--dtype` with the reason.
     pub fn require_f32(&self, command: &str) -> anyhow::Result<()> {

@@ -2,11 +2,11 @@
 //! FLOPs and throughput of a generator).
 
 use super::model_registry::{resolve, ModelArgs, SamplerArgs};
+use super::DeviceArgs;
 use anyhow::Result;
 use clap::Args;
 use genbench_harness::profile::{parse_batches, profile_generator, ProfileOptions};
 use genbench_models::flops::CONVENTION;
-use genbench_runtime::{DTypePolicy, DeviceChoice};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -29,18 +29,17 @@ pub struct ProfileArgs {
     /// Output folder (default results/profile/<model>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    #[arg(long, default_value = "f32")]
-    pub dtype: DTypePolicy,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 pub fn run(args: ProfileArgs) -> Result<()> {
     let opts = ProfileOptions { batches: parse_batches(&args.batch)?, repeats: args.repeats, warmup: args.warmup, seed: args.seed };
     opts.validate()?;
     // Device and dtype first: a CUDA or dtype problem is reported before any work.
-    let device = args.device.open()?;
-    let dtype = args.dtype.compute_dtype(&device)?;
+    let dtype_policy = args.device.generator_dtype();
+    let device = args.device.device().open()?;
+    let dtype = dtype_policy.compute_dtype(&device)?;
     let resolved = resolve(&args.generator.request(args.sampler.to_settings()))?;
     let name = resolved.name.clone();
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("results/profile").join(&name));
@@ -48,11 +47,11 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     eprintln!(
         "profiling {name} on {} ({}, {} kernel route)",
         genbench_runtime::device::describe(&device),
-        args.dtype.name(),
+        dtype_policy.name(),
         genbench_runtime::kernels::route()
     );
     let mut generator = resolved.build(&device, dtype)?;
-    let profile = profile_generator(generator.as_mut(), &name, &device, args.dtype.name(), &opts)?;
+    let profile = profile_generator(generator.as_mut(), &name, &device, dtype_policy.name(), &opts)?;
     let (csv, summary) = profile.write(&out)?;
     let flops = generator.flops_per_image();
     println!("FLOPs: {CONVENTION}");

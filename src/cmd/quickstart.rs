@@ -29,7 +29,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         only: Vec::new(),
         inception_cache: args.cache_dir,
         verbose: true,
-        device: args.device.device,
+        device: args.device.device(),
         dtype: args.device.dtype,
     };
     let summary = run_quickstart(&opts)?;

@@ -19,12 +19,11 @@
 //!   path that cannot be written, a shard count that disagrees with the parts on disk.
 
 use super::model_registry::{resolve, ModelArgs, SamplerArgs};
+use super::DeviceArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use genbench_harness::sampling::{plan_labels, ProcessOptions, SampleJob, Shard};
 use genbench_metrics::features::{ExtractorOptions, InceptionExtractor};
-use genbench_runtime::{DTypePolicy, DeviceChoice};
-use std::cell::OnceCell;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -57,12 +56,8 @@ pub struct SampleArgs {
     /// Also extract FID Inception features per batch (merged into features + statistics files).
     #[arg(long)]
     pub features: bool,
-    /// cpu, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// f32, f16 or bf16 (f32 on the CPU).
-    #[arg(long, default_value = "f32")]
-    pub dtype: DTypePolicy,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Stop after sampling this many batches, leaving the run resumable (tests of resumption).
     #[arg(long, hide = true, alias = "stop-after-shards")]
     pub stop_after_batches: Option<usize>,
@@ -90,7 +85,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         "vae": args.generator.vae.as_ref().map(|p| p.display().to_string()),
         "random_init": args.generator.random_init,
         "settings": resolved.settings,
-        "dtype": args.dtype.name(),
+        "dtype": args.device.generator_dtype().name(),
         "image_size": resolved.image_size,
     });
     let job = SampleJob {
@@ -102,21 +97,17 @@ pub fn run(args: SampleArgs) -> Result<()> {
         save_tokens: args.save_tokens,
         features: args.features,
     };
+    // The device and dtype: a CUDA or dtype problem is reported before the parts folder exists.
+    let device = args.device.device().open()?;
+    let dtype = args.device.generator_dtype().compute_dtype(&device)?;
     // 2. The parts folder (refuses other settings or another shard count).
     let parts = job.prepare(shard)?;
     if let Some(s) = shard {
         eprintln!("shard {s}: {} of the job's {} batches", (0..job.batches()).filter(|&b| s.owns(b)).count(), job.batches());
     }
 
-    // 3. Sampling: the device, model and Inception network are loaded only if some batch needs them.
-    let device = OnceCell::new();
-    let open_device = || -> Result<candle_core::Device> {
-        if let Some(d) = device.get() {
-            return Ok(Clone::clone(d));
-        }
-        let d = args.device.open()?;
-        Ok(device.get_or_init(|| d).clone())
-    };
+    // 3. Sampling: the model and Inception network are loaded only if some batch needs them.
+    let device = &device;
     let description = format!(
         "{} ({}; {} classes, {} px)",
         resolved.name,
@@ -126,12 +117,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
     );
     let mut unbuilt = Some(resolved);
     let mut make_generator = || {
-        let device = open_device()?;
-        let dtype = args.dtype.compute_dtype(&device)?;
-        eprintln!("loading {description} on {}", genbench_runtime::device::describe(&device));
-        unbuilt.take().context("the generator is built once per process")?.build(&device, dtype)
+        eprintln!("loading {description} on {}", genbench_runtime::device::describe(device));
+        unbuilt.take().context("the generator is built once per process")?.build(device, dtype)
     };
-    let mut make_extractor = || InceptionExtractor::new(ExtractorOptions { device: open_device()?, ..Default::default() });
+    let mut make_extractor = || InceptionExtractor::new(ExtractorOptions { device: device.clone(), ..Default::default() });
     let opts = ProcessOptions { shard, stop_after_batches: args.stop_after_batches };
     let report = job.sample(&parts, opts, &mut make_generator, &mut make_extractor)?;
     if report.stopped {

@@ -35,8 +35,10 @@ pub struct SuiteArgs {
 
 pub fn run(args: SuiteArgs) -> Result<()> {
     let suite = Suite::load(&args.file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // `--device`, else the suite file's `device`, else auto.
+    let device_choice = args.device.device.or(suite.device).unwrap_or(genbench_runtime::DeviceChoice::Auto);
     if args.dry_run {
-        let device = args.device.device.open()?;
+        let device = device_choice.open()?;
         let gflops = matmul_gflops_probe(&device)?;
         let rows = plan(&suite, &args.only, gflops, &device, args.device.dtype)?;
         print!("{}", format_plan(&suite, &rows, gflops));
@@ -49,7 +51,7 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         only: args.only.clone(),
         inception_cache: args.cache_dir.clone(),
         verbose: true,
-        device: args.device.device,
+        device: device_choice,
         dtype: args.device.dtype,
     };
     if args.cluster.any() && !args.cluster.merge_shards {

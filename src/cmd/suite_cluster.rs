@@ -82,7 +82,9 @@ pub fn run(suite: &Suite, args: &SuiteArgs, opts: RunnerOptions) -> Result<()> {
     if let Some(dir) = &args.cache_dir {
         suite_args.extend(["--cache-dir".into(), absolute(dir)?.display().to_string()]);
     }
-    suite_args.extend(["--device".into(), args.device.device.to_string()]);
+    if let Some(device) = args.device.device {
+        suite_args.extend(["--device".into(), device.to_string()]);
+    }
     if let Some(dtype) = args.device.dtype {
         suite_args.extend(["--dtype".into(), dtype.name().to_string()]);
     }

@@ -194,6 +194,8 @@ pub struct Suite {
     pub path: PathBuf,
     pub name: String,
     pub description: String,
+    /// The suite file's `device` (`--device` overrides it; neither: auto).
+    pub device: Option<genbench_runtime::DeviceChoice>,
     pub runs: Vec<Run>,
 }
 

@@ -30,6 +30,8 @@ pub(super) struct SuiteHeader {
     pub(super) description: String,
     /// Directory of paper tables, relative to the suite file; default `papers`.
     pub(super) papers: Option<String>,
+    /// Where the suite runs unless `--device` says otherwise: cpu, cuda:N or auto.
+    pub(super) device: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

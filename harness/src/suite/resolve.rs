@@ -43,6 +43,13 @@ impl Validator<'_> {
         if defaults.published.is_some() {
             self.problem("defaults.published", "`published` cannot have a default: it belongs to one run");
         }
+        let device = file.suite.device.as_deref().and_then(|raw| match raw.parse::<genbench_runtime::DeviceChoice>() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem("suite.device", e.to_string());
+                None
+            }
+        });
         let papers_dir = self.base_dir.join(file.suite.papers.as_deref().unwrap_or("papers"));
         let mut papers = PaperLibrary::new(papers_dir);
 
@@ -55,7 +62,7 @@ impl Validator<'_> {
             }
         }
         self.cross_checks(&runs, &all_ids);
-        Suite { path: path.to_path_buf(), name, description: file.suite.description, runs }
+        Suite { path: path.to_path_buf(), name, description: file.suite.description, device, runs }
     }
 
     fn require<T>(&mut self, key: &str, field: &str, value: Option<T>) -> Option<T> {
