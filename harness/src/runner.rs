@@ -3,7 +3,7 @@
 //! plots/).
 //!
 //! Work that does not depend on the moment is cached under `results/<suite>/cache/`, keyed by the
-//! settings that produced it ([`Run::sample_cache_key`], [`Run::feature_cache_key`], or the image
+//! settings that produced it ([`sample_cache_key`]; features by the samples' content, or the image
 //! files' content for metric checks), and written atomically: samples per batch (an interrupted
 //! run resumes at the first missing batch), Inception features per sample set (adding a metric
 //! reuses them). Timings are never cached: a profile measures this machine now.
@@ -509,7 +509,7 @@ pub fn generate_sample_dir(run: &Run, model: &ModelSpec, cache_root: &Path) -> R
             weight_hashes.insert(role.to_string(), genbench_runtime::hash::sha256_file(&p)?);
         }
     }
-    let sample_key = run.sample_cache_key(&weight_hashes).context("generate runs have a sample key")?;
+    let sample_key = sample_cache_key(run, &weight_hashes).context("generate runs have a sample key")?;
     let sample_dir = cache_root.join(&sample_key);
     Ok((weight_hashes, sample_dir))
 }
@@ -535,6 +535,32 @@ pub fn scoring_images(pixels: Vec<u8>, h: usize, w: usize, eval_resolution: Opti
         }
         None => Ok((pixels, h, w)),
     }
+}
+
+/// Key of the generated samples: everything that changes the images, and nothing else, so a
+/// re-run after an interruption or after adding a metric finds its samples. `weight_hashes`
+/// maps role (`checkpoint`, `tokenizer`) to content hash, so replaced weights under the same
+/// path do not hit a stale cache. Batch size is included because samplers draw noise per
+/// batch. `None` for runs that generate nothing (metric checks).
+pub fn sample_cache_key(run: &Run, weight_hashes: &BTreeMap<String, String>) -> Option<String> {
+    let Task::Generate { model, samples, batch, seeds, .. } = &run.task else {
+        return None;
+    };
+    let identity = serde_json::json!({
+        "family": model.family,
+        "model": model.model,
+        "arch": model.arch,
+        "random_weights": matches!(model.weights, Weights::Random),
+        "weights": weight_hashes,
+        "resolution": model.resolution,
+        "dtype": model.dtype,
+        "sampler": model.sampler,
+        "samples": samples,
+        "batch": batch,
+        "seeds": seeds,
+    });
+    // First 16 hex digits of SHA-256: short enough for directory names, far from colliding.
+    Some(genbench_runtime::hash::sha256_bytes(identity.to_string().as_bytes())[..16].to_string())
 }
 
 /// The ADM evaluator's Inception extractor on `device`, weights from `weights_dir` (default:

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use genbench_harness::runner::refusal;
+use genbench_harness::runner::{refusal, sample_cache_key};
 use genbench_harness::suite::{DistancePrecision, Metric, Suite, Task, Tolerance, Weights};
 
 fn suites_dir() -> PathBuf {
@@ -184,16 +184,16 @@ fn only_selects_runs_and_rejects_unknown_ids() {
 fn cache_keys_follow_what_changes_the_images() {
     let s = load("var_table1.toml");
     let hashes: BTreeMap<String, String> = [("checkpoint".to_string(), "aa".to_string())].into();
-    let k16 = s.runs[0].sample_cache_key(&hashes).unwrap();
-    assert_eq!(k16, s.runs[0].sample_cache_key(&hashes).unwrap());
-    assert_ne!(k16, s.runs[1].sample_cache_key(&hashes).unwrap());
+    let k16 = sample_cache_key(&s.runs[0], &hashes).unwrap();
+    assert_eq!(k16, sample_cache_key(&s.runs[0], &hashes).unwrap());
+    assert_ne!(k16, sample_cache_key(&s.runs[1], &hashes).unwrap());
     let other: BTreeMap<String, String> = [("checkpoint".to_string(), "bb".to_string())].into();
-    assert_ne!(k16, s.runs[0].sample_cache_key(&other).unwrap());
-    // Adding a metric does not change the sample or feature keys (no finished work is redone).
+    assert_ne!(k16, sample_cache_key(&s.runs[0], &other).unwrap());
+    // Adding a metric does not change the sample key (no finished work is redone; features are
+    // keyed by the samples' content).
     let mut more = s.runs[0].clone();
     more.metrics.push(Metric::Kid);
-    assert_eq!(more.sample_cache_key(&hashes).unwrap(), k16);
-    assert_eq!(more.feature_cache_key(&k16), s.runs[0].feature_cache_key(&k16));
+    assert_eq!(sample_cache_key(&more, &hashes).unwrap(), k16);
 }
 
 // --- bad input ---------------------------------------------------------------------------

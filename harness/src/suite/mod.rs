@@ -14,15 +14,14 @@
 //!
 //! The module is split by concept: [`vocabulary`] (run kinds, metrics, dtypes, evaluators),
 //! `raw` (the file as written, with `[defaults]` merging), `resolve` (validation into the
-//! resolved types below), `located` (errors as `file:line:column: key: message`) and
-//! `cache_keys` (what identifies a run's samples and features, for the runner's cache).
+//! resolved types below) and `located` (errors as `file:line:column: key: message`). What
+//! identifies a run's cached samples is the runner's ([`crate::runner::sample_cache_key`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-mod cache_keys;
 mod located;
 mod raw;
 mod resolve;
