@@ -24,6 +24,7 @@
 //! ```
 
 pub mod autonat_search;
+pub mod eval_command;
 pub mod fit;
 pub mod fit_command;
 pub mod manifest;
