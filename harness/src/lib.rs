@@ -24,6 +24,7 @@
 //! ```
 
 pub mod autonat_search;
+pub mod bench_inception;
 pub mod eval_command;
 pub mod fit;
 pub mod fit_command;
