@@ -37,6 +37,7 @@ pub mod quickstart;
 pub mod records;
 pub mod report;
 pub mod runner;
+pub mod sample_command;
 pub mod sampling;
 pub mod slurm;
 pub mod suite;

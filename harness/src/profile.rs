@@ -53,6 +53,20 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// What `genbench profile` prints: the FLOPs convention and per-image FLOPs, the per-step
+    /// table, and which kernel route ran (with the fast CPU kernels' call counts).
+    pub fn console_report(&self, flops: &genbench_models::generator::FlopsPerImage) -> String {
+        let mut out = format!("FLOPs: {CONVENTION}\n");
+        let mlp = if flops.diffusion_mlp > 0.0 { format!("diffusion MLP {:.1} GFLOP, ", flops.diffusion_mlp / 1e9) } else { String::new() };
+        let _ = writeln!(out, "per image: transformer {:.1} GFLOP, {mlp}decoder {:.1} GFLOP", flops.transformer / 1e9, flops.decoder / 1e9);
+        out += &self.table;
+        let fast = genbench_runtime::kernels::fast_calls();
+        let fast =
+            if fast.is_empty() { "none".to_string() } else { fast.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", ") };
+        let _ = writeln!(out, "\nkernel route: {}; fast CPU kernels run: {fast}", genbench_runtime::kernels::route());
+        out
+    }
+
     /// Writes `steps.csv` and `summary.json` into `dir` (created if needed); returns their paths.
     pub fn write(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -21,6 +21,29 @@ pub struct SlurmSettings {
     pub time: Option<String>,
 }
 
+/// The `genbench suite` arguments both jobs repeat: the suite file, results root and cache as
+/// absolute paths (the jobs start elsewhere), `--only`, and `--device`/`--dtype` when given.
+pub fn suite_job_args(
+    file: &Path,
+    results: &Path,
+    only: &[String],
+    cache_dir: Option<&Path>,
+    device_and_dtype: [Option<String>; 2],
+) -> Result<Vec<String>> {
+    let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()));
+    let mut args = vec![absolute(file)?.display().to_string(), "--results".into(), absolute(results)?.display().to_string()];
+    if !only.is_empty() {
+        args.extend(["--only".into(), only.join(",")]);
+    }
+    if let Some(dir) = cache_dir {
+        args.extend(["--cache-dir".into(), absolute(dir)?.display().to_string()]);
+    }
+    for (flag, value) in ["--device", "--dtype"].into_iter().zip(device_and_dtype) {
+        args.extend(value.map(|v| [flag.to_string(), v]).into_iter().flatten());
+    }
+    Ok(args)
+}
+
 /// The two scripts written for a suite.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlurmScripts {

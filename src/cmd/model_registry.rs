@@ -8,7 +8,7 @@ pub use genbench_harness::model_registry::*;
 
 /// Sampler options every family's command line shares; each family reads the ones it
 /// understands and refuses the others by name.
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, serde::Serialize, Clone, Debug, Default)]
 pub struct SamplerArgs {
     /// Classifier-free guidance scale (family formula; VAR ramps it linearly over the scales).
     #[arg(long)]
@@ -29,6 +29,7 @@ pub struct SamplerArgs {
     pub temperature: Option<f64>,
     /// VAR: Gumbel-softmax smoothing (visualisation only, not for FID).
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub more_smooth: bool,
     /// MAR / AutoNAT: generation steps.
     #[arg(long)]
@@ -45,23 +46,9 @@ impl SamplerArgs {
     /// The settings that were given, by their one name (`cfg`, `top_k`, ...); the family
     /// refuses the ones it has no use for.
     pub fn to_settings(&self) -> RawSettings {
-        let mut s = RawSettings::new();
-        let mut put = |k: &str, v: Option<serde_json::Value>| {
-            if let Some(v) = v {
-                s.insert(k.to_string(), v);
-            }
-        };
-        put("cfg", self.cfg.map(Into::into));
-        put("cfg_schedule", self.cfg_schedule.clone().map(Into::into));
-        put("cfg_interval", self.cfg_interval.map(Into::into));
-        put("top_k", self.top_k.map(Into::into));
-        put("top_p", self.top_p.map(Into::into));
-        put("temperature", self.temperature.map(Into::into));
-        put("more_smooth", self.more_smooth.then_some(true.into()));
-        put("num_iter", self.num_iter.map(Into::into));
-        put("num_sampling_steps", self.num_sampling_steps.map(Into::into));
-        put("strategy", self.strategy.clone().map(Into::into));
-        s
+        // The field names are the settings' names; flags not given are left out.
+        let serde_json::Value::Object(given) = serde_json::to_value(self).unwrap_or_default() else { return RawSettings::new() };
+        given.into_iter().filter(|(_, v)| !v.is_null()).collect()
     }
 }
 

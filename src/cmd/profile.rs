@@ -6,7 +6,6 @@ use super::DeviceArgs;
 use anyhow::Result;
 use clap::Args;
 use genbench_harness::profile::{parse_batches, profile_generator, ProfileOptions};
-use genbench_models::flops::CONVENTION;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -53,21 +52,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     let mut generator = resolved.build(&device, dtype)?;
     let profile = profile_generator(generator.as_mut(), &name, &device, dtype_policy.name(), &opts)?;
     let (csv, summary) = profile.write(&out)?;
-    let flops = generator.flops_per_image();
-    println!("FLOPs: {CONVENTION}");
-    println!(
-        "per image: transformer {:.1} GFLOP, {}decoder {:.1} GFLOP",
-        flops.transformer / 1e9,
-        if flops.diffusion_mlp > 0.0 { format!("diffusion MLP {:.1} GFLOP, ", flops.diffusion_mlp / 1e9) } else { String::new() },
-        flops.decoder / 1e9
-    );
-    print!("{}", profile.table);
-    let fast = genbench_runtime::kernels::fast_calls();
-    println!(
-        "\nkernel route: {}; fast CPU kernels run: {}",
-        genbench_runtime::kernels::route(),
-        if fast.is_empty() { "none".to_string() } else { fast.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", ") }
-    );
+    print!("{}", profile.console_report(&generator.flops_per_image()));
     println!("\nwrote {} and {}", csv.display(), summary.display());
     Ok(())
 }

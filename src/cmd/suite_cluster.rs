@@ -2,12 +2,10 @@
 //! every generate run), `--merge-shards` (merge, evaluate, report), and `--slurm` (write, and
 //! with `--submit` submit, an sbatch array for the first and a dependent job for the second).
 
-use std::path::{Path, PathBuf};
-
 use anyhow::{Context, Result};
 use genbench_harness::runner::RunnerOptions;
 use genbench_harness::sampling::Shard;
-use genbench_harness::slurm::{find_sbatch, submit, write_scripts, SlurmSettings};
+use genbench_harness::slurm::{find_sbatch, submit, suite_job_args, write_scripts, SlurmSettings};
 use genbench_harness::suite::Suite;
 use genbench_harness::suite_shards::run_suite_shard;
 
@@ -48,10 +46,6 @@ impl ClusterArgs {
     }
 }
 
-fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()))
-}
-
 /// Runs `--shard` or `--slurm` (`--merge-shards` reports like a plain run, in `suite.rs`).
 pub fn run(suite: &Suite, args: &SuiteArgs, opts: RunnerOptions) -> Result<()> {
     let c = &args.cluster;
@@ -74,20 +68,9 @@ pub fn run(suite: &Suite, args: &SuiteArgs, opts: RunnerOptions) -> Result<()> {
     };
     let sbatch = if c.submit { Some(find_sbatch()?) } else { None };
     let exe = std::env::current_exe().context("cannot find the genbench binary's path")?;
-    let results = absolute(&args.results)?;
-    let mut suite_args = vec![absolute(&args.file)?.display().to_string(), "--results".into(), results.display().to_string()];
-    if !args.only.is_empty() {
-        suite_args.extend(["--only".into(), args.only.join(",")]);
-    }
-    if let Some(dir) = &args.cache_dir {
-        suite_args.extend(["--cache-dir".into(), absolute(dir)?.display().to_string()]);
-    }
-    if let Some(device) = args.device.device {
-        suite_args.extend(["--device".into(), device.to_string()]);
-    }
-    if let Some(dtype) = args.device.dtype {
-        suite_args.extend(["--dtype".into(), dtype.name().to_string()]);
-    }
+    let device_and_dtype = [args.device.device.map(|d| d.to_string()), args.device.dtype.map(|d| d.name().to_string())];
+    let suite_args = suite_job_args(&args.file, &args.results, &args.only, args.cache_dir.as_deref(), device_and_dtype)?;
+    let results = std::path::absolute(&args.results).context("cannot make --results absolute")?;
     let dir = results.join(&suite.name).join("slurm");
     let scripts = write_scripts(&dir, &suite.name, &exe, &suite_args, &settings)?;
     println!("wrote {} (array of {} tasks) and {}", scripts.generate.display(), settings.array_size, scripts.merge.display());
