@@ -1,9 +1,9 @@
-//! Every generator family but MAR samples in bf16 and f16 on the CPU (the dtype policy table allows
-//! both there; MAR refuses half precision itself, with a clear error, and that is checked too):
+//! Every generator family samples in bf16 and f16 on the CPU (the dtype policy table allows both
+//! there; MAR keeps its token latents and diffusion arithmetic in f32, see generators/mar.rs):
 //! each fixture model is built through the registry in that dtype and samples two images from a
 //! seed. A run in half precision must finish, give images of the model's size,
 //! and be reproducible from its seed. (Numerical parity against the reference run in the same
-//! precision is in models/tests/llamagen_parity.rs; sampling decisions may legitimately differ
+//! precision is in models/tests/half_parity.rs; sampling decisions may legitimately differ
 //! from f32, so images are not compared with the f32 run here.)
 
 use candle_core::{DType, Device};
@@ -47,15 +47,16 @@ fn every_family_samples_in_bf16_and_f16_on_the_cpu() {
             assert_ne!(dtype, DType::F32);
             let resolved = resolve(&req).unwrap_or_else(|e| panic!("{family}: {e:#}"));
             let size = resolved.image_size;
-            if family == "mar" {
-                // MAR refuses half precision itself: its diffusion loop needs f32 (see
-                // generators/mar.rs). The refusal must be a clear error before any work.
-                let e = resolved.build(&dev, dtype).err().expect("MAR must refuse half precision").to_string();
-                assert!(e.contains("float32") && e.contains("--dtype f32"), "{e}");
-                println!("mar {}: refused: {e}", policy.name());
+            let mut g = resolved.build(&dev, dtype).unwrap_or_else(|e| panic!("{family} {}: build: {e:#}", policy.name()));
+            if family == "mar" && dtype == DType::F16 {
+                // The MAR fixture's random diffusion head grows its latents to ~1e5 (fixture
+                // README, "Numerics"), beyond float16's 65504: the reference under f16 autocast
+                // gives inf/NaN there; ours must refuse with a clear error, not blank images.
+                let e = g.sample(&[1, 3], 7, &mut StepLog::default()).err().expect("MAR f16 on the fixture must refuse").to_string();
+                assert!(e.contains("non-finite") && e.contains("65504") && e.contains("--dtype bf16"), "{e}");
+                println!("mar f16: refused: {e}");
                 continue;
             }
-            let mut g = resolved.build(&dev, dtype).unwrap_or_else(|e| panic!("{family} {}: build: {e:#}", policy.name()));
             let run = |g: &mut Box<dyn genbench_models::generator::Generator>| {
                 g.sample(&[1, 3], 7, &mut StepLog::default()).unwrap_or_else(|e| panic!("{family} {}: sample: {e:#}", policy.name()))
             };

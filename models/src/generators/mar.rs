@@ -325,9 +325,6 @@ impl ModelFamily for MarFamily {
             image_size,
             serde_json::to_value(&sampling)?,
             Box::new(move |device, dtype| {
-                if dtype != DType::F32 {
-                    bail!("MAR runs in float32 (its diffusion loop multiplies latents of magnitude up to 1e5 by schedule coefficients rounded to f32, as the reference does); use --dtype f32");
-                }
                 let g = match &paths {
                     Some((ckpt, Some(vae))) => MarGenerator::load(&model_name, &cfg, ckpt, &vae_cfg, vae, sampling, device, dtype)?,
                     Some((_, None)) => bail!("MAR needs --vae kl16.ckpt"),
@@ -543,7 +540,8 @@ impl Mar {
         let c = self.cfg.encoder_embed_dim;
         let buf = self.cfg.buffer_size;
         ensure!(mask.batch == b, "mask batch {} does not match tokens batch {b}", mask.batch);
-        let x = self.z_proj.forward(tokens)?;
+        // Token latents are float32 (the sampler's buffer); the projection runs in the weights' dtype.
+        let x = self.z_proj.forward(&tokens.to_dtype(self.z_proj.weight().dtype())?)?;
         let buffer = class_embedding.unsqueeze(1)?.broadcast_as((b, buf, c))?;
         let x = Tensor::cat(&[&buffer.to_dtype(x.dtype())?, &x], 1)?;
         let x = x.broadcast_add(&self.encoder_pos_embed_learned)?;
@@ -781,6 +779,11 @@ pub fn configs_from_json(json: &serde_json::Value) -> Result<(MarConfig, Kl16Con
 /// Reads `checkpoint-last.pth` and builds the model from its `model_ema` entry (the pickled
 /// `args`, `epoch`, `scaler` and the raw `model` weights are ignored).
 pub fn load_mar_checkpoint(cfg: &MarConfig, path: &Path, device: &Device) -> Result<Mar> {
+    load_mar_checkpoint_with_dtype(cfg, path, device, DType::F32)
+}
+
+/// [`load_mar_checkpoint`] with the weights in `dtype` (the diffusion loop's latents stay f32).
+pub fn load_mar_checkpoint_with_dtype(cfg: &MarConfig, path: &Path, device: &Device, dtype: DType) -> Result<Mar> {
     let ckpt = TorchCheckpoint::open(path)?;
     if !ckpt.has_prefix(EMA_KEY) {
         bail!(
@@ -790,8 +793,8 @@ pub fn load_mar_checkpoint(cfg: &MarConfig, path: &Path, device: &Device) -> Res
         );
     }
     let weights = StrictWeights::new(ckpt.load(EMA_KEY, None, device)?, format!("{}[{EMA_KEY}]", path.display()));
-    let mar = Mar::load(cfg, weights.var_builder(DType::F32, device))
-        .with_context(|| format!("loading MAR from {}[{EMA_KEY}]", path.display()))?;
+    let mar =
+        Mar::load(cfg, weights.var_builder(dtype, device)).with_context(|| format!("loading MAR from {}[{EMA_KEY}]", path.display()))?;
     weights.ensure_all_used(|_| false)?;
     Ok(mar)
 }
@@ -843,8 +846,10 @@ impl MarGenerator {
         Ok(Self { name: name.to_string(), mar, vae, sampling })
     }
 
-    /// Loads `checkpoint-last.pth` (its `model_ema` weights) and the KL-16 VAE. MAR computes in
-    /// float32 only (see [`MarFamily`]); another `dtype` is refused.
+    /// Loads `checkpoint-last.pth` (its `model_ema` weights) and the KL-16 VAE with weights in
+    /// `dtype`. In f16/bf16 the MAE, the diffusion MLP and the VAE compute in half while the
+    /// token latents and the diffusion loop's arithmetic stay f32, as under the reference's
+    /// `torch.cuda.amp.autocast()` sampling (engine_mar.py).
     #[allow(clippy::too_many_arguments)]
     pub fn load(
         name: &str,
@@ -856,13 +861,12 @@ impl MarGenerator {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        ensure!(dtype == DType::F32, "MAR runs in float32 only, not {dtype:?}");
         // Cheap checks first: a mismatched VAE is refused before the large generator is read.
         if vae_cfg.embed_dim != cfg.vae_embed_dim {
             bail!("VAE config has embed_dim {} but {name} uses vae_embed_dim {}", vae_cfg.embed_dim, cfg.vae_embed_dim);
         }
-        let vae = Kl16Vae::from_checkpoint(vae_cfg, vae_checkpoint, device)?;
-        let mar = load_mar_checkpoint(cfg, mar_checkpoint, device)?;
+        let vae = Kl16Vae::from_checkpoint_with_dtype(vae_cfg, vae_checkpoint, device, dtype)?;
+        let mar = load_mar_checkpoint_with_dtype(cfg, mar_checkpoint, device, dtype)?;
         Self::new(name, mar, vae, sampling)
     }
 
@@ -877,10 +881,9 @@ impl MarGenerator {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        ensure!(dtype == DType::F32, "MAR runs in float32 only, not {dtype:?}");
         let weights = crate::checkpoint::RandomWeights::new(seed);
-        let mar = Mar::load(cfg, weights.var_builder(DType::F32, device))?;
-        let vae = Kl16Vae::load(vae_cfg, weights.var_builder(DType::F32, device))?;
+        let mar = Mar::load(cfg, weights.var_builder(dtype, device))?;
+        let vae = Kl16Vae::load(vae_cfg, weights.var_builder(dtype, device))?;
         Self::new(name, mar, vae, sampling)
     }
 
@@ -907,8 +910,25 @@ impl MarGenerator {
             flops: labels.len() as f64 * self.vae.config().decode_flops((h, w)),
         };
         let images = record_step(observer, self.mar.device(), size, || Ok(self.vae.decode_tokens(&latents)?))?;
+        ensure_finite(&latents, &images)?;
         Ok((latents, images))
     }
+}
+
+/// Refuses inf/NaN images rather than returning blank ones. In f16 they come from latents
+/// beyond float16's range (the MAE input and the VAE decode cast the f32 latents to half): a
+/// diffusion head that does not denoise (random or mismatched weights) grows them to ~1e5
+/// (tests/fixtures/models/mar/README.md, "Numerics"); bf16 has float32's range.
+fn ensure_finite(latents: &Tensor, images: &Tensor) -> Result<()> {
+    let finite = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+    if finite(images)?.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    let largest = finite(latents)?.iter().filter(|v| v.is_finite()).fold(0f32, |m, v| m.max(v.abs()));
+    bail!(
+        "MAR produced non-finite images in {:?} (largest finite token latent {largest:.3e}; float16 holds values up to 65504): use --dtype bf16 or f32",
+        images.dtype()
+    )
 }
 
 impl Generator for MarGenerator {

@@ -313,13 +313,14 @@ impl SimpleMlpAdaLn {
 
     /// `time_embed(t)`: (N, w).
     pub fn time_embed(&self, timesteps: &[f32]) -> Result<Tensor> {
-        let f = self.timestep_frequencies(timesteps)?;
+        // Frequencies in f32 (as the reference), the MLP in the weights' dtype.
+        let f = self.timestep_frequencies(timesteps)?.to_dtype(self.time_embed_0.dtype())?;
         Ok(self.time_embed_2.forward(&self.time_embed_0.forward(&f)?.silu()?)?)
     }
 
     /// `cond_embed(c)`: (N, w). Constant over the reverse loop, so the sampler computes it once.
     pub fn cond_embed(&self, c: &Tensor) -> Result<Tensor> {
-        Ok(self.cond_embed.forward(c)?)
+        Ok(self.cond_embed.forward(&c.to_dtype(self.cond_embed.dtype())?)?)
     }
 
     /// The network body given `y = time_embed(t) + cond_embed(c)` ((N, w), or a (1, w) time
@@ -328,7 +329,8 @@ impl SimpleMlpAdaLn {
         let w = self.cfg.width;
         let y = t_emb.broadcast_add(c_emb)?;
         let modulation = self.ada_ln_modulation.forward(&y.silu()?)?;
-        let mut x = self.input_proj.forward(x_t)?;
+        // x_t may be the sampler's f32 latents; the network runs in the weights' dtype.
+        let mut x = self.input_proj.forward(&x_t.to_dtype(self.input_proj.dtype())?)?;
         for (i, block) in self.res_blocks.iter().enumerate() {
             x = block.forward(&x, &modulation.narrow(1, 3 * w * i, 3 * w)?)?;
         }
@@ -453,6 +455,9 @@ impl DiffusionHead {
         } else {
             self.net.forward_with_cfg_embedded(x, &t_emb, c_emb, cfg_scale)?
         };
+        // In f16/bf16 the network output is half; the diffusion arithmetic stays in x's dtype
+        // (f32), as under the reference's autocast.
+        let model_out = model_out.to_dtype(x.dtype())?;
         let ch = self.target_channels();
         let eps = model_out.narrow(1, 0, ch)?;
         let v = model_out.narrow(1, ch, ch)?;

@@ -53,6 +53,9 @@ impl RowLinear {
     pub fn out_dim(&self) -> usize {
         self.weight_t.dims()[1]
     }
+    pub fn dtype(&self) -> candle_core::DType {
+        self.weight_t.dtype()
+    }
 }
 
 impl Module for RowLinear {

@@ -6,10 +6,11 @@
 //! The published file `kl16.ckpt` is `torch.save({"model": state_dict})`.
 
 use crate::checkpoint::StrictWeights;
+use crate::nn::conv::{conv2d, Conv2d};
 use crate::nn::conv_ae::{ConvAeConfig, Decoder, Encoder};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 use genbench_runtime::checkpoint::TorchCheckpoint;
 use std::path::Path;
 
@@ -142,6 +143,11 @@ impl Kl16Vae {
     /// Reads `kl16.ckpt` (weights under `"model"`), refusing a file whose latent width differs
     /// from `cfg.embed_dim` with a message naming both.
     pub fn from_checkpoint(cfg: &Kl16Config, path: &Path, device: &Device) -> Result<Self> {
+        Self::from_checkpoint_with_dtype(cfg, path, device, DType::F32)
+    }
+
+    /// [`from_checkpoint`](Self::from_checkpoint) with the weights in `dtype`.
+    pub fn from_checkpoint_with_dtype(cfg: &Kl16Config, path: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let ckpt = TorchCheckpoint::open(path)?;
         if !ckpt.has_prefix(CHECKPOINT_KEY) {
             bail!(
@@ -163,7 +169,7 @@ impl Kl16Vae {
             }
         }
         let weights = StrictWeights::new(ckpt.load(CHECKPOINT_KEY, None, device)?, format!("{}[{CHECKPOINT_KEY}]", path.display()));
-        let vae = Self::load(cfg, weights.var_builder(DType::F32, device))
+        let vae = Self::load(cfg, weights.var_builder(dtype, device))
             .with_context(|| format!("loading the KL-16 VAE from {}", path.display()))?;
         // Training-only entries of LDM checkpoints (the discriminator / LPIPS loss) are not
         // part of the autoencoder.
@@ -180,7 +186,8 @@ impl Kl16Vae {
 
     /// `vae.encode(x)` for images in [-1, 1].
     pub fn encode(&self, x: &Tensor) -> Result<Posterior> {
-        let moments = self.quant_conv.forward(&self.encoder.forward(x)?)?;
+        let x = x.to_dtype(self.quant_conv.weight().dtype())?;
+        let moments = self.quant_conv.forward(&self.encoder.forward(&x)?)?;
         let e = self.cfg.embed_dim;
         let mean = moments.narrow(1, 0, e)?;
         let logvar = moments.narrow(1, e, e)?.clamp(-30f32, 20f32)?;
@@ -188,9 +195,11 @@ impl Kl16Vae {
         Ok(Posterior { moments, mean, logvar, std })
     }
 
-    /// `vae.decode(z)` = `decoder(post_quant_conv(z))` for an unscaled latent.
+    /// `vae.decode(z)` = `decoder(post_quant_conv(z))` for an unscaled latent (cast to the
+    /// weights' dtype: MAR's latents are f32 whatever the VAE runs in).
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        Ok(self.decoder.forward(&self.post_quant_conv.forward(z)?)?)
+        let z = z.to_dtype(self.post_quant_conv.weight().dtype())?;
+        Ok(self.decoder.forward(&self.post_quant_conv.forward(&z)?)?)
     }
 
     /// Decodes MAR tokens (latents multiplied by the latent scale): `decode(tokens / scale)`.
