@@ -160,7 +160,6 @@ pub fn run_eval_job(job: &EvalJob) -> Result<EvalOutcome> {
         convention: job.convention,
         no_logits_reason: (!extractor.has_logits()).then(|| extractor.no_fc_message().to_owned()),
         reference_label: reference.path.display().to_string(),
-        ..EvalOptions::default()
     };
     let evaluation = evaluate(&sample_summary, Some(&reference_summary), &metrics, &options)?;
     warnings.extend(evaluation.warnings.iter().cloned());

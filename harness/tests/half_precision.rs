@@ -52,7 +52,7 @@ fn every_family_samples_in_bf16_and_f16_on_the_cpu() {
                 // The MAR fixture's random diffusion head grows its latents to ~1e5 (fixture
                 // README, "Numerics"), beyond float16's 65504: the reference under f16 autocast
                 // gives inf/NaN there; ours must refuse with a clear error, not blank images.
-                let e = g.sample(&[1, 3], 7, &mut StepLog::default()).err().expect("MAR f16 on the fixture must refuse").to_string();
+                let e = g.sample(&[1, 3], 7, &mut StepLog::default()).expect_err("MAR f16 on the fixture must refuse").to_string();
                 assert!(e.contains("non-finite") && e.contains("65504") && e.contains("--dtype bf16"), "{e}");
                 println!("mar f16: refused: {e}");
                 continue;

@@ -407,7 +407,7 @@ pub fn read_raw_array(path: &Path, key: &str) -> Result<Option<RawArray>> {
     ensure!(npy.order() == Order::C, "{}: {key} is stored in Fortran order", path.display());
     let descr = ts.to_string();
     let shape = npy.shape().to_vec();
-    let expected = shape.iter().product::<u64>() * ts.size_field() as u64;
+    let expected = shape.iter().product::<u64>() * ts.size_field();
     let mut data = Vec::with_capacity(expected as usize);
     npy.into_inner().read_to_end(&mut data).with_context(|| format!("{}: cannot read {key}", path.display()))?;
     ensure!(
@@ -434,7 +434,7 @@ impl NpzStreamWriter<'_> {
     pub fn start_array(&mut self, name: &str, descr: &str, shape: &[u64]) -> Result<()> {
         self.close_array()?;
         ensure!(!self.names.iter().any(|n| n == name), "array name {name} used twice");
-        let itemsize = descr.parse::<TypeStr>().with_context(|| format!("bad dtype {descr}"))?.size_field() as u64;
+        let itemsize = descr.parse::<TypeStr>().with_context(|| format!("bad dtype {descr}"))?.size_field();
         start_npy(&mut self.zip, name, descr, shape)?;
         self.names.push(name.to_string());
         self.open = Some((name.to_string(), shape.iter().product::<u64>() * itemsize));

@@ -2,6 +2,7 @@
 //! * VAR: V = 4096 codes of 32 channels, a 16 x 16 latent (last scale), batch 8;
 //! * LlamaGen VQ-16: V = 16384 codes of 8 channels, L2-normalised, 16 x 16, batch 8;
 //! * taming f16-16384: V = 16384 codes of 256 channels, 16 x 16, batch 8.
+//!
 //! `cargo bench -p genbench-models --bench vq_lookup -- --quick`.
 
 use candle_core::{Device, Tensor};

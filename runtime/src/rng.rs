@@ -122,7 +122,7 @@ impl RandomSource for SeededSource {
 /// strictly above `u * total`. This is also how `torch.multinomial(probs, 1, True)` is
 /// replayed from recorded uniforms (`k = #{j : cumsum[j] <= u * cumsum[-1]}`).
 fn sample_rows(probs: &[f32], cols: usize, mut u: impl FnMut() -> f64) -> Result<Vec<u32>> {
-    if cols == 0 || probs.len() % cols != 0 {
+    if cols == 0 || !probs.len().is_multiple_of(cols) {
         bail!("categorical: {} probabilities do not split into rows of {cols}", probs.len());
     }
     probs
@@ -130,7 +130,7 @@ fn sample_rows(probs: &[f32], cols: usize, mut u: impl FnMut() -> f64) -> Result
         .enumerate()
         .map(|(r, row)| {
             let total: f64 = row.iter().map(|&p| p as f64).sum();
-            if !(total > 0.0) || !total.is_finite() || row.iter().any(|&p| p < 0.0) {
+            if total.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !total.is_finite() || row.iter().any(|&p| p < 0.0) {
                 bail!("categorical: row {r} has no valid probability mass (sum {total})");
             }
             let target = u() * total;
@@ -231,7 +231,7 @@ impl RandomSource for ReplaySource {
         }
     }
     fn categorical(&mut self, probs: &[f32], cols: usize) -> Result<Vec<u32>> {
-        let rows = if cols == 0 { 0 } else { probs.len() / cols };
+        let rows = probs.len().checked_div(cols).unwrap_or(0);
         if self.categoricals.is_empty() && !self.categorical_uniforms.is_empty() {
             let u = take(&mut self.categorical_uniforms, rows, "categorical uniform")?;
             let mut it = u.into_iter();

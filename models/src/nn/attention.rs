@@ -338,7 +338,7 @@ impl MultiHeadAttention {
 }
 
 fn head_dim_of(dim: usize, num_heads: usize) -> Result<usize> {
-    if num_heads == 0 || dim % num_heads != 0 {
+    if num_heads == 0 || !dim.is_multiple_of(num_heads) {
         candle_core::bail!("attention width {dim} does not split into {num_heads} heads");
     }
     Ok(dim / num_heads)

@@ -317,9 +317,9 @@ impl CustomOp1 for SoftmaxLastDim {
         let src = &data[start..end];
         let cols = *layout.shape().dims().last().unwrap_or(&1);
         let mut dst = crate::nn::fused::uninit_f32(src.len());
-        if cols > 0 {
-            // Chunks of whole rows, about 16k values each.
-            let rows_per_chunk = (16 * 1024 / cols).max(1);
+        // Chunks of whole rows, about 16k values each (nothing to do for empty rows).
+        if let Some(rows) = (16 * 1024usize).checked_div(cols) {
+            let rows_per_chunk = rows.max(1);
             dst.par_chunks_mut(rows_per_chunk * cols)
                 .zip(src.par_chunks(rows_per_chunk * cols))
                 .for_each(|(d, s)| softmax_rows(s, d, cols));

@@ -131,7 +131,7 @@ mod tests {
         // output 1 at 0.25: cubic1(0.75) + cubic2(1.75) = 0.2265625; the rest by symmetry.
         let w = bicubic_weights(2, 4);
         let y: Vec<f32> = w.chunks(2).map(|r| r[1]).collect();
-        let expected = [-0.10546875f32, 0.2265625, 0.7734375, 1.10546875];
+        let expected = [-0.10546875f32, 0.2265625, 0.7734375, 1.105_468_8];
         for (a, e) in y.iter().zip(expected) {
             assert!((a - e).abs() < 1e-6, "{y:?}");
         }

@@ -89,7 +89,7 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn load(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        if channels % groups != 0 {
+        if !channels.is_multiple_of(groups) {
             candle_core::bail!("GroupNorm: {channels} channels do not split into {groups} groups ({})", vb.prefix());
         }
         Ok(Self { weight: vb.get(channels, "weight")?, bias: vb.get(channels, "bias")?, groups, channels, eps })

@@ -29,7 +29,7 @@ impl Rope2d {
     /// `precompute_freqs_cis_2d(grid, head_dim, base, prefix)`. `head_dim` must be a multiple of
     /// 4 (two axes, each made of complex pairs).
     pub fn new(grid: usize, head_dim: usize, base: f64, prefix: usize, device: &Device) -> Result<Self> {
-        if head_dim % 4 != 0 || head_dim == 0 {
+        if !head_dim.is_multiple_of(4) || head_dim == 0 {
             candle_core::bail!("2-D RoPE needs head_dim divisible by 4, got {head_dim}");
         }
         let half = head_dim / 2;

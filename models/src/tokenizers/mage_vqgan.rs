@@ -100,7 +100,7 @@ impl MageVqganConfig {
             self.z_channels
         );
         ensure!(
-            self.resolution % (1 << (self.levels() - 1)) == 0,
+            self.resolution.is_multiple_of(1 << (self.levels() - 1)),
             "resolution {} is not divisible by the down-sampling factor",
             self.resolution
         );
@@ -283,7 +283,7 @@ impl MageVqgan {
         Ok((z, trace))
     }
 
-    fn encode_impl(&self, x: &Tensor, mut trace: Option<&mut VqTrace>) -> candle_core::Result<Tensor> {
+    fn encode_impl(&self, x: &Tensor, trace: Option<&mut VqTrace>) -> candle_core::Result<Tensor> {
         let e = &self.encoder;
         let mut h = e.conv_in.forward(x)?;
         let last = e.levels.len() - 1;
@@ -296,7 +296,7 @@ impl MageVqgan {
             }
         }
         h = e.mid[1].forward(&e.mid[0].forward(&h)?)?;
-        if let Some(t) = trace.as_deref_mut() {
+        if let Some(t) = trace {
             t.encoder_mid = Some(h.clone());
         }
         e.conv_out.forward(&e.norm_out.forward_swish(&h)?)

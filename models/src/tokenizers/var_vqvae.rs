@@ -131,7 +131,7 @@ impl VarVqVaeConfig {
         if self.patch_nums.windows(2).any(|w| w[0] >= w[1]) {
             bail!("VQVAE patch_nums {:?} must increase strictly", self.patch_nums);
         }
-        if self.ch_mult.is_empty() || self.ch % 32 != 0 {
+        if self.ch_mult.is_empty() || !self.ch.is_multiple_of(32) {
             bail!("VQVAE ch {} / ch_mult {:?}: GroupNorm(32) needs ch divisible by 32 and at least one level", self.ch, self.ch_mult);
         }
         Ok(())
@@ -343,8 +343,8 @@ impl MultiScaleQuantizer {
         let fhats = self.idx_to_fhats(idx)?;
         let k = self.patch_nums.len();
         let mut parts = vec![];
-        for si in 0..k - 1 {
-            let next = self.downsample(si + 1, &fhats[si])?;
+        for (si, fhat) in fhats.iter().enumerate().take(k - 1) {
+            let next = self.downsample(si + 1, fhat)?;
             let (b, c, h, w) = next.dims4()?;
             parts.push(next.reshape((b, c, h * w))?.transpose(1, 2)?);
         }
