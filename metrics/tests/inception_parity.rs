@@ -140,26 +140,35 @@ fn candle_engine_agrees_with_the_cpu_engine_and_reference() {
     let folded = fold_batch_norm(&resolved.tensors).unwrap();
     let candle = CandleInception::new(&folded, &candle_core::Device::Cpu).unwrap();
     let cpu = InceptionNet::new(&folded, &candle_core::Device::Cpu).unwrap();
-    let g = groups(&dir).into_iter().find(|g| g.name == "photos299").expect("photos299 group");
-    let (_, images) = npy::<u8>(&dir.join(format!("{}_images.npy", g.name)));
-    let n = 2;
-    let x = preprocess_batch(&images[..n * g.h * g.w * 3], n, g.h, g.w, Preprocess::Adm).unwrap();
-    let a = candle.forward_nhwc(&x, n).unwrap();
-    let b = cpu.forward_nhwc(&x, n).unwrap();
-    let (_, want) = npy::<f32>(&dir.join(format!("{}_pool3.npy", g.name)));
-    let d_engines = max_abs_diff(&a.pool3, &b.pool3);
-    let d_ref = max_abs_diff(&a.pool3, &want[..n * POOL3_DIM]);
-    let d_spatial = max_abs_diff(&a.spatial, &b.spatial);
-    println!("candle vs cpu engine: pool3 {d_engines:e}, spatial {d_spatial:e}; candle vs reference {d_ref:e}");
-    assert!(d_engines <= TOL && d_spatial <= TOL && d_ref <= TOL);
+    // The first two images of every group the fixture holds (each size goes through its own resize).
+    for g in groups(&dir) {
+        let (_, images) = npy::<u8>(&dir.join(format!("{}_images.npy", g.name)));
+        let n = g.n.min(2);
+        let x = preprocess_batch(&images[..n * g.h * g.w * 3], n, g.h, g.w, Preprocess::Adm).unwrap();
+        let a = candle.forward_nhwc(&x, n).unwrap();
+        let b = cpu.forward_nhwc(&x, n).unwrap();
+        let (_, want) = npy::<f32>(&dir.join(format!("{}_pool3.npy", g.name)));
+        let d_engines = max_abs_diff(&a.pool3, &b.pool3);
+        let d_ref = max_abs_diff(&a.pool3, &want[..n * POOL3_DIM]);
+        let d_spatial = max_abs_diff(&a.spatial, &b.spatial);
+        println!("{}: candle vs cpu engine: pool3 {d_engines:e}, spatial {d_spatial:e}; candle vs reference {d_ref:e}", g.name);
+        assert!(d_engines <= TOL && d_spatial <= TOL && d_ref <= TOL, "{}", g.name);
+    }
 }
 
-/// Features and logits of 2 photos299 images with weights from `source`, next to the default.
+/// The fixture's first image group (golden.json order by name): the images the weight-loading and
+/// cache tests run on, whatever groups a fixture folder holds.
+fn first_group(dir: &Path) -> Group {
+    groups(dir).into_iter().next().expect("golden.json lists at least one group")
+}
+
+/// Features and logits of (up to) 2 images of the fixture's first group with weights from
+/// `source`, next to the default.
 fn compare_with_default(source: WeightsSource) -> (f32, Vec<f32>, Vec<f32>, InceptionExtractor) {
     let dir = fixture_dir();
-    let g = groups(&dir).into_iter().find(|g| g.name == "photos299").expect("photos299 group");
+    let g = first_group(&dir);
     let (_, images) = npy::<u8>(&dir.join(format!("{}_images.npy", g.name)));
-    let n = 2;
+    let n = g.n.min(2);
     let images = &images[..n * g.h * g.w * 3];
     let base = extractor().extract(images, n, g.h, g.w).unwrap();
     let other = InceptionExtractor::new(ExtractorOptions { batch_size: 2, weights: source, ..Default::default() }).unwrap();
@@ -249,18 +258,21 @@ fn feature_cache_round_trip() {
     let opts = |preprocess| ExtractorOptions { preprocess, batch_size: 4, weights: weights.clone(), ..Default::default() };
     let ex = InceptionExtractor::new_in(opts(Preprocess::Adm), tmp.path()).unwrap();
     assert!(!ex.has_logits() && ex.no_fc_message().contains("--inception-weights"));
-    let (_, images) = npy::<u8>(&dir.join("gray64_images.npy"));
-    let (first, hit) = ex.extract_cached(&images, 4, 64, 64).unwrap();
+    let g = first_group(&dir);
+    let (_, images) = npy::<u8>(&dir.join(format!("{}_images.npy", g.name)));
+    let n = g.n.min(4);
+    let images = images[..n * g.h * g.w * 3].to_vec();
+    let (first, hit) = ex.extract_cached(&images, n, g.h, g.w).unwrap();
     assert!(!hit);
-    let key = ex.cache_key(&images, 4, 64, 64);
+    let key = ex.cache_key(&images, n, g.h, g.w);
     assert!(ex.feature_cache_path(&key).is_file());
-    let (again, hit) = ex.extract_cached(&images, 4, 64, 64).unwrap();
+    let (again, hit) = ex.extract_cached(&images, n, g.h, g.w).unwrap();
     assert!(hit);
     assert_eq!(first, again);
     // Another preprocessing or other pixels are other keys.
     let clean = InceptionExtractor::new_in(opts(Preprocess::Clean), tmp.path()).unwrap();
-    assert_ne!(clean.cache_key(&images, 4, 64, 64), key);
+    assert_ne!(clean.cache_key(&images, n, g.h, g.w), key);
     let mut other = images.clone();
     other[0] ^= 1;
-    assert_ne!(ex.cache_key(&other, 4, 64, 64), key);
+    assert_ne!(ex.cache_key(&other, n, g.h, g.w), key);
 }

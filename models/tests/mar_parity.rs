@@ -137,12 +137,14 @@ fn patchify_and_unpatchify_match_reference() {
     let h = cfg.seq_h();
     let back = unpatchify(f.t("patchify.output"), p, cfg.vae_embed_dim, h, h).unwrap();
     assert_close("unpatchify.output", &back, f.t("unpatchify.output"), 0.0, 0.0);
-    // The extra p = 2 mapping (channel order (c, p, q)).
+    // The extra mapping (channel order (c, p, q)); its patch size from the stored shapes: (1, C, H, W) -> (1, L, C·p²).
     let x2 = f.t("patchify_p2.input");
     let (_, c, lh, lw) = x2.dims4().unwrap();
-    let out2 = patchify(x2, 2).unwrap();
+    let p2 = ((f.t("patchify_p2.output").dim(2).unwrap() / c) as f64).sqrt().round() as usize;
+    assert_eq!(c * p2 * p2, f.t("patchify_p2.output").dim(2).unwrap(), "patchify_p2.output channels are C·p²");
+    let out2 = patchify(x2, p2).unwrap();
     assert_close("patchify_p2.output", &out2, f.t("patchify_p2.output"), 0.0, 0.0);
-    let back2 = unpatchify(f.t("patchify_p2.output"), 2, c, lh / 2, lw / 2).unwrap();
+    let back2 = unpatchify(f.t("patchify_p2.output"), p2, c, lh / p2, lw / p2).unwrap();
     assert_close("unpatchify_p2.output", &back2, f.t("unpatchify_p2.output"), 0.0, 0.0);
 }
 
@@ -643,7 +645,11 @@ fn num_iter_outside_the_token_count_is_refused() {
 fn seeded_sampling_is_reproducible() {
     let f = fixture();
     let (cfg, vae_cfg) = configs_from_json(&f.config).unwrap();
-    let sampling = MarSampling { cfg: 2.0, num_iter: 3, num_sampling_steps: cfg.num_sampling_steps, ..MarSampling::default() };
+    // Any valid settings do: the labels of the fixture's first run, a few iterations.
+    let runs = f.config.pointer("/sampling/sample_tokens").and_then(|v| v.as_array()).expect("sampling.sample_tokens");
+    let (_, labels, _) = run_settings(&runs[0]);
+    let sampling =
+        MarSampling { cfg: 2.0, num_iter: cfg.seq_len().min(3), num_sampling_steps: cfg.num_sampling_steps, ..MarSampling::default() };
     let mut gen = MarGenerator::load(
         "mar-fixture",
         &cfg,
@@ -656,11 +662,11 @@ fn seeded_sampling_is_reproducible() {
     )
     .unwrap();
     use genbench_models::generator::{Generator, NoObserver};
-    let a = gen.sample(&[1, 2], 7, &mut NoObserver).unwrap();
-    let b = gen.sample(&[1, 2], 7, &mut NoObserver).unwrap();
-    let c = gen.sample(&[1, 2], 8, &mut NoObserver).unwrap();
+    let a = gen.sample(&labels, 7, &mut NoObserver).unwrap();
+    let b = gen.sample(&labels, 7, &mut NoObserver).unwrap();
+    let c = gen.sample(&labels, 8, &mut NoObserver).unwrap();
     assert_eq!(a.images, b.images);
     assert_eq!(a.latents, b.latents);
     assert_ne!(a.latents, c.latents);
-    assert_eq!((a.n, a.height, a.width), (2, cfg.img_size, cfg.img_size));
+    assert_eq!((a.n, a.height, a.width), (labels.len(), cfg.img_size, cfg.img_size));
 }

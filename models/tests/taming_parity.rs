@@ -27,6 +27,7 @@ const ACT_RTOL: f64 = 1e-4;
 const CONV_RTOL: f64 = 2e-4;
 
 struct Fixture {
+    config: serde_json::Value,
     cfg: TamingConfig,
     io: HashMap<String, Tensor>,
     weights: StrictWeights,
@@ -39,7 +40,7 @@ fn fixture() -> Fixture {
     let ckpt = dir.join(config["checkpoint"].as_str().expect("config.checkpoint"));
     // Lightning layout: the state dict sits under "state_dict".
     let weights = StrictWeights::open(&ckpt, &["state_dict"], &[], &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}"));
-    Fixture { cfg, io: load_io(&dir), weights }
+    Fixture { config, cfg, io: load_io(&dir), weights }
 }
 
 impl Fixture {
@@ -140,9 +141,9 @@ fn cached_sampling_matches_reference_step_by_step() {
     let n = f.cfg.tokens_per_image();
     let g = f.cfg.grid();
     let labels = f.ids("gen.labels");
-    // The reference decoded greedily (sample_logits=False, top_k None): top-1 filtering makes
-    // the multinomial draw a deterministic argmax, whatever the random stream.
-    let s = TamingSampling { top_k: Some(1), top_p: 1.0, temperature: 1.0 };
+    let s = reference_sampling(&f.config);
+    let steps = f.config["sampling"]["steps"].as_u64().expect("config.sampling.steps") as usize;
+    assert_eq!(steps, n, "the fixture samples a full token grid");
     let mut log = StepLog::default();
     let mut trace = Vec::new();
     let tokens = gpt.generate(&labels, n, &s, &mut SeededSource::new(0), &mut log, Some(&mut trace)).unwrap();
@@ -165,6 +166,26 @@ fn cached_sampling_matches_reference_step_by_step() {
     }
     let image = vq.decode_code(&tokens_t, g, g).unwrap();
     assert_close("gen.image", &image, f.t("gen.image"), CONV_RTOL, 0.0);
+}
+
+/// The fixture's `sample_with_past` settings (`config.sampling`) as our sampler's. Greedy decoding
+/// (`sample_logits = false`: `topk(probs, 1)`) is the argmax of the logits, which our sampler gives
+/// as a top-1 filter followed by a draw from a one-hot distribution, whatever the random stream.
+/// A sampled run (`sample_logits = true`) compares tokens only where top-1 filtering makes the
+/// draw deterministic; the reference's torch RNG stream is not replayed.
+fn reference_sampling(config: &serde_json::Value) -> TamingSampling {
+    let s = &config["sampling"];
+    let sample_logits = s["sample_logits"].as_bool().expect("config.sampling.sample_logits");
+    let temperature = s["temperature"].as_f64().expect("config.sampling.temperature");
+    // The reference filters only when top_k is given (top_p then defaults to 1.0).
+    let top_k = s["top_k"].as_u64().map(|k| k as usize);
+    let top_p = if top_k.is_some() { s["top_p"].as_f64().unwrap_or(1.0) } else { 1.0 };
+    if sample_logits {
+        assert_eq!(top_k, Some(1), "a sampled (sample_logits = true) fixture run is deterministic only with top_k = 1");
+        TamingSampling { top_k, top_p, temperature }
+    } else {
+        TamingSampling { top_k: Some(1), top_p: 1.0, temperature }
+    }
 }
 
 #[test]
