@@ -86,6 +86,12 @@ pub fn run(suite: &Suite, args: &SuiteArgs, opts: RunnerOptions) -> Result<()> {
     if let Some(dtype) = args.device.dtype {
         suite_args.extend(["--dtype".into(), dtype.name().to_string()]);
     }
+    if let Some(convention) = args.convention {
+        suite_args.extend(["--convention".into(), convention.to_string()]);
+    }
+    if let Some(file) = &args.inception_weights {
+        suite_args.extend(["--inception-weights".into(), absolute(file)?.display().to_string()]);
+    }
     let dir = results.join(&suite.name).join("slurm");
     let scripts = write_scripts(&dir, &suite.name, &exe, &suite_args, &settings)?;
     println!("wrote {} (array of {} tasks) and {}", scripts.generate.display(), settings.array_size, scripts.merge.display());

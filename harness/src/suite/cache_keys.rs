@@ -33,12 +33,14 @@ impl Run {
 
     /// Key of the Inception features of the samples: the sample key plus what changes features.
     pub fn feature_cache_key(&self, sample_key: &str) -> Option<String> {
-        let Task::Generate { evaluator, eval_resolution, .. } = &self.task else {
+        let Task::Generate { convention, eval_resolution, .. } = &self.task else {
             return None;
         };
+        // Features depend on the convention only through its preprocessing (torch-fidelity's
+        // is ADM's), and `adm` keeps the key it had under its former name `evaluator`.
         let identity = serde_json::json!({
             "samples": sample_key,
-            "evaluator": evaluator,
+            "evaluator": convention.preprocess().to_string(),
             "eval_resolution": eval_resolution,
             "network": "inception-2015-12-05",
         });

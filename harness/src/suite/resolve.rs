@@ -188,7 +188,7 @@ impl Validator<'_> {
             batch: batch?,
             seeds: seeds?,
             reference,
-            evaluator: t.evaluator.unwrap_or_default(),
+            convention: t.convention.unwrap_or_default(),
             pr_distances: t.pr_distances.unwrap_or(DistancePrecision::Fp16Adm),
             eval_resolution: t.eval_resolution,
         })
@@ -272,7 +272,7 @@ impl Validator<'_> {
         Some(Task::MetricCheck {
             images,
             split_at: split_at?,
-            evaluator: t.evaluator.unwrap_or_default(),
+            convention: t.convention.unwrap_or_default(),
             pr_distances: t.pr_distances.unwrap_or(DistancePrecision::Fp16Adm),
         })
     }
