@@ -11,6 +11,7 @@
 //! several processes on one shard never sample a batch twice, and N is recorded in the cache so
 //! a disagreeing `--shard` is refused.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -131,13 +132,18 @@ pub fn run_suite_shard(suite: &Suite, opts: &RunnerOptions, shard: Shard) -> Res
                     (s.images, s.height, s.width)
                 };
                 if features {
-                    let preprocess = convention.preprocess();
-                    if !extractors.contains_key(&preprocess) {
-                        let e =
-                            inception_extractor(preprocess, opts.inception_cache.as_deref(), opts.inception_weights.as_deref(), &device)?;
-                        extractors.insert(preprocess, e);
-                    }
-                    let extractor = &extractors[&preprocess];
+                    let extractor = match extractors.entry(convention.preprocess()) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => {
+                            let preprocess = *e.key();
+                            e.insert(inception_extractor(
+                                preprocess,
+                                opts.inception_cache.as_deref(),
+                                opts.inception_weights.as_deref(),
+                                &device,
+                            )?)
+                        }
+                    };
                     extract_batch_features(extractor, &cache, scoring_images(images, h, w, *eval_resolution)?)?;
                 }
                 progress.inc(1);
