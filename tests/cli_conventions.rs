@@ -178,3 +178,52 @@ fn statistics_from_another_preprocessing_are_refused() {
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
     assert_eq!(report["reference"]["statistics_from_file"]["fid"], Value::Bool(true));
 }
+
+/// `genbench suite --convention` overrides every run's convention: a generate run with KID on 4
+/// samples plans fine under the file's adm and is refused under torch-fidelity (its KID
+/// subsets need 1000 samples); a misspelt value is named.
+#[test]
+fn suite_convention_flag_overrides_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let var = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/var");
+    let reference = tmp.path().join("reference.npz");
+    let px: Vec<u8> = (0..4 * 64 * 64 * 3).map(|i| (i % 251) as u8).collect();
+    write_images_npz(&reference, &px, 4, 64, 64, &[]).unwrap();
+    let suite = tmp.path().join("kid.toml");
+    std::fs::write(
+        &suite,
+        format!(
+            r#"[suite]
+name = "kid"
+
+[[run]]
+id = "var-kid"
+family = "var"
+model = "{config}"
+checkpoint = "{ckpt}"
+tokenizer = "{vae}"
+resolution = 64
+samples = 4
+batch = 2
+seeds = [0]
+reference = "reference.npz"
+metrics = ["kid"]
+convention = "adm"
+"#,
+            config = var.join("config.json").display(),
+            ckpt = var.join("var.pth").display(),
+            vae = var.join("vae.pth").display(),
+        ),
+    )
+    .unwrap();
+    let s = suite.to_str().unwrap();
+    let out = genbench(&["suite", s, "--dry-run", "--device", "cpu"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = genbench(&["suite", s, "--dry-run", "--device", "cpu", "--convention", "torch-fidelity"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("REFUSED: convention `torch-fidelity`") && stdout.contains("exactly 1000 samples"), "{stdout}");
+    let out = genbench(&["suite", s, "--dry-run", "--convention", "tf"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("'tf'") && stderr.contains("torch-fidelity"), "{stderr}");
+}

@@ -11,7 +11,7 @@
 //! A run whose inputs are missing is reported as skipped with the reason, in the console and in
 //! the report; a run that fails is reported as failed and the suite goes on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -21,7 +21,9 @@ use genbench_metrics::evaluate::{
     evaluate, resize_bicubic_torch_u8, EvalOptions, Evaluation, FeatureCollector, FeatureNeeds, FeatureSummary, ProgressLine, Reference,
 };
 use genbench_metrics::features::{ExtractorOptions, FeatureCache, Features, InceptionExtractor};
+use genbench_metrics::inception::weights::WeightsSource;
 use genbench_metrics::precision_recall::{DistancePrecision, PrConfig};
+use genbench_metrics::preprocess::Preprocess;
 use genbench_models::generator::{Generator, StepKind, StepLog};
 use genbench_runtime::{DTypePolicy, DeviceChoice};
 
@@ -31,7 +33,7 @@ use crate::model_registry::{resolve, ModelRequest, ResolvedModel};
 use crate::plots::{per_step_chart, resolution_chart, write_atomically, write_chart, ResolutionPoint, StepQuantity};
 use crate::records::{RunResult, RunStatus, SeedEvaluation, StepRecord};
 use crate::report::{derive_relative_metrics, write_results, Comparison};
-use crate::suite::{family_name, Dtype, Evaluator, Metric, ModelSpec, ProfileSettings, Run, Suite, Task, Weights};
+use crate::suite::{family_name, Convention, Dtype, Metric, ModelSpec, ProfileSettings, Run, Suite, Task, Weights};
 
 /// How the runner is asked to run a suite.
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct RunnerOptions {
     pub only: Vec<String>,
     /// Inception weights and their own feature cache (None = the metrics crate's default).
     pub inception_cache: Option<PathBuf>,
+    /// An Inception weights file to use instead of the default ones (`--inception-weights`).
+    pub inception_weights: Option<PathBuf>,
     /// Print progress lines to stderr.
     pub verbose: bool,
     /// Where generators and the Inception network run (`--device`).
@@ -53,7 +57,15 @@ pub struct RunnerOptions {
 
 impl RunnerOptions {
     pub fn new(results_root: impl Into<PathBuf>, device: DeviceChoice) -> Self {
-        Self { results_root: results_root.into(), only: Vec::new(), inception_cache: None, verbose: true, device, dtype: None }
+        Self {
+            results_root: results_root.into(),
+            only: Vec::new(),
+            inception_cache: None,
+            inception_weights: None,
+            verbose: true,
+            device,
+            dtype: None,
+        }
     }
 }
 
@@ -324,43 +336,55 @@ fn run_profile(
 // Scoring: one extractor, one feature cache, the metrics crate's pipeline
 // ---------------------------------------------------------------------------------------------
 
-/// The Inception extractor (built lazily: suites without image metrics never load it) and the
-/// suite's feature cache (`<cache>/features/`, keyed by image content, weights hash and
-/// preprocessing: [`FeatureCache`]).
+/// The Inception extractors (built lazily, one per preprocessing the suite's conventions use:
+/// suites without image metrics never load one) and the suite's feature cache
+/// (`<cache>/features/`, keyed by image content, weights hash and preprocessing: [`FeatureCache`]).
 struct Scorer {
     weights_dir: Option<PathBuf>,
+    weights_file: Option<PathBuf>,
     device: Device,
     cache: FeatureCache,
-    adm: Option<InceptionExtractor>,
+    extractors: HashMap<Preprocess, InceptionExtractor>,
 }
 
 impl Scorer {
-    fn extractor(&mut self, evaluator: Evaluator) -> Result<&InceptionExtractor> {
-        if evaluator != Evaluator::Adm {
-            bail!("evaluator `{evaluator:?}` is not implemented by the runner; use evaluator = \"adm\"");
+    fn new(opts: &RunnerOptions, device: &Device, cache_root: &Path) -> Self {
+        Scorer {
+            weights_dir: opts.inception_cache.clone(),
+            weights_file: opts.inception_weights.clone(),
+            device: device.clone(),
+            cache: suite_feature_cache(cache_root),
+            extractors: HashMap::new(),
         }
-        if self.adm.is_none() {
-            self.adm = Some(adm_extractor(self.weights_dir.as_deref(), &self.device)?);
+    }
+
+    /// The extractor with `convention`'s preprocessing.
+    fn extractor(&mut self, convention: Convention) -> Result<&InceptionExtractor> {
+        let preprocess = convention.preprocess();
+        if !self.extractors.contains_key(&preprocess) {
+            let e = inception_extractor(preprocess, self.weights_dir.as_deref(), self.weights_file.as_deref(), &self.device)?;
+            self.extractors.insert(preprocess, e);
         }
-        Ok(self.adm.as_ref().expect("just built"))
+        Ok(&self.extractors[&preprocess])
     }
 
     /// Features of one batch of images, from the cache when it has them.
-    fn features(&mut self, evaluator: Evaluator, pixels: &[u8], n: usize, h: usize, w: usize) -> Result<Features> {
-        self.extractor(evaluator)?;
-        let extractor = self.adm.as_ref().expect("built above");
+    fn features(&mut self, convention: Convention, pixels: &[u8], n: usize, h: usize, w: usize) -> Result<Features> {
+        self.extractor(convention)?;
+        let extractor = &self.extractors[&convention.preprocess()];
         Ok(self.cache.extract(extractor, pixels, n, h, w)?.0)
     }
 
-    /// The metric formulas' settings, with why IS is unavailable when the weights lack the
-    /// classifier.
-    fn options(&mut self, evaluator: Evaluator, pr_distances: DistancePrecision, reference: &str) -> Result<EvalOptions> {
-        let extractor = self.extractor(evaluator)?;
+    /// The metric formulas' settings under `convention` (its IS splits and KID subsets), with
+    /// why IS is unavailable when the weights lack the classifier.
+    fn options(&mut self, convention: Convention, pr_distances: DistancePrecision, reference: &str) -> Result<EvalOptions> {
+        let extractor = self.extractor(convention)?;
         let options = EvalOptions {
             pr: PrConfig { precision: pr_distances, ..PrConfig::default() },
+            kid: convention.kid_config(None),
+            convention,
             no_logits_reason: (!extractor.has_logits()).then(|| extractor.no_fc_message().to_owned()),
             reference_label: reference.to_owned(),
-            ..EvalOptions::default()
         };
         Ok(options)
     }
@@ -436,7 +460,7 @@ fn run_metric_check(
     run: &Run,
     images: &[crate::suite::PathSpec],
     split_at: usize,
-    evaluator: Evaluator,
+    convention: Convention,
     pr_distances: DistancePrecision,
     scorer: &mut Scorer,
     counts: &mut CacheCounts,
@@ -446,7 +470,7 @@ fn run_metric_check(
     for spec in images {
         let path = spec.resolved.clone().map_err(anyhow::Error::msg)?;
         let (px, info) = genbench_metrics::npz::read_npy_images(&path)?;
-        let f = scorer.counted(counts, |s| s.features(evaluator, &px, info.n, info.h, info.w))?;
+        let f = scorer.counted(counts, |s| s.features(convention, &px, info.n, info.h, info.w))?;
         // A `<name>_pool3.npy` beside `<name>_images.npy` holds the reference network's own
         // features: the extractor must agree with it, not only the metrics downstream.
         if let Some(stem) = path.file_name().and_then(|s| s.to_str()).and_then(|s| s.strip_suffix("_images.npy")) {
@@ -470,13 +494,19 @@ fn run_metric_check(
     };
     let reference = summarize(&all.slice(0, split_at), FeatureNeeds::reference(&run.metrics, &Default::default()))?;
     let samples = summarize(&all.slice(split_at, all.n), FeatureNeeds::samples(&run.metrics))?;
-    let options = scorer.options(evaluator, pr_distances, &format!("the first {split_at} images"))?;
+    let options = scorer.options(convention, pr_distances, &format!("the first {split_at} images"))?;
     let mut scored = Scored::default();
     scored.add(0, evaluate(&samples, Some(&reference), &run.metrics, &options)?);
     Ok(CheckOutput {
         scored: scored.finish(),
         images: all.n as u64,
-        settings: serde_json::json!({ "task": run.settings_json(), "pool3_max_abs_diff": pool3_check, "pr": options.pr }),
+        settings: serde_json::json!({
+            "task": run.settings_json(),
+            "pool3_max_abs_diff": pool3_check,
+            "pr": options.pr,
+            "kid": options.kid,
+            "is_splits": convention.is_splits(),
+        }),
     })
 }
 
@@ -563,10 +593,17 @@ pub fn sample_cache_key(run: &Run, weight_hashes: &BTreeMap<String, String>) -> 
     Some(genbench_runtime::hash::sha256_bytes(identity.to_string().as_bytes())[..16].to_string())
 }
 
-/// The ADM evaluator's Inception extractor on `device`, weights from `weights_dir` (default:
-/// the cache), as the runner and the shards build it.
-pub fn adm_extractor(weights_dir: Option<&Path>, device: &Device) -> Result<InceptionExtractor> {
-    let opts = ExtractorOptions { device: device.clone(), ..ExtractorOptions::default() };
+/// The Inception extractor with `preprocess` on `device`, as the runner and the shards build
+/// it: weights from `weights_file` if given, else the default ones found in / fetched into
+/// `weights_dir` (default: the cache).
+pub fn inception_extractor(
+    preprocess: Preprocess,
+    weights_dir: Option<&Path>,
+    weights_file: Option<&Path>,
+    device: &Device,
+) -> Result<InceptionExtractor> {
+    let weights = weights_file.map_or(WeightsSource::Default, |f| WeightsSource::File(f.to_path_buf()));
+    let opts = ExtractorOptions { device: device.clone(), preprocess, weights, ..ExtractorOptions::default() };
     match weights_dir {
         Some(dir) => InceptionExtractor::new_in(opts, dir),
         None => InceptionExtractor::new(opts),
@@ -586,7 +623,7 @@ fn run_generate(
     batch: u32,
     seeds: &[u64],
     reference: Option<&crate::suite::PathSpec>,
-    evaluator: Evaluator,
+    convention: Convention,
     pr_distances: DistancePrecision,
     eval_resolution: Option<u32>,
     cache_root: &Path,
@@ -607,8 +644,8 @@ fn run_generate(
             let reference = Reference::open(&path)?;
             reference.feasible(image_metrics.clone(), true, &mut Vec::new())?;
             let summary = scorer.counted(counts, |s| {
-                s.extractor(evaluator)?;
-                let extractor = s.adm.as_ref().expect("built above");
+                s.extractor(convention)?;
+                let extractor = &s.extractors[&convention.preprocess()];
                 let mut line = ProgressLine::new(format!("  {}: reference features", run.id), 30.0);
                 let mut progress = |done, total| {
                     if opts.verbose {
@@ -675,7 +712,7 @@ fn run_generate(
             if let Some((pixels, h, w)) = images {
                 let (pixels, h, w) = scoring_images(pixels, h, w, eval_resolution)?;
                 let n = pixels.len() / (h * w * 3);
-                let f = scorer.features(evaluator, &pixels, n, h, w)?;
+                let f = scorer.features(convention, &pixels, n, h, w)?;
                 collector.push(&f)?;
             }
             if opts.verbose {
@@ -691,7 +728,7 @@ fn run_generate(
             }
             let summary = collector.finish()?;
             let label = reference_summary.as_ref().map(|(p, _)| p.display().to_string()).unwrap_or_default();
-            let options = scorer.options(evaluator, pr_distances, &label)?;
+            let options = scorer.options(convention, pr_distances, &label)?;
             scored.add(seed, evaluate(&summary, reference_summary.as_ref().map(|(_, s)| s), &image_metrics, &options)?);
         }
     }
@@ -738,8 +775,7 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
     let cache_root = opts.results_root.join(&suite.name).join("cache");
     let device = opts.device.open()?;
     let suite_dir = suite.path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut scorer =
-        Scorer { weights_dir: opts.inception_cache.clone(), device: device.clone(), cache: suite_feature_cache(&cache_root), adm: None };
+    let mut scorer = Scorer::new(opts, &device, &cache_root);
     let mut counts = CacheCounts::default();
     let mut results = Vec::new();
     let mut profile_points = Vec::new();
@@ -765,13 +801,14 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
                     result.seeds = seeds.clone();
                     profile_points.extend(out.points);
                 }
-                Task::MetricCheck { images, split_at, evaluator, pr_distances } => {
-                    let out = run_metric_check(run, images, *split_at, *evaluator, *pr_distances, &mut scorer, &mut counts)?;
+                Task::MetricCheck { images, split_at, convention, pr_distances } => {
+                    let out = run_metric_check(run, images, *split_at, *convention, *pr_distances, &mut scorer, &mut counts)?;
                     result.images = out.images;
                     result.settings = out.settings;
                     record_scored(&mut result, out.scored);
                 }
-                Task::Generate { model: spec, samples, batch, seeds, reference, evaluator, pr_distances, eval_resolution } => {
+                Task::Generate { model: spec, samples, batch, seeds, reference, convention, pr_distances, eval_resolution } => {
+                    check_kid_samples(run)?;
                     let out = run_generate(
                         run,
                         spec,
@@ -779,7 +816,7 @@ pub fn run_suite(suite: &Suite, opts: &RunnerOptions) -> Result<SuiteOutcome> {
                         *batch,
                         seeds,
                         reference.as_ref(),
-                        *evaluator,
+                        *convention,
                         *pr_distances,
                         *eval_resolution,
                         &cache_root,
@@ -996,8 +1033,26 @@ pub struct PlanRow {
     pub refusal: Option<String>,
 }
 
+/// torch-fidelity refuses KID on fewer rows than its subset size: a generate run under that
+/// convention is refused before its samples are made, not after.
+fn check_kid_samples(run: &Run) -> Result<()> {
+    if let Task::Generate { convention, samples, .. } = &run.task {
+        let kid = convention.kid_config(None);
+        ensure!(
+            !run.metrics.contains(&Metric::Kid)
+                || kid.rule != genbench_metrics::kid::KidSubsetRule::Exact
+                || *samples >= kid.subset_size as u64,
+            "convention `{convention}` computes KID on subsets of exactly {} samples as torch-fidelity does; this run makes \
+             {samples}: raise `samples`, drop `kid`, or use convention = \"adm\" (subsets shrink to the sample count)",
+            kid.subset_size
+        );
+    }
+    Ok(())
+}
+
 /// Why the runner would refuse `run` (fail it before or while running), checked without
-/// building anything heavy: the evaluator, the dtype on `device`, the registry's resolution of
+/// building anything heavy: KID under torch-fidelity's convention on fewer samples than its
+/// subset size, the dtype on `device`, the registry's resolution of
 /// the model at every resolution it runs at (unknown names, unsupported overrides, settings the
 /// family refuses), and a reference batch that is present but cannot serve the metrics. A run
 /// the suite marks `unsupported` is skipped, not refused.
@@ -1006,15 +1061,7 @@ pub fn refusal(run: &Run, suite_dir: &Path, device: &Device, dtype_override: Opt
         return None;
     }
     let check = || -> Result<()> {
-        match &run.task {
-            Task::Generate { evaluator, .. } | Task::MetricCheck { evaluator, .. } => {
-                ensure!(
-                    *evaluator == Evaluator::Adm,
-                    "evaluator `{evaluator:?}` is not implemented by the runner; use evaluator = \"adm\""
-                );
-            }
-            Task::Profile { .. } => {}
-        }
+        check_kid_samples(run)?;
         if let Some(spec) = run.model_spec() {
             run_dtype(&run.id, spec, device, dtype_override)?;
             let mut random = spec.clone();

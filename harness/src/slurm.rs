@@ -21,25 +21,29 @@ pub struct SlurmSettings {
     pub time: Option<String>,
 }
 
-/// The `genbench suite` arguments both jobs repeat: the suite file, results root and cache as
-/// absolute paths (the jobs start elsewhere), `--only`, and `--device`/`--dtype` when given.
-pub fn suite_job_args(
-    file: &Path,
-    results: &Path,
-    only: &[String],
-    cache_dir: Option<&Path>,
-    device_and_dtype: [Option<String>; 2],
-) -> Result<Vec<String>> {
+/// The files a suite job reads and writes, as given on the command line.
+pub struct SuiteInputs<'a> {
+    pub file: &'a Path,
+    pub results: &'a Path,
+    pub cache_dir: Option<&'a Path>,
+    pub inception_weights: Option<&'a Path>,
+}
+
+/// The `genbench suite` arguments both jobs repeat: the files as absolute paths (the jobs start
+/// elsewhere), `--only`, and each `(flag, value)` that has a value (`--device`, `--dtype`, ...).
+pub fn suite_job_args(inputs: &SuiteInputs, only: &[String], flags: &[(&str, Option<String>)]) -> Result<Vec<String>> {
     let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()));
-    let mut args = vec![absolute(file)?.display().to_string(), "--results".into(), absolute(results)?.display().to_string()];
+    let mut args = vec![absolute(inputs.file)?.display().to_string(), "--results".into(), absolute(inputs.results)?.display().to_string()];
     if !only.is_empty() {
         args.extend(["--only".into(), only.join(",")]);
     }
-    if let Some(dir) = cache_dir {
-        args.extend(["--cache-dir".into(), absolute(dir)?.display().to_string()]);
+    for (flag, path) in [("--cache-dir", inputs.cache_dir), ("--inception-weights", inputs.inception_weights)] {
+        if let Some(p) = path {
+            args.extend([flag.to_string(), absolute(p)?.display().to_string()]);
+        }
     }
-    for (flag, value) in ["--device", "--dtype"].into_iter().zip(device_and_dtype) {
-        args.extend(value.map(|v| [flag.to_string(), v]).into_iter().flatten());
+    for (flag, value) in flags {
+        args.extend(value.clone().map(|v| [flag.to_string(), v]).into_iter().flatten());
     }
     Ok(args)
 }

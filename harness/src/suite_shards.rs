@@ -11,20 +11,23 @@
 //! several processes on one shard never sample a batch twice, and N is recorded in the cache so
 //! a disagreeing `--shard` is refused.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use genbench_metrics::features::{FeatureCache, InceptionExtractor};
 use genbench_metrics::npz::{self, NpyArray, LABELS_KEY};
+use genbench_metrics::preprocess::Preprocess;
 use genbench_models::generator::{Generator, NoObserver};
 use genbench_runtime::progress::Progress;
 
 use crate::runner::{
-    adm_extractor, build_generator, generate_batch_seed, generate_sample_dir, labels_for, run_dtype, run_suite, sample_batch_path,
+    build_generator, generate_batch_seed, generate_sample_dir, inception_extractor, labels_for, run_dtype, run_suite, sample_batch_path,
     scoring_images, suite_feature_cache, RunnerOptions, SuiteOutcome,
 };
 use crate::sampling::{batch_ranges, claim_path_blocking, record_shard_count, recorded_shards, Shard};
-use crate::suite::{Evaluator, Run, Suite, Task};
+use crate::suite::{Run, Suite, Task};
 
 /// What one shard process did, per generate run: (run id, batches sampled here, batches found).
 #[derive(Debug, Default)]
@@ -55,7 +58,7 @@ fn generate_runs<'a>(suite: &'a Suite, opts: &RunnerOptions) -> Result<Vec<&'a R
 /// Whether a run is scored on Inception features, which the shards then extract into the
 /// suite's feature cache (after `eval_resolution`'s resize, as the runner does).
 fn shard_extracts_features(run: &Run) -> bool {
-    matches!(&run.task, Task::Generate { evaluator: Evaluator::Adm, .. }) && run.metrics.iter().any(|m| m.is_image_metric())
+    matches!(&run.task, Task::Generate { .. }) && run.metrics.iter().any(|m| m.is_image_metric())
 }
 
 /// Samples (and extracts the features of) shard `shard` of every generate run's batches, for
@@ -68,11 +71,12 @@ pub fn run_suite_shard(suite: &Suite, opts: &RunnerOptions, shard: Shard) -> Res
     // The runner's device, extractor and cache, so the cache means the same thing.
     let device = opts.device.open()?;
     let cache = suite_feature_cache(&root);
-    let mut extractor: Option<InceptionExtractor> = None;
+    // One extractor per preprocessing the runs' conventions use, built on first need.
+    let mut extractors: HashMap<Preprocess, InceptionExtractor> = HashMap::new();
     let mut outcome = ShardOutcome::default();
     let runs = generate_runs(suite, opts)?;
     for (i, run) in runs.iter().enumerate() {
-        let Task::Generate { model, samples, batch, seeds, eval_resolution, .. } = &run.task else { continue };
+        let Task::Generate { model, samples, batch, seeds, eval_resolution, convention, .. } = &run.task else { continue };
         let (_, sample_dir) = generate_sample_dir(run, model, &root)?;
         let dtype = run_dtype(&run.id, model, &device, opts.dtype)?;
         let batch = (*batch).max(1) as usize;
@@ -128,7 +132,19 @@ pub fn run_suite_shard(suite: &Suite, opts: &RunnerOptions, shard: Shard) -> Res
                     (s.images, s.height, s.width)
                 };
                 if features {
-                    extract_batch_features(&mut extractor, &cache, opts, &device, scoring_images(images, h, w, *eval_resolution)?)?;
+                    let extractor = match extractors.entry(convention.preprocess()) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => {
+                            let preprocess = *e.key();
+                            e.insert(inception_extractor(
+                                preprocess,
+                                opts.inception_cache.as_deref(),
+                                opts.inception_weights.as_deref(),
+                                &device,
+                            )?)
+                        }
+                    };
+                    extract_batch_features(extractor, &cache, scoring_images(images, h, w, *eval_resolution)?)?;
                 }
                 progress.inc(1);
             }
@@ -140,18 +156,9 @@ pub fn run_suite_shard(suite: &Suite, opts: &RunnerOptions, shard: Shard) -> Res
 }
 
 /// Puts one batch's features into the suite's feature cache (a no-op when they are there).
-fn extract_batch_features(
-    extractor: &mut Option<InceptionExtractor>,
-    cache: &FeatureCache,
-    opts: &RunnerOptions,
-    device: &candle_core::Device,
-    (images, h, w): (Vec<u8>, usize, usize),
-) -> Result<()> {
-    if extractor.is_none() {
-        *extractor = Some(adm_extractor(opts.inception_cache.as_deref(), device)?);
-    }
+fn extract_batch_features(extractor: &InceptionExtractor, cache: &FeatureCache, (images, h, w): (Vec<u8>, usize, usize)) -> Result<()> {
     let n = images.len() / (h * w * 3);
-    cache.extract(extractor.as_ref().expect("built above"), &images, n, h, w)?;
+    cache.extract(extractor, &images, n, h, w)?;
     Ok(())
 }
 

@@ -77,6 +77,7 @@ fn options(dir: &Path, only: &[&str]) -> RunnerOptions {
         results_root: dir.join("results"),
         only: only.iter().map(|s| s.to_string()).collect(),
         inception_cache: None,
+        inception_weights: None,
         verbose: false,
         device: genbench_runtime::DeviceChoice::Cpu,
         dtype: None,
@@ -205,8 +206,9 @@ fn quickstart_ratios_and_exponents_from_profile_points() {
 }
 
 /// Every seed of a list is sampled and scored: the result is their mean, with the spread and each
-/// seed's evaluation (diagnostics as `genbench eval` reports them). A dtype the device cannot run
-/// is refused with the run named, by the runner and by the dry-run plan alike.
+/// seed's evaluation (diagnostics as `genbench eval` reports them). A run the runner cannot
+/// complete (torch-fidelity's KID on fewer samples than its subset size) is refused with the
+/// run named, by the runner and by the dry-run plan alike.
 #[test]
 fn all_seeds_are_scored_and_dtype_refusals_name_the_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -233,9 +235,10 @@ id = "two-seeds"
 seeds = [3, 4]
 
 [[run]]
-id = "torch-fidelity-evaluator"
+id = "torch-fidelity-kid"
 seeds = [3]
-evaluator = "torch_fidelity"
+convention = "torch-fidelity"
+metrics = ["kid"]
 
 [[run]]
 id = "bf16-on-cpu"
@@ -254,12 +257,13 @@ metrics = ["fid"]
     let rows = plan(&suite, &[], 10.0, &candle_core::Device::Cpu, None).unwrap();
     assert!(rows[0].note.is_empty() && rows[0].refusal.is_none(), "{rows:?}");
     let refused = rows[1].refusal.as_deref().unwrap_or_default();
-    assert!(refused.contains("TorchFidelity") && refused.contains("not implemented by the runner"), "{refused}");
+    // torch-fidelity's KID needs 1000 samples per subset: refused before anything is sampled.
+    assert!(refused.contains("torch-fidelity") && refused.contains("exactly 1000 samples") && refused.contains("makes 4"), "{refused}");
     // The runtime's one dtype table allows bf16 on the CPU (candle runs it; see
     // harness/tests/half_precision.rs), so that run is planned, not refused.
     assert!(rows[2].refusal.is_none(), "{rows:?}");
     let text = format_plan(&suite, &rows, 10.0);
-    assert!(text.contains("REFUSED: evaluator `TorchFidelity`") && text.contains("1 run(s) would be refused"), "{text}");
+    assert!(text.contains("REFUSED: convention `torch-fidelity`") && text.contains("1 run(s) would be refused"), "{text}");
 
     let out = run_suite(&suite, &options(tmp.path(), &[])).unwrap();
     let two = &out.results[0];
@@ -283,7 +287,7 @@ metrics = ["fid"]
     assert_eq!(evaluations["runs"][0]["seeds"].as_array().unwrap().len(), 2);
 
     let RunStatus::Failed { error } = &out.results[1].status else { panic!("{:?}", out.results[1].status) };
-    assert!(error.contains("not implemented by the runner"), "{error}");
+    assert!(error.contains("exactly 1000 samples"), "{error}");
     assert_eq!(out.results[2].status, RunStatus::Completed, "bf16 on the CPU runs: {:?}", out.results[2].status);
 }
 
@@ -384,4 +388,97 @@ fn paper_suites_run_end_to_end_on_fixtures() {
         let report = std::fs::read_to_string(out.dir.join("report.md")).unwrap();
         assert!(report.contains("## Ours vs published") && report.contains("| fid |"), "{report}");
     }
+}
+
+/// `convention` decides how a suite scores: torch-fidelity's IS (rows shuffled by
+/// `RandomState(2020)`, 10 splits) and its refusal of KID below 1000 rows, ADM's IS (contiguous
+/// splits) and KID subsets shrunk to the rows there are; each run records its convention. The
+/// cached default weights lack the 1008-way classifier, so the test adds a seeded random one to
+/// them and passes the file as `inception_weights` (the IS arithmetic only needs logits; the
+/// formulas themselves are checked against torch-fidelity in metrics/tests/conventions.rs).
+#[test]
+fn metric_convention_selects_is_splits_and_kid_subsets() {
+    use candle_core::{Device, Tensor};
+    use genbench_harness::runner::{inception_extractor, suite_feature_cache};
+    use genbench_harness::suite::Convention;
+    use genbench_metrics::inception::{default_cache_dir, WeightsSource, LOGITS_DIM, POOL3_DIM};
+    use genbench_runtime::RandomSource;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tensors: std::collections::HashMap<String, Tensor> =
+        WeightsSource::Default.resolve(&default_cache_dir()).expect("the default Inception weights").tensors.into_iter().collect();
+    let fc: Vec<f32> = genbench_runtime::SeededSource::new(12).normal(LOGITS_DIM * POOL3_DIM).unwrap().iter().map(|v| v * 0.05).collect();
+    tensors.insert("output.weight".into(), Tensor::from_vec(fc, (LOGITS_DIM, POOL3_DIM), &Device::Cpu).unwrap());
+    let weights = tmp.path().join("inception_with_classifier.safetensors");
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    drop(tensors);
+
+    let groups = ["photos128", "photos299", "photos512", "gray64"];
+    let files: Vec<PathBuf> = groups.iter().map(|g| fixtures().join(format!("inception/{g}_images.npy"))).collect();
+    let images: Vec<String> = files.iter().map(|f| format!("\"{}\"", f.display())).collect();
+    let split_at = 18;
+    let text = format!(
+        r#"
+[suite]
+name = "conventions"
+
+[defaults]
+kind = "metric_check"
+images = [{images}]
+split_at = {split_at}
+
+[[run]]
+id = "adm"
+metrics = ["is", "kid"]
+
+[[run]]
+id = "torch-fidelity"
+convention = "torch-fidelity"
+metrics = ["is"]
+
+[[run]]
+id = "torch-fidelity-kid"
+convention = "torch-fidelity"
+metrics = ["kid"]
+"#,
+        images = images.join(", ")
+    );
+    let path = tmp.path().join("conventions.toml");
+    std::fs::write(&path, &text).unwrap();
+    let suite = Suite::parse(&path, &text, &|_| None).unwrap();
+    let opts = RunnerOptions { inception_weights: Some(weights.clone()), ..options(tmp.path(), &[]) };
+    let out = run_suite(&suite, &opts).unwrap();
+
+    // The logits the runner scored: the same extractor and feature cache (every batch a hit).
+    let extractor = inception_extractor(Convention::Adm.preprocess(), None, Some(&weights), &Device::Cpu).unwrap();
+    let cache = suite_feature_cache(&tmp.path().join("results/conventions/cache"));
+    let mut logits = Vec::new();
+    for f in &files {
+        let (px, info) = genbench_metrics::npz::read_npy_images(f).unwrap();
+        let (features, hit) = cache.extract(&extractor, &px, info.n, info.h, info.w).unwrap();
+        assert!(hit, "{}: the runner cached these features", f.display());
+        logits.extend(features.logits.expect("weights with the classifier give logits"));
+    }
+    let samples = &logits[split_at * LOGITS_DIM..];
+    let is = |c: Convention| c.inception_score(samples, LOGITS_DIM).unwrap().mean;
+    let (adm_is, tf_is) = (is(Convention::Adm), is(Convention::TorchFidelity));
+    assert!((adm_is - tf_is).abs() > 1e-3, "the two conventions must differ on these rows: {adm_is} vs {tf_is}");
+
+    let [adm, tf, tf_kid] = &out.results[..] else { panic!("{:?}", out.results) };
+    assert_eq!(adm.status, RunStatus::Completed, "{:?}", adm.status);
+    assert_eq!(tf.status, RunStatus::Completed, "{:?}", tf.status);
+    // Same function, same logits: equal to the last bit up to summation order (none here).
+    assert!((adm.metrics[&Metric::Is] - adm_is).abs() <= 1e-12 * adm_is, "{} vs {adm_is}", adm.metrics[&Metric::Is]);
+    assert!((tf.metrics[&Metric::Is] - tf_is).abs() <= 1e-12 * tf_is, "{} vs {tf_is}", tf.metrics[&Metric::Is]);
+    assert_eq!(tf.evaluations[0].diagnostics["inception_score"]["splits"]["rule"], "shuffled");
+    assert_eq!(adm.evaluations[0].diagnostics["inception_score"]["splits"]["rule"], "contiguous");
+    // Recorded with each run's settings (results.json, manifest).
+    assert_eq!(tf.settings["task"]["convention"], "torch-fidelity");
+    assert_eq!(tf.settings["is_splits"]["rule"], "shuffled");
+    assert_eq!(adm.settings["task"]["convention"], "adm");
+    // KID: ADM's subsets shrink to the 18 rows; torch-fidelity refuses, with its message.
+    assert_eq!(adm.evaluations[0].diagnostics["kid"]["subset_size"].as_u64(), Some(split_at as u64));
+    assert_eq!(adm.settings["kid"]["rule"], "shrink");
+    let RunStatus::Failed { error } = &tf_kid.status else { panic!("{:?}", tf_kid.status) };
+    assert!(error.contains("subset size 1000") && error.contains(&format!("samples: {split_at}")), "{error}");
 }

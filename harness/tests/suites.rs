@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use genbench_harness::runner::{refusal, sample_cache_key};
-use genbench_harness::suite::{DistancePrecision, Metric, Suite, Task, Tolerance, Weights};
+use genbench_harness::suite::{Convention, DistancePrecision, Metric, Suite, Task, Tolerance, Weights};
 
 fn suites_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../suites")
@@ -51,7 +51,7 @@ fn every_shipped_suite_dry_runs_without_refusal() {
     assert!(row2.skip_reason().unwrap().contains("not supported: VAR without AdaLN"), "{:?}", row2.skip_reason());
     assert!(table3.runs.iter().filter(|r| r.id != "row2-ar-to-var").all(|r| r.skip_reason().is_none()));
     // A run the runner would refuse is reported with the reason: an override the registry does
-    // not have (an evaluator the runner does not implement: harness/tests/runner.rs). bf16 on the
+    // not have (torch-fidelity's KID on too few samples: harness/tests/runner.rs). bf16 on the
     // CPU is allowed by the runtime's dtype table, so it is not refused.
     let bad = |edit: &str| {
         let text = std::fs::read_to_string(suites_dir().join("quickstart.toml"))
@@ -264,6 +264,52 @@ fn wrong_type_names_line_and_key() {
     assert!(e.starts_with("s.toml:6:10: run[0].family: unknown variant `vat`"), "{e}");
     let e = error_for(&GOOD.replace("metrics = [\"fid\", \"is\"]", "metrics = [\"fid\", \"fidd\"]"));
     assert!(e.starts_with("s.toml:13:19: run[0].metrics[1]: unknown variant `fidd`"), "{e}");
+}
+
+/// `GOOD` with `edit` applied, loaded (it must be valid).
+fn load_ok(text: &str) -> Suite {
+    let dir = tempfile::tempdir().unwrap();
+    let path = scratch(dir.path());
+    std::fs::write(&path, text).unwrap();
+    Suite::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn conventions(s: &Suite) -> Vec<Convention> {
+    s.runs.iter().map(|r| r.convention().expect("a generate run has a convention")).collect()
+}
+
+#[test]
+fn metric_convention_is_validated_at_load_and_recorded() {
+    // A wrong value is refused at load, naming file:line:column, the key and what is accepted.
+    let e = error_for(&GOOD.replace("seeds = [0]", "seeds = [0]\nconvention = \"tf\""));
+    assert_eq!(e, "s.toml:13:14: run[0].convention: unknown convention 'tf': expected adm, torch-fidelity or clean-fid");
+    let e = error_for(&GOOD.replace("seeds = [0]", "seeds = [0]\nconvention = 3"));
+    assert!(e.starts_with("s.toml:13:14: run[0].convention: invalid type: integer `3`, expected a string"), "{e}");
+    // `evaluator` (the key's former name) and `convention` together are one key given twice.
+    let e = error_for(&GOOD.replace("seeds = [0]", "seeds = [0]\nconvention = \"adm\"\nevaluator = \"adm\""));
+    assert!(e.contains("run[0]") && e.contains("duplicate field `convention`"), "{e}");
+
+    // Default adm; a run's own value; [defaults]; the former key name and spelling.
+    assert_eq!(conventions(&load_ok(GOOD)), [Convention::Adm]);
+    let s = load_ok(&GOOD.replace("seeds = [0]", "seeds = [0]\nconvention = \"torch-fidelity\""));
+    assert_eq!(conventions(&s), [Convention::TorchFidelity]);
+    // Recorded with the run's settings (results.json / manifest): the tool's own spelling.
+    assert_eq!(s.runs[0].settings_json()["convention"], "torch-fidelity");
+    let s = load_ok(&GOOD.replace("[[run]]", "[defaults]\nconvention = \"clean-fid\"\n\n[[run]]"));
+    assert_eq!(conventions(&s), [Convention::CleanFid]);
+    let s = load_ok(&GOOD.replace("seeds = [0]", "seeds = [0]\nevaluator = \"torch_fidelity\""));
+    assert_eq!(conventions(&s), [Convention::TorchFidelity]);
+    // `genbench suite --convention` overrides the file.
+    assert_eq!(conventions(&s.with_convention(Convention::Adm)), [Convention::Adm]);
+
+    // Features depend on the convention through its preprocessing only (the feature cache keys
+    // by content, weights and preprocessing): torch-fidelity's is ADM's, clean-fid's is not.
+    let preprocess = |c: &str| {
+        let s = load_ok(&GOOD.replace("seeds = [0]", &format!("seeds = [0]\nconvention = \"{c}\"")));
+        conventions(&s)[0].preprocess()
+    };
+    assert_eq!(preprocess("adm"), preprocess("torch-fidelity"));
+    assert_ne!(preprocess("adm"), preprocess("clean-fid"));
 }
 
 #[test]

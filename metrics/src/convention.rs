@@ -117,6 +117,14 @@ impl serde::Serialize for Convention {
     }
 }
 
+/// The same names as [`FromStr`] (suite files), its message as the error.
+impl<'de> serde::Deserialize<'de> for Convention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(|e: anyhow::Error| serde::de::Error::custom(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

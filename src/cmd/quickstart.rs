@@ -28,6 +28,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         results_root: args.results,
         only: Vec::new(),
         inception_cache: args.cache_dir,
+        inception_weights: None,
         verbose: true,
         device: args.device.device(),
         dtype: args.device.dtype,

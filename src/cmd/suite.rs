@@ -7,7 +7,7 @@ use genbench_harness::report::verdicts;
 use genbench_harness::runner::{format_plan, matmul_gflops_probe, plan, run_suite, RunnerOptions};
 
 use super::DeviceArgs;
-use genbench_harness::suite::Suite;
+use genbench_harness::suite::{Convention, Suite};
 use genbench_harness::suite_shards::merge_suite_shards;
 
 #[derive(clap::Args, Debug)]
@@ -26,6 +26,14 @@ pub struct SuiteArgs {
     /// Inception weights / feature cache folder (default: $GENBENCH_CACHE or ~/.cache/genbench).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Inception weights file (TorchScript .pt, pytorch-fid .pth or safetensors) instead of the
+    /// default ones.
+    #[arg(long)]
+    pub inception_weights: Option<PathBuf>,
+    /// Every run follows this metric convention (adm, torch-fidelity or clean-fid: IS splits,
+    /// KID subsets, preprocessing), whatever its suite file's `convention` says.
+    #[arg(long)]
+    pub convention: Option<Convention>,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Sharded and Slurm modes (`--shard`, `--merge-shards`, `--slurm`).
@@ -34,7 +42,10 @@ pub struct SuiteArgs {
 }
 
 pub fn run(args: SuiteArgs) -> Result<()> {
-    let suite = Suite::load(&args.file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut suite = Suite::load(&args.file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(convention) = args.convention {
+        suite = suite.with_convention(convention);
+    }
     // `--device`, else the suite file's `device`, else auto.
     let device_choice = args.device.device.or(suite.device).unwrap_or(genbench_runtime::DeviceChoice::Auto);
     if args.dry_run {
@@ -50,6 +61,7 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         results_root: args.results.clone(),
         only: args.only.clone(),
         inception_cache: args.cache_dir.clone(),
+        inception_weights: args.inception_weights.clone(),
         verbose: true,
         device: device_choice,
         dtype: args.device.dtype,

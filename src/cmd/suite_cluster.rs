@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use genbench_harness::runner::RunnerOptions;
 use genbench_harness::sampling::Shard;
-use genbench_harness::slurm::{find_sbatch, submit, suite_job_args, write_scripts, SlurmSettings};
+use genbench_harness::slurm::{find_sbatch, submit, suite_job_args, write_scripts, SlurmSettings, SuiteInputs};
 use genbench_harness::suite::Suite;
 use genbench_harness::suite_shards::run_suite_shard;
 
@@ -68,8 +68,18 @@ pub fn run(suite: &Suite, args: &SuiteArgs, opts: RunnerOptions) -> Result<()> {
     };
     let sbatch = if c.submit { Some(find_sbatch()?) } else { None };
     let exe = std::env::current_exe().context("cannot find the genbench binary's path")?;
-    let device_and_dtype = [args.device.device.map(|d| d.to_string()), args.device.dtype.map(|d| d.name().to_string())];
-    let suite_args = suite_job_args(&args.file, &args.results, &args.only, args.cache_dir.as_deref(), device_and_dtype)?;
+    let flags = [
+        ("--device", args.device.device.map(|d| d.to_string())),
+        ("--dtype", args.device.dtype.map(|d| d.name().to_string())),
+        ("--convention", args.convention.map(|c| c.to_string())),
+    ];
+    let inputs = SuiteInputs {
+        file: &args.file,
+        results: &args.results,
+        cache_dir: args.cache_dir.as_deref(),
+        inception_weights: args.inception_weights.as_deref(),
+    };
+    let suite_args = suite_job_args(&inputs, &args.only, &flags)?;
     let results = std::path::absolute(&args.results).context("cannot make --results absolute")?;
     let dir = results.join(&suite.name).join("slurm");
     let scripts = write_scripts(&dir, &suite.name, &exe, &suite_args, &settings)?;

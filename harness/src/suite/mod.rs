@@ -12,7 +12,7 @@
 //! An unset variable or an absent file is *not* a load error: the run is reported as skipped with
 //! the reason ([`Run::missing_inputs`]), so one missing checkpoint does not stop a suite.
 //!
-//! The module is split by concept: [`vocabulary`] (run kinds, metrics, dtypes, evaluators),
+//! The module is split by concept: [`vocabulary`] (run kinds, metrics, dtypes, conventions),
 //! `raw` (the file as written, with `[defaults]` merging), `resolve` (validation into the
 //! resolved types below) and `located` (errors as `file:line:column: key: message`). What
 //! identifies a run's cached samples is the runner's ([`crate::runner::sample_cache_key`]).
@@ -106,7 +106,8 @@ pub enum Task {
         batch: u32,
         seeds: Vec<u64>,
         reference: Option<PathSpec>,
-        evaluator: Evaluator,
+        /// Whose preprocessing, IS splits and KID subsets the metrics follow.
+        convention: Convention,
         pr_distances: DistancePrecision,
         /// Images are resized to this before scoring (LlamaGen's 384 -> 256 protocol).
         eval_resolution: Option<u32>,
@@ -120,7 +121,7 @@ pub enum Task {
         images: Vec<PathSpec>,
         /// The first `split_at` images are the reference set, the rest the samples.
         split_at: usize,
-        evaluator: Evaluator,
+        convention: Convention,
         /// Golden values computed in float32 (numpy) need `f32` here.
         pr_distances: DistancePrecision,
     },
@@ -252,12 +253,31 @@ impl Run {
     }
 
     /// Settings as JSON, for manifests.
+    /// The metric convention of a run that scores images (`None` for profile runs).
+    pub fn convention(&self) -> Option<Convention> {
+        match &self.task {
+            Task::Generate { convention, .. } | Task::MetricCheck { convention, .. } => Some(*convention),
+            Task::Profile { .. } => None,
+        }
+    }
+
     pub fn settings_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.task).unwrap_or(serde_json::Value::Null)
     }
 }
 
 impl Suite {
+    /// Every run that scores images follows `convention` (`genbench suite --convention`),
+    /// whatever its file says; the results record the convention each run followed.
+    pub fn with_convention(mut self, convention: Convention) -> Suite {
+        for run in &mut self.runs {
+            if let Task::Generate { convention: c, .. } | Task::MetricCheck { convention: c, .. } = &mut run.task {
+                *c = convention;
+            }
+        }
+        self
+    }
+
     pub fn load(path: &Path) -> Result<Suite, SuiteError> {
         let text = std::fs::read_to_string(path).map_err(|e| SuiteError {
             file: path.to_path_buf(),

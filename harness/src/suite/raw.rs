@@ -53,7 +53,9 @@ pub(super) struct RunTable {
     pub(super) seeds: Option<Vec<u64>>,
     pub(super) metrics: Option<Vec<Metric>>,
     pub(super) reference: Option<String>,
-    pub(super) evaluator: Option<Evaluator>,
+    /// `adm` | `torch-fidelity` | `clean-fid`; `evaluator` is the older name of this key.
+    #[serde(alias = "evaluator")]
+    pub(super) convention: Option<Convention>,
     /// Arithmetic of precision/recall's distances (default ADM's fp16).
     pub(super) pr_distances: Option<DistancePrecision>,
     pub(super) relative_to: Option<String>,
@@ -137,7 +139,7 @@ impl RunTable {
                 d.reference = None;
                 d.samples = None;
                 d.eval_resolution = None;
-                d.evaluator = None;
+                d.convention = None;
                 d.pr_distances = None;
                 d.images = None;
                 d.split_at = None;
@@ -154,7 +156,7 @@ impl RunTable {
     pub(super) fn with_defaults(mut self, all_defaults: &RunTable) -> RunTable {
         let d = &all_defaults.defaults_for(self.kind.or(all_defaults.kind).unwrap_or_default());
         merge_fields!(self, d; kind, family, model, checkpoint, tokenizer, random_weights, resolution,
-            eval_resolution, dtype, samples, batch, seeds, metrics, reference, evaluator, pr_distances,
+            eval_resolution, dtype, samples, batch, seeds, metrics, reference, convention, pr_distances,
             relative_to, images, split_at);
         self.sampler = match (self.sampler.take(), &d.sampler) {
             (Some(mut s), Some(ds)) => {

@@ -195,7 +195,7 @@ impl Validator<'_> {
             batch: batch?,
             seeds: seeds?,
             reference,
-            evaluator: t.evaluator.unwrap_or_default(),
+            convention: t.convention.unwrap_or_default(),
             pr_distances: t.pr_distances.unwrap_or(DistancePrecision::Fp16Adm),
             eval_resolution: t.eval_resolution,
         })
@@ -279,7 +279,7 @@ impl Validator<'_> {
         Some(Task::MetricCheck {
             images,
             split_at: split_at?,
-            evaluator: t.evaluator.unwrap_or_default(),
+            convention: t.convention.unwrap_or_default(),
             pr_distances: t.pr_distances.unwrap_or(DistancePrecision::Fp16Adm),
         })
     }

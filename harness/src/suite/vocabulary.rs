@@ -44,13 +44,7 @@ pub enum Dtype {
     Bf16,
 }
 
-/// Which reference implementation's preprocessing and formulas the metrics follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Evaluator {
-    /// guided-diffusion `evaluations/evaluator.py` (VAR, LlamaGen, MAR, DiT numbers).
-    #[default]
-    Adm,
-    TorchFidelity,
-    CleanFid,
-}
+/// Whose preprocessing, IS splits and KID subsets the metrics follow (suite key `convention`,
+/// `genbench eval --convention`): `adm` (guided-diffusion's evaluator, the default; VAR,
+/// LlamaGen, MAR, DiT numbers), `torch-fidelity` or `clean-fid`.
+pub use genbench_metrics::convention::Convention;

@@ -397,13 +397,12 @@ pub fn generate_tokens(
     for step in 0..steps {
         let ratio = strategy.ratio_at(step);
         let remask_temp = strategy.remask_temp_at(step);
-        let tau = strategy.samp_temps[step].max(MIN_SAMPLING_TEMPERATURE);
         let logits = guided_logits(step, &ids, strategy.cfg[step])?;
         let (lb, ll, v) = logits.dims3()?;
         ensure!(lb == batch && ll == seq_len, "guided logits {:?} for a batch of {batch} x {seq_len}", logits.dims());
         let logits = logits.to_dtype(DType::F32)?.contiguous()?;
 
-        let sampled_raw_t = multinomial(&(&logits / tau)?, rng)?;
+        let sampled_raw_t = multinomial(&tempered_logits(&logits, strategy.samp_temps[step])?, rng)?;
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let conf_sampled = log_probs.gather(&sampled_raw_t.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
         let sampled_raw = sampled_raw_t.flatten_all()?.to_vec1::<u32>()?;
@@ -424,19 +423,8 @@ pub fn generate_tokens(
         let masked_row0 = ids[..seq_len].iter().filter(|&&x| x == mask_id).count();
         let keep_masked = mask_len(seq_len, ratio, masked_row0);
         let gumbel = rng.gumbel(n)?;
-        // The reference forms the noise in float64 (numpy), casts it to float32, then adds.
-        let confidence: Vec<f32> = conf_pre.iter().zip(&gumbel).map(|(&c, &g)| c + (remask_temp * g as f64) as f32).collect();
-        let mut next = Vec::with_capacity(n);
-        let mut sorted = vec![0f32; seq_len];
-        for b in 0..batch {
-            let row = &confidence[b * seq_len..(b + 1) * seq_len];
-            sorted.copy_from_slice(row);
-            sorted.sort_by(f32::total_cmp);
-            let cut = sorted[keep_masked - 1];
-            for (j, &c) in row.iter().enumerate() {
-                next.push(if c <= cut { mask_id } else { sampled_ids[b * seq_len + j] });
-            }
-        }
+        let confidence = remask_confidence(&conf_pre, &gumbel, remask_temp);
+        let next = remask(&confidence, &sampled_ids, seq_len, keep_masked, mask_id);
         let masked_after_row0 = next[..seq_len].iter().filter(|&&x| x == mask_id).count();
         let trace = StepTrace {
             ids_in: std::mem::replace(&mut ids, next),
@@ -456,6 +444,32 @@ pub fn generate_tokens(
         }
     }
     Ok(last_sampled)
+}
+
+/// The logits the step's categorical draws from: `logits / max(samp_temp, 1e-4)` (the
+/// reference's `Categorical(logits=logits / max(samp_temp, 1e-4))`).
+pub fn tempered_logits(logits: &Tensor, samp_temp: f64) -> Result<Tensor> {
+    Ok((logits / samp_temp.max(MIN_SAMPLING_TEMPERATURE))?)
+}
+
+/// `conf_pre + f32(f64(remask_temp) * gumbel)`: the reference forms the noise in float64
+/// (numpy), casts it to float32, then adds (`add_gumbel_noise`).
+pub fn remask_confidence(conf_pre: &[f32], gumbel: &[f32], remask_temp: f64) -> Vec<f32> {
+    conf_pre.iter().zip(gumbel).map(|(&c, &g)| c + (remask_temp * g as f64) as f32).collect()
+}
+
+/// Re-masking per row of `seq_len`: cut = the `keep_masked`-th smallest confidence; positions
+/// with confidence <= cut become `mask_id`, the others keep their `sampled_ids`.
+pub fn remask(confidence: &[f32], sampled_ids: &[u32], seq_len: usize, keep_masked: usize, mask_id: u32) -> Vec<u32> {
+    let mut next = Vec::with_capacity(confidence.len());
+    let mut sorted = vec![0f32; seq_len];
+    for (row, ids) in confidence.chunks(seq_len).zip(sampled_ids.chunks(seq_len)) {
+        sorted.copy_from_slice(row);
+        sorted.sort_by(f32::total_cmp);
+        let cut = sorted[keep_masked - 1];
+        next.extend(row.iter().zip(ids).map(|(&c, &id)| if c <= cut { mask_id } else { id }));
+    }
+    next
 }
 
 /// Where the weights come from.

@@ -244,11 +244,22 @@ fn top_p_threshold(row: &[f32], p: f64, rule: TopPRule) -> f32 {
     }
 }
 
+/// `softmax(logits)` in f32 over the last dim: the distribution [`multinomial`] draws from.
+/// Removed entries (-inf) get exactly 0: the fast CPU exp clamps its argument at -87, which
+/// would leave them ~1e-38 each, and an inverse-CDF draw with a uniform near 0 could then pick
+/// a token the filter removed.
+pub fn probabilities(logits: &Tensor) -> Result<Tensor> {
+    let logits = logits.to_dtype(DType::F32)?.contiguous()?;
+    let probs = crate::nn::fast_math::softmax_last_dim(&logits)?;
+    let removed = logits.eq(f32::NEG_INFINITY)?;
+    removed.where_cond(&probs.zeros_like()?, &probs)
+}
+
 /// One index per row drawn from `softmax(logits)` with `rng.categorical` (inverse CDF).
 pub fn multinomial(logits: &Tensor, rng: &mut dyn RandomSource) -> Result<Tensor> {
     let dims = logits.dims().to_vec();
     let v = *dims.last().ok_or_else(|| candle_core::Error::Msg("multinomial on a scalar".into()))?;
-    let probs = crate::nn::fast_math::softmax_last_dim(&logits.to_dtype(DType::F32)?.contiguous()?)?;
+    let probs = probabilities(logits)?;
     let host = probs.flatten_all()?.to_vec1::<f32>()?;
     let ids = rng.categorical(&host, v).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
     Tensor::from_vec(ids, &dims[..dims.len() - 1], logits.device())
