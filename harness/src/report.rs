@@ -356,6 +356,19 @@ impl Verdicts {
         self.failed_runs == 0 && self.failed_checks == 0
     }
 
+    /// `Ok` when nothing failed, else an error naming `what` (e.g. "suite `x`"), the counts and
+    /// the report to read: what `suite` and `quickstart` exit with.
+    pub fn ensure_ok(&self, what: &str, report: &std::path::Path) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.ok(),
+            "{what}: {} run(s) failed and {} check(s) came out outside their tolerance (see {})",
+            self.failed_runs,
+            self.failed_checks,
+            report.display()
+        );
+        Ok(())
+    }
+
     pub fn text(&self) -> String {
         let mut s = String::from("Verdicts:\n");
         for l in &self.lines {

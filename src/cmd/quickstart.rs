@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use genbench_harness::quickstart::run_quickstart;
 use genbench_harness::report::verdicts;
 use genbench_harness::runner::RunnerOptions;
@@ -44,12 +44,5 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         report.display(),
         summary.summary_path.display()
     );
-    ensure!(
-        verdicts.ok(),
-        "quickstart: {} run(s) failed and {} self-check value(s) came out outside their tolerance (see {})",
-        verdicts.failed_runs,
-        verdicts.failed_checks,
-        report.display()
-    );
-    Ok(())
+    verdicts.ensure_ok("quickstart", &report)
 }

@@ -82,13 +82,5 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         outcome.results.len() - skipped - failed,
         report.display()
     );
-    ensure!(
-        verdicts.ok(),
-        "suite `{}`: {} run(s) failed and {} check(s) came out outside their tolerance (see {})",
-        suite.name,
-        verdicts.failed_runs,
-        verdicts.failed_checks,
-        report.display()
-    );
-    Ok(())
+    verdicts.ensure_ok(&format!("suite `{}`", suite.name), &report)
 }
