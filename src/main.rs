@@ -30,6 +30,8 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// FID/sFID statistics (mu, sigma, mu_s, sigma_s) of an image set, written as an .npz.
     Stats(cmd::eval::StatsArgs),
+    /// Fetch ADM's reference batch (imagenet256 | imagenet512) into the cache; prints its path.
+    FetchRef(cmd::fetch_ref::FetchRefArgs),
     /// Micro-benchmarks: `bench inception` prints the FID Inception's img/s.
     Bench(cmd::bench::BenchArgs),
     /// AutoNAT strategy search: finite-difference SGD on FID over the per-step strategy.
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Info => cmd::info::run(),
         Command::Eval(args) => cmd::eval::run_eval(args),
         Command::Stats(args) => cmd::eval::run_stats(args),
+        Command::FetchRef(args) => cmd::fetch_ref::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::AutonatSearch(args) => cmd::autonat_search::run(args),
         Command::Sample(args) => cmd::sample::run(*args),

@@ -91,3 +91,86 @@ fn eval_on_a_fresh_cache_fetches_the_classifier_and_gives_is() {
     assert!(mean.is_finite() && mean >= 1.0, "IS {mean}");
     assert!(report["metrics"]["fid"]["value"].as_f64().unwrap().is_finite());
 }
+
+/// A stand-in for ADM's reference batch at `resolution`: 2 images and the four statistics
+/// (identity covariances; mu 2048-d as the FID Inception's, mu_s `spatial_dim`-d).
+fn standin_reference_batch(path: &Path, resolution: u64, pool_dim: usize) -> Vec<u8> {
+    use genbench_metrics::npz::{write_npz, NpyArray};
+    let images = vec![7u8; (2 * resolution * resolution * 3) as usize];
+    let (d, ds) = (pool_dim as u64, 16u64);
+    let eye = |n: u64| -> Vec<f64> { (0..n * n).map(|i| if i % (n + 1) == 0 { 1.0 } else { 0.0 }).collect() };
+    let (mu, sigma, mu_s, sigma_s) = (vec![0.5f64; d as usize], eye(d), vec![0.25f64; ds as usize], eye(ds));
+    write_npz(
+        path,
+        &[
+            NpyArray::U8 { name: "arr_0", shape: &[2, resolution, resolution, 3], data: &images },
+            NpyArray::F64 { name: "mu", shape: &[d], data: &mu },
+            NpyArray::F64 { name: "sigma", shape: &[d, d], data: &sigma },
+            NpyArray::F64 { name: "mu_s", shape: &[ds], data: &mu_s },
+            NpyArray::F64 { name: "sigma_s", shape: &[ds, ds], data: &sigma_s },
+        ],
+    )
+    .unwrap();
+    std::fs::read(path).unwrap()
+}
+
+fn fetch_ref(cache: &Path, base_url: &str, extra: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_genbench"))
+        .args(["fetch-ref", "imagenet256", "--cache-dir"])
+        .arg(cache)
+        .args(extra)
+        .env(genbench_metrics::reference_batches::REFERENCE_URL_ENV, base_url)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+    println!("stdout: {stdout}\nstderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.success(), stdout, stderr)
+}
+
+/// `genbench fetch-ref imagenet256` against a local server: a batch of the published structure is
+/// kept with its SHA-256 recorded; a wrong `--sha256`, a file of another structure and a cached
+/// file that changed are refused, naming the problem, and nothing half-checked is kept.
+#[test]
+fn fetch_ref_checks_structure_records_and_pins_the_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "VIRTUAL_imagenet256_labeled.npz";
+    let body = standin_reference_batch(&tmp.path().join("good.npz"), 256, 2048);
+    let base = |url: String| url.trim_end_matches(name).trim_end_matches('/').to_string();
+
+    // A pinned hash that the file does not have: refused during the download, nothing kept.
+    let cache = tmp.path().join("cache");
+    let (ok, _, stderr) = fetch_ref(&cache, &base(serve_one(name.into(), body.clone())), &["--sha256", &"0".repeat(64)]);
+    assert!(!ok && stderr.contains("expected SHA-256 0000"), "{stderr}");
+    let kept = cache.join("reference-batches").join(name);
+    assert!(!kept.exists(), "a download with the wrong hash was kept");
+
+    // The published structure: kept, its hash recorded, the path printed; a second call finds it.
+    let sha = genbench_runtime::hash::sha256_bytes(&body);
+    let (ok, stdout, _) = fetch_ref(&cache, &base(serve_one(name.into(), body.clone())), &[]);
+    assert!(ok && stdout.trim() == kept.display().to_string(), "{stdout}");
+    assert_eq!(std::fs::read_to_string(kept.with_extension("npz.sha256")).unwrap().trim(), sha);
+    let (ok, _, _) = fetch_ref(&cache, "http://127.0.0.1:9", &["--sha256", &sha]);
+    assert!(ok, "the cached batch was not found (or its matching --sha256 refused)");
+
+    // The cached file changed after it was fetched: refused, naming both hashes.
+    let mut changed = body.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(&kept, &changed).unwrap();
+    let (ok, _, stderr) = fetch_ref(&cache, "http://127.0.0.1:9", &[]);
+    assert!(!ok && stderr.contains("recorded when it was fetched") && stderr.contains(&sha), "{stderr}");
+
+    // Another structure (512 px images where 256 are published; a 64-d mu): not kept.
+    for (res, dim, why) in [(512, 2048, "expected ImageNet images of 256x256"), (256, 64, "expected the FID Inception's 2048")] {
+        let cache = tmp.path().join(format!("cache-{res}-{dim}"));
+        let body = standin_reference_batch(&tmp.path().join(format!("bad-{res}-{dim}.npz")), res, dim);
+        let (ok, _, stderr) = fetch_ref(&cache, &base(serve_one(name.into(), body)), &[]);
+        assert!(!ok && stderr.contains(why) && stderr.contains("it was not kept"), "{stderr}");
+        assert!(!cache.join("reference-batches").join(name).exists());
+    }
+
+    // No server: a clear message saying what to do instead.
+    let (ok, _, stderr) = fetch_ref(&tmp.path().join("cache-offline"), "http://127.0.0.1:9", &[]);
+    assert!(!ok && stderr.contains("download") && stderr.contains("--ref"), "{stderr}");
+}

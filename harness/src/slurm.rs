@@ -56,6 +56,13 @@ pub struct SlurmScripts {
     pub merge: PathBuf,
 }
 
+impl SlurmScripts {
+    /// The shell line that submits both jobs by hand, the merge job after the array.
+    pub fn submit_command(&self) -> String {
+        format!("jid=$(sbatch --parsable {}) && sbatch --dependency=afterok:$jid {}", self.generate.display(), self.merge.display())
+    }
+}
+
 /// POSIX shell single-quoting.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {

@@ -20,6 +20,8 @@ pub enum HashCheck {
     Sha256(String),
     /// A SHA-256 prefix (hex), as carried in a release file's name.
     Sha256Prefix(String),
+    /// No published hash exists: the caller checks the content itself before using it.
+    Unpinned,
 }
 
 impl HashCheck {
@@ -40,6 +42,7 @@ impl HashCheck {
         match self {
             Self::Sha256(full) => sha256.eq_ignore_ascii_case(full),
             Self::Sha256Prefix(prefix) => sha256.to_ascii_lowercase().starts_with(&prefix.to_ascii_lowercase()),
+            Self::Unpinned => true,
         }
     }
 
@@ -47,6 +50,7 @@ impl HashCheck {
         match self {
             Self::Sha256(full) => format!("SHA-256 {full}"),
             Self::Sha256Prefix(prefix) => format!("a SHA-256 starting with {prefix} (the prefix in the file name)"),
+            Self::Unpinned => "any SHA-256 (none is published)".to_string(),
         }
     }
 }

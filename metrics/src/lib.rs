@@ -45,6 +45,7 @@ pub mod npz;
 pub mod numeric;
 pub mod numpy_rng;
 pub mod precision_recall;
+pub mod reference_batches;
 pub mod stats;
 
 // FID Inception network, preprocessing and batched feature extraction.

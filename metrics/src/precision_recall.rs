@@ -31,6 +31,18 @@ pub enum DistancePrecision {
     Fp16Adm,
 }
 
+/// As the command line writes it: `fp16` (also `f16`, `adm`) or `f32` (also `fp32`).
+impl std::str::FromStr for DistancePrecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp16" | "f16" | "adm" => Ok(Self::Fp16Adm),
+            "f32" | "fp32" => Ok(Self::F32),
+            other => Err(format!("unknown precision '{other}': expected fp16 or f32")),
+        }
+    }
+}
+
 /// Settings of the manifold estimator.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct PrConfig {
@@ -416,6 +428,13 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn distance_precision_names() {
+        assert_eq!("F32".parse::<DistancePrecision>(), Ok(DistancePrecision::F32));
+        assert_eq!("adm".parse::<DistancePrecision>(), Ok(DistancePrecision::Fp16Adm));
+        assert!("bf16".parse::<DistancePrecision>().is_err());
+    }
 
     fn random(n: usize, d: usize, scale: f32, seed: u64) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -31,7 +31,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Arithmetic of the precision/recall distances: fp16 (ADM's TF path) or f32.
-    #[arg(long, default_value = "fp16", value_parser = parse_pr_precision)]
+    #[arg(long, default_value = "fp16")]
     pub pr_precision: DistancePrecision,
     /// Seed of the KID subset draws (numpy RandomState; default 2020, torch-fidelity's).
     #[arg(long)]
@@ -70,14 +70,6 @@ pub struct ExtractorArgs {
     /// cached FID Inception, fetched on first use.
     #[arg(long)]
     pub inception_weights: Option<PathBuf>,
-}
-
-fn parse_pr_precision(s: &str) -> Result<DistancePrecision, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "fp16" | "f16" | "adm" => Ok(DistancePrecision::Fp16Adm),
-        "f32" | "fp32" => Ok(DistancePrecision::F32),
-        other => Err(format!("unknown precision '{other}': expected fp16 or f32")),
-    }
 }
 
 impl ExtractorArgs {
@@ -125,15 +117,4 @@ pub fn run_stats(args: StatsArgs) -> Result<()> {
     }
     println!("wrote {} ({summary})", job.out.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pr_precision_names() {
-        assert_eq!(parse_pr_precision("F32"), Ok(DistancePrecision::F32));
-        assert!(parse_pr_precision("bf16").is_err());
-    }
 }

@@ -2,6 +2,7 @@
 pub mod autonat_search;
 pub mod bench;
 pub mod eval;
+pub mod fetch_ref;
 pub mod fit;
 pub mod info;
 pub mod merge;

@@ -89,11 +89,7 @@ pub fn run(suite: &Suite, args: &SuiteArgs, opts: RunnerOptions) -> Result<()> {
             let ids = submit(&sbatch, &scripts)?;
             println!("submitted array job {} and merge job {} (afterok:{})", ids.generate_job, ids.merge_job, ids.generate_job);
         }
-        None => println!(
-            "submit with: jid=$(sbatch --parsable {}) && sbatch --dependency=afterok:$jid {}",
-            scripts.generate.display(),
-            scripts.merge.display()
-        ),
+        None => println!("submit with: {}", scripts.submit_command()),
     }
     Ok(())
 }
