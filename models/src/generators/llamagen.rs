@@ -425,8 +425,6 @@ pub struct LlamaGenGpt {
     cls_embedding: Embedding,
     tok_embeddings: Embedding,
     layers: Vec<Block>,
-    /// One preallocated cache per layer, sized by [`LlamaGenGpt::reset_caches`].
-    caches: Vec<KvCache>,
     norm: RmsNorm,
     output: RowLinear,
     rope: Rope2d,
@@ -459,7 +457,6 @@ impl LlamaGenGpt {
             cls_embedding,
             tok_embeddings,
             layers,
-            caches: Vec::new(),
             norm,
             output,
             rope,
@@ -534,22 +531,16 @@ impl LlamaGenGpt {
         Ok(BlockParts { attention_norm_out, q_rope, k_rope, attention_out, h, ffn_out, out })
     }
 
-    /// Runs the layers over `x` (B, T, C) at positions `start..start+T`, through the KV caches
-    /// when `cached`. Returns every layer's output and the final-norm output (the reference's
-    /// hooks) and the logits `(B, T, V)` in f32.
-    fn run(&mut self, x: Tensor, start: usize, cached: bool) -> Result<(Vec<Tensor>, Tensor)> {
+    /// Runs the layers over `x` (B, T, C) at positions `start..start+T`, through `caches` (one
+    /// per layer) when given. Returns every layer's output and the final-norm output (the
+    /// reference's hooks) and the logits `(B, T, V)` in f32.
+    fn run(&self, x: Tensor, start: usize, mut caches: Option<&mut [KvCache]>) -> Result<(Vec<Tensor>, Tensor)> {
         let mut h = x;
         let mut outs = Vec::with_capacity(self.layers.len() + 1);
-        let mut caches = std::mem::take(&mut self.caches);
-        let result = (|| -> Result<()> {
-            for (i, b) in self.layers.iter().enumerate() {
-                h = self.block_forward(b, &h, start, if cached { caches.get_mut(i) } else { None })?;
-                outs.push(h.clone());
-            }
-            Ok(())
-        })();
-        self.caches = caches;
-        result?;
+        for (i, b) in self.layers.iter().enumerate() {
+            h = self.block_forward(b, &h, start, caches.as_deref_mut().map(|cs| &mut cs[i]))?;
+            outs.push(h.clone());
+        }
         let normed = self.norm.forward(&h)?;
         outs.push(normed.clone());
         let logits = self.output.forward(&normed)?.to_dtype(DType::F32)?;
@@ -559,7 +550,7 @@ impl LlamaGenGpt {
     /// Teacher forcing: the sequence `[class, z_0 .. z_{N-2}]` with causal attention, no cache.
     /// Returns logits `(B, N, V)` (position p predicts z_p) and the hidden states: the input of
     /// the first block, each block's output, the final-norm output.
-    pub fn teacher_forcing(&mut self, labels: &[u32], tokens: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn teacher_forcing(&self, labels: &[u32], tokens: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let (bsz, n) = tokens.dims2()?;
         ensure!(labels.len() == bsz, "{} labels for a batch of {bsz}", labels.len());
         ensure!(n <= self.cfg.block_size, "{n} tokens exceed block_size {}", self.cfg.block_size);
@@ -569,16 +560,16 @@ impl LlamaGenGpt {
             parts.push(self.token_embeddings(&tokens.narrow(1, 0, n - 1)?)?);
         }
         let x = Tensor::cat(&parts, 1)?;
-        let (mut hidden, logits) = self.run(x.clone(), 0, false)?;
+        let (mut hidden, logits) = self.run(x.clone(), 0, None)?;
         hidden.insert(0, x);
         Ok((logits, hidden))
     }
 
-    /// Prepares every layer's KV cache for `batch` rows and `capacity` positions, reusing the
-    /// buffers when the shape is unchanged.
-    fn reset_caches(&mut self, batch: usize, capacity: usize) -> Result<()> {
+    /// Prepares `caches` as one KV cache per layer for `batch` rows and `capacity` positions,
+    /// reusing the buffers when the shape is unchanged.
+    fn reset_caches(&self, caches: &mut Vec<KvCache>, batch: usize, capacity: usize) -> Result<()> {
         let layers = self.layers.iter().map(|b| &b.attention);
-        Ok(reset_layer_caches(&mut self.caches, layers, batch, capacity, self.dtype, &self.device)?)
+        Ok(reset_layer_caches(caches, layers, batch, capacity, self.dtype, &self.device)?)
     }
 
     /// Analytic FLOPs of one forward of `q` new tokens attending `k` keys, per sequence.
@@ -634,10 +625,15 @@ pub struct StepTrace {
 impl LlamaGenGpt {
     /// The cached generation loop (`generate()` of generate.py). Returns token ids `(B, N)`
     /// row-major. `trace` receives one [`StepTrace`] per forward when given.
+    ///
+    /// The caller owns the per-layer KV caches and lends them (the way candle-transformers'
+    /// `llama::Llama::forward` takes `&mut Cache`); they are resized here and, when a later
+    /// call has the same shape, reused without allocating.
     pub fn generate(
-        &mut self,
+        &self,
         labels: &[u32],
         s: &LlamaGenSampling,
+        caches: &mut Vec<KvCache>,
         rng: &mut dyn RandomSource,
         observer: &mut dyn StepObserver,
         mut trace: Option<&mut Vec<StepTrace>>,
@@ -657,7 +653,7 @@ impl LlamaGenGpt {
         let n = self.cfg.block_size;
         let rows = if use_cfg { 2 * b } else { b };
         // The last token is never fed back: the cache holds the class token + N - 1 tokens.
-        self.reset_caches(rows, self.cfg.cls_token_num + n - 1)?;
+        self.reset_caches(caches, rows, self.cfg.cls_token_num + n - 1)?;
         let mut cond: Vec<u32> = labels.to_vec();
         if use_cfg {
             cond.extend(std::iter::repeat_n(nc, b));
@@ -679,15 +675,14 @@ impl LlamaGenGpt {
                 tokens_attended: step + 1,
                 flops: rows as f64 * self.forward_flops(1, step + 1),
             };
-            let device = self.device.clone();
-            let (raw, guided, next) = record_step(observer, &device, size, || {
+            let (raw, guided, next) = record_step(observer, &self.device, size, || {
                 // Forward: the class token (prefill) or the previous token, through the caches.
                 let x = if step == 0 {
                     self.class_embeddings(&input_ids)?.to_dtype(self.dtype)?
                 } else {
                     self.token_embeddings(&self.ids(&input_ids)?.unsqueeze(1)?)?
                 };
-                let (_, logits) = self.run(x, step, true)?;
+                let (_, logits) = self.run(x, step, Some(caches.as_mut_slice()))?;
                 let raw = logits.i((.., logits.dim(1)? - 1, ..))?; // (rows, V)
                                                                    // Guide.
                 let guided = match (use_cfg, guided_now) {
@@ -727,6 +722,8 @@ pub struct LlamaGenGenerator {
     name: String,
     cfg: LlamaGenConfig,
     gpt: LlamaGenGpt,
+    /// The GPT's KV caches, kept between `sample` calls so a same-sized batch allocates nothing.
+    caches: Vec<KvCache>,
     vq: LlamaGenVq,
     sampling: LlamaGenSampling,
 }
@@ -738,7 +735,7 @@ impl LlamaGenGenerator {
         cfg.validate()?;
         let gpt = LlamaGenGpt::new(&cfg.gpt, gpt_vb)?;
         let vq = LlamaGenVq::new(&cfg.vq, vq_vb)?;
-        Ok(Self { name: name.to_string(), cfg, gpt, vq, sampling })
+        Ok(Self { name: name.to_string(), cfg, gpt, caches: Vec::new(), vq, sampling })
     }
 
     /// Loads the published files: the GPT checkpoint (`c2i_*.pt`: weights under `model` for DDP
@@ -862,8 +859,7 @@ impl Generator for LlamaGenGenerator {
     }
     fn sample(&mut self, labels: &[u32], seed: u64, observer: &mut dyn StepObserver) -> Result<Samples> {
         let mut rng = SeededSource::new(seed);
-        let s = self.sampling.clone();
-        let tokens = self.gpt.generate(labels, &s, &mut rng, observer, None)?;
+        let tokens = self.gpt.generate(labels, &self.sampling, &mut self.caches, &mut rng, observer, None)?;
         let img = self.decode(&tokens, labels.len(), self.cfg.gpt.block_size, observer)?;
         let (images, n, height, width) = llamagen_to_uint8_nhwc(&img)?;
         Ok(Samples { images, n, height, width, token_ids: Some(tokens), latents: None })

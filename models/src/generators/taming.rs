@@ -284,7 +284,6 @@ pub struct TamingGpt {
     /// `(block_size, C)`.
     pos_emb: Tensor,
     blocks: Vec<Block>,
-    caches: Vec<KvCache>,
     ln_f: LayerNorm,
     head: RowLinear,
     device: Device,
@@ -313,17 +312,7 @@ impl TamingGpt {
         }
         let ln_f = LayerNorm::load(c, 1e-5, vb.pp("ln_f"))?;
         let head = RowLinear::from_linear(&candle_nn::linear_no_bias(c, cfg.vocab_size, vb.pp("head"))?)?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            tok_emb,
-            pos_emb,
-            blocks,
-            caches: Vec::new(),
-            ln_f,
-            head,
-            device: vb.device().clone(),
-            dtype: vb.dtype(),
-        })
+        Ok(Self { cfg: cfg.clone(), tok_emb, pos_emb, blocks, ln_f, head, device: vb.device().clone(), dtype: vb.dtype() })
     }
 
     pub fn config(&self) -> &TamingGptConfig {
@@ -368,41 +357,37 @@ impl TamingGpt {
         Ok(BlockParts { ln1_out, attn_out, h, mlp_out, out })
     }
 
-    /// Runs the blocks from embeddings `x (B, T, C)` at positions `start..`, cached or not;
-    /// returns each block's output and the f32 logits `(B, T, V)`.
-    fn run(&mut self, x: Tensor, start: usize, cached: bool) -> Result<(Vec<Tensor>, Tensor)> {
+    /// Runs the blocks from embeddings `x (B, T, C)` at positions `start..`, through `caches`
+    /// (one per block) when given; returns each block's output and the f32 logits `(B, T, V)`.
+    fn run(&self, x: Tensor, start: usize, mut caches: Option<&mut [KvCache]>) -> Result<(Vec<Tensor>, Tensor)> {
         let mut h = x;
         let mut outs = Vec::with_capacity(self.blocks.len());
-        let mut caches = std::mem::take(&mut self.caches);
-        let result = (|| -> Result<()> {
-            for (i, b) in self.blocks.iter().enumerate() {
-                h = self.block_forward(b, &h, start, if cached { caches.get_mut(i) } else { None })?;
-                outs.push(h.clone());
-            }
-            Ok(())
-        })();
-        self.caches = caches;
-        result?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            h = self.block_forward(b, &h, start, caches.as_deref_mut().map(|cs| &mut cs[i]))?;
+            outs.push(h.clone());
+        }
         let logits = self.head.forward(&self.ln_f.forward(&h)?)?.to_dtype(DType::F32)?;
         Ok((outs, logits))
     }
 
     /// Teacher forcing on `[c, z_0 .. z_{N-2}]` (`Net2NetTransformer.forward`): logits
     /// `(B, N, V)` (position p predicts z_p) and the hidden states (embeddings, each block).
-    pub fn teacher_forcing(&mut self, labels: &[u32], tokens: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn teacher_forcing(&self, labels: &[u32], tokens: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let (bsz, n) = tokens.dims2()?;
         ensure!(labels.len() == bsz, "{} labels for a batch of {bsz}", labels.len());
         let cls = Tensor::new(labels, &self.device)?.unsqueeze(1)?.to_dtype(tokens.dtype())?;
         let seq = Tensor::cat(&[&cls, &tokens.narrow(1, 0, n - 1)?], 1)?;
         let x = self.embed(&seq, 0)?;
-        let (mut hidden, logits) = self.run(x.clone(), 0, false)?;
+        let (mut hidden, logits) = self.run(x.clone(), 0, None)?;
         hidden.insert(0, x);
         Ok((logits, hidden))
     }
 
-    fn reset_caches(&mut self, batch: usize, capacity: usize) -> Result<()> {
+    /// Prepares `caches` as one KV cache per block for `batch` rows and `capacity` positions,
+    /// reusing the buffers when the shape is unchanged.
+    fn reset_caches(&self, caches: &mut Vec<KvCache>, batch: usize, capacity: usize) -> Result<()> {
         let layers = self.blocks.iter().map(|b| &b.attn);
-        Ok(reset_layer_caches(&mut self.caches, layers, batch, capacity, self.dtype, &self.device)?)
+        Ok(reset_layer_caches(caches, layers, batch, capacity, self.dtype, &self.device)?)
     }
 
     /// Bytes one cached step reads: all weights but the embedding tables, plus `k` cached
@@ -440,12 +425,15 @@ pub struct StepTrace {
 
 impl TamingGpt {
     /// `sample_with_past(labels[:, None], transformer, steps=tokens, ...)`: returns `(B, tokens)`
-    /// ids row-major, class token cut off.
+    /// ids row-major, class token cut off. The caller owns the per-block KV caches and lends
+    /// them (as candle-transformers' `llama::Llama::forward` takes `&mut Cache`); a later call
+    /// of the same shape reuses their buffers.
     pub fn generate(
-        &mut self,
+        &self,
         labels: &[u32],
         tokens: usize,
         s: &TamingSampling,
+        caches: &mut Vec<KvCache>,
         rng: &mut dyn RandomSource,
         observer: &mut dyn StepObserver,
         mut trace: Option<&mut Vec<StepTrace>>,
@@ -457,7 +445,7 @@ impl TamingGpt {
             bail!("class id {bad} cannot index the {}-entry token table", self.cfg.vocab_size);
         }
         // Step n writes position n; the last sampled token is never fed back.
-        self.reset_caches(b, tokens)?;
+        self.reset_caches(caches, b, tokens)?;
         let mut out = vec![0u32; b * tokens];
         let mut input = labels.to_vec();
         for step in 0..tokens {
@@ -474,7 +462,7 @@ impl TamingGpt {
                 // Forward through the caches.
                 let ids = Tensor::new(input.as_slice(), &device)?.unsqueeze(1)?;
                 let x = self.embed(&ids, step)?;
-                let (_, logits) = self.run(x, step, true)?;
+                let (_, logits) = self.run(x, step, Some(caches.as_mut_slice()))?;
                 let last = logits.i((.., 0, ..))?;
                 // Sample (no guidance): logits / temperature; the HF top-k + top-p filter only
                 // when top_k is given; softmax; multinomial.
@@ -502,6 +490,8 @@ pub struct TamingGenerator {
     name: String,
     cfg: TamingConfig,
     gpt: TamingGpt,
+    /// The GPT's KV caches, kept between `sample` calls so a same-sized batch allocates nothing.
+    caches: Vec<KvCache>,
     vq: TamingVqgan,
     sampling: TamingSampling,
 }
@@ -513,7 +503,7 @@ impl TamingGenerator {
         cfg.validate()?;
         let gpt = TamingGpt::new(&cfg.gpt, gpt_vb)?;
         let vq = TamingVqgan::new(&cfg.vq, vq_vb)?;
-        Ok(Self { name: name.to_string(), cfg, gpt, vq, sampling })
+        Ok(Self { name: name.to_string(), cfg, gpt, caches: Vec::new(), vq, sampling })
     }
     /// Loads a Lightning checkpoint (weights under `state_dict`): the cin transformer's
     /// `last.ckpt` holds the GPT under `transformer.` and the VQGAN under `first_stage_model.`.
@@ -560,7 +550,7 @@ impl TamingGenerator {
             }
             None => w.ensure_all_used(is_loss)?,
         }
-        Ok(Self { name: name.to_string(), cfg, gpt, vq, sampling })
+        Ok(Self { name: name.to_string(), cfg, gpt, caches: Vec::new(), vq, sampling })
     }
 
     /// Random weights (`--random-init`), for timing and FLOP work; images are noise.
@@ -621,8 +611,7 @@ impl Generator for TamingGenerator {
         }
         let mut rng = SeededSource::new(seed);
         let n = self.cfg.tokens_per_image();
-        let s = self.sampling.clone();
-        let tokens = self.gpt.generate(labels, n, &s, &mut rng, observer, None)?;
+        let tokens = self.gpt.generate(labels, n, &self.sampling, &mut self.caches, &mut rng, observer, None)?;
         let g = self.cfg.grid();
         let size = StepSize {
             step: n,
