@@ -19,7 +19,7 @@ use crate::checkpoint::{RandomWeights, StrictWeights};
 use crate::family::{parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
-    record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord, StepSize,
+    record_sized_step, record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize,
 };
 use crate::nn::block::PreNormBlock;
 use crate::nn::cfg::{cond_plus_scaled_diff, double_labels, split_halves};
@@ -390,72 +390,89 @@ pub fn generate_tokens(
     mut on_step: Option<&mut dyn FnMut(usize, StepTrace) -> Result<()>>,
 ) -> Result<Vec<u32>> {
     strategy.validate()?;
-    let steps = strategy.steps();
-    let n = batch * seq_len;
-    let mut ids = vec![mask_id; n];
+    let mut ids = vec![mask_id; batch * seq_len];
     let mut last_sampled = ids.clone();
-    for step in 0..steps {
-        let ratio = strategy.ratio_at(step);
-        let remask_temp = strategy.remask_temp_at(step);
-        let tau = strategy.samp_temps[step].max(MIN_SAMPLING_TEMPERATURE);
+    for step in 0..strategy.steps() {
         let logits = guided_logits(step, &ids, strategy.cfg[step])?;
-        let (lb, ll, v) = logits.dims3()?;
-        ensure!(lb == batch && ll == seq_len, "guided logits {:?} for a batch of {batch} x {seq_len}", logits.dims());
-        let logits = logits.to_dtype(DType::F32)?.contiguous()?;
-
-        let sampled_raw_t = multinomial(&(&logits / tau)?, rng)?;
-        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let conf_sampled = log_probs.gather(&sampled_raw_t.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
-        let sampled_raw = sampled_raw_t.flatten_all()?.to_vec1::<u32>()?;
-        let conf_sampled = conf_sampled.flatten_all()?.to_vec1::<f32>()?;
-        ensure!(sampled_raw.iter().all(|&k| (k as usize) < v), "sampled id out of range");
-
-        let mut sampled_ids = Vec::with_capacity(n);
-        let mut conf_pre = Vec::with_capacity(n);
-        for i in 0..n {
-            if ids[i] == mask_id {
-                sampled_ids.push(sampled_raw[i]);
-                conf_pre.push(conf_sampled[i]);
-            } else {
-                sampled_ids.push(ids[i]);
-                conf_pre.push(f32::INFINITY);
-            }
-        }
-        let masked_row0 = ids[..seq_len].iter().filter(|&&x| x == mask_id).count();
-        let keep_masked = mask_len(seq_len, ratio, masked_row0);
-        let gumbel = rng.gumbel(n)?;
-        // The reference forms the noise in float64 (numpy), casts it to float32, then adds.
-        let confidence: Vec<f32> = conf_pre.iter().zip(&gumbel).map(|(&c, &g)| c + (remask_temp * g as f64) as f32).collect();
-        let mut next = Vec::with_capacity(n);
-        let mut sorted = vec![0f32; seq_len];
-        for b in 0..batch {
-            let row = &confidence[b * seq_len..(b + 1) * seq_len];
-            sorted.copy_from_slice(row);
-            sorted.sort_by(f32::total_cmp);
-            let cut = sorted[keep_masked - 1];
-            for (j, &c) in row.iter().enumerate() {
-                next.push(if c <= cut { mask_id } else { sampled_ids[b * seq_len + j] });
-            }
-        }
-        let masked_after_row0 = next[..seq_len].iter().filter(|&&x| x == mask_id).count();
-        let trace = StepTrace {
-            ids_in: std::mem::replace(&mut ids, next),
-            logits: Some(logits),
-            sampled_raw,
-            sampled_ids: sampled_ids.clone(),
-            conf_pre,
-            confidence,
-            num_masked_before: masked_row0,
-            mask_len: keep_masked,
-            // After the last step nothing is masked: the sampled ids are decoded.
-            num_masked_after: if step + 1 == steps { 0 } else { masked_after_row0 },
-        };
-        last_sampled = sampled_ids;
+        let trace = sample_and_remask(step, strategy, batch, seq_len, mask_id, &mut ids, logits, rng)?;
+        last_sampled.clone_from(&trace.sampled_ids);
         if let Some(f) = on_step.as_deref_mut() {
             f(step, trace)?;
         }
     }
     Ok(last_sampled)
+}
+
+/// Steps 1-5 of [`generate_tokens`] for step `step`: samples every position from the guided
+/// `logits (B, L, V)`, re-masks the least confident ones and leaves the next step's input in
+/// `ids`. Returns the step's trace.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_and_remask(
+    step: usize,
+    strategy: &Strategy,
+    batch: usize,
+    seq_len: usize,
+    mask_id: u32,
+    ids: &mut Vec<u32>,
+    logits: Tensor,
+    rng: &mut dyn RandomSource,
+) -> Result<StepTrace> {
+    let steps = strategy.steps();
+    let n = batch * seq_len;
+    let ratio = strategy.ratio_at(step);
+    let remask_temp = strategy.remask_temp_at(step);
+    let tau = strategy.samp_temps[step].max(MIN_SAMPLING_TEMPERATURE);
+    let (lb, ll, v) = logits.dims3()?;
+    ensure!(lb == batch && ll == seq_len, "guided logits {:?} for a batch of {batch} x {seq_len}", logits.dims());
+    let logits = logits.to_dtype(DType::F32)?.contiguous()?;
+
+    let sampled_raw_t = multinomial(&(&logits / tau)?, rng)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let conf_sampled = log_probs.gather(&sampled_raw_t.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
+    let sampled_raw = sampled_raw_t.flatten_all()?.to_vec1::<u32>()?;
+    let conf_sampled = conf_sampled.flatten_all()?.to_vec1::<f32>()?;
+    ensure!(sampled_raw.iter().all(|&k| (k as usize) < v), "sampled id out of range");
+
+    let mut sampled_ids = Vec::with_capacity(n);
+    let mut conf_pre = Vec::with_capacity(n);
+    for i in 0..n {
+        if ids[i] == mask_id {
+            sampled_ids.push(sampled_raw[i]);
+            conf_pre.push(conf_sampled[i]);
+        } else {
+            sampled_ids.push(ids[i]);
+            conf_pre.push(f32::INFINITY);
+        }
+    }
+    let masked_row0 = ids[..seq_len].iter().filter(|&&x| x == mask_id).count();
+    let keep_masked = mask_len(seq_len, ratio, masked_row0);
+    let gumbel = rng.gumbel(n)?;
+    // The reference forms the noise in float64 (numpy), casts it to float32, then adds.
+    let confidence: Vec<f32> = conf_pre.iter().zip(&gumbel).map(|(&c, &g)| c + (remask_temp * g as f64) as f32).collect();
+    let mut next = Vec::with_capacity(n);
+    let mut sorted = vec![0f32; seq_len];
+    for b in 0..batch {
+        let row = &confidence[b * seq_len..(b + 1) * seq_len];
+        sorted.copy_from_slice(row);
+        sorted.sort_by(f32::total_cmp);
+        let cut = sorted[keep_masked - 1];
+        for (j, &c) in row.iter().enumerate() {
+            next.push(if c <= cut { mask_id } else { sampled_ids[b * seq_len + j] });
+        }
+    }
+    let masked_after_row0 = next[..seq_len].iter().filter(|&&x| x == mask_id).count();
+    Ok(StepTrace {
+        ids_in: std::mem::replace(ids, next),
+        logits: Some(logits),
+        sampled_raw,
+        sampled_ids,
+        conf_pre,
+        confidence,
+        num_masked_before: masked_row0,
+        mask_len: keep_masked,
+        // After the last step nothing is masked: the sampled ids are decoded.
+        num_masked_after: if step + 1 == steps { 0 } else { masked_after_row0 },
+    })
 }
 
 /// Where the weights come from.
@@ -774,30 +791,38 @@ impl AutoNatGenerator {
         let batch = labels.len();
         let seq_len = cfg.seq_len();
         let per_forward = cfg.flops_per_forward();
-        let device = self.device.clone();
-        let mut step_start = genbench_runtime::timer::Stopwatch::start(&device)?;
-        let mut guided = |_step: usize, ids: &[u32], scale: f64| -> Result<Tensor> {
-            let ids = Tensor::from_slice(ids, (batch, seq_len), &device)?;
-            self.net.guided_logits(&ids, labels, scale)
-        };
-        let mut report = |step: usize, trace: StepTrace| -> Result<()> {
-            if let Some(f) = on_trace.as_deref_mut() {
-                f(step, &trace);
-            }
-            observer.on_step(&StepRecord {
+        let strategy = &self.strategy;
+        strategy.validate()?;
+        // The loop of `generate_tokens`, each step timed and reported.
+        let mut ids = vec![cfg.mask_id(); batch * seq_len];
+        let mut token_ids = ids.clone();
+        for step in 0..strategy.steps() {
+            let size_of = |trace: &StepTrace| StepSize {
                 step,
                 kind: StepKind::Transformer,
                 batch,
                 tokens_decoded: trace.num_fixed(),
                 tokens_attended: seq_len + 1,
-                wall: step_start.elapsed()?,
                 // Two forwards (conditional and unconditional) of every image.
                 flops: 2.0 * per_forward * batch as f64,
-            });
-            step_start = genbench_runtime::timer::Stopwatch::start(&device)?;
-            Ok(())
-        };
-        let token_ids = generate_tokens(batch, seq_len, cfg.mask_id(), &self.strategy, rng, &mut guided, Some(&mut report))?;
+            };
+            let trace = record_sized_step(
+                observer,
+                &self.device,
+                || {
+                    // Forward and guide: conditional and unconditional passes mixed by this step's scale.
+                    let input = Tensor::from_slice(&ids, (batch, seq_len), &self.device)?;
+                    let logits = self.net.guided_logits(&input, labels, strategy.cfg[step])?;
+                    // Sample, re-mask the least confident, feed back.
+                    sample_and_remask(step, strategy, batch, seq_len, cfg.mask_id(), &mut ids, logits, rng)
+                },
+                size_of,
+            )?;
+            if let Some(f) = on_trace.as_deref_mut() {
+                f(step, &trace);
+            }
+            token_ids = trace.sampled_ids;
+        }
         let size = StepSize {
             step: self.strategy.steps(),
             kind: StepKind::Decode,

@@ -17,7 +17,7 @@ use crate::checkpoint::StrictWeights;
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
-    record_step, to_uint8_nhwc_rounded_from_signed, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord, StepSize,
+    record_step, to_uint8_nhwc_rounded_from_signed, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize,
 };
 use crate::nn::block::PreNormBlock;
 use crate::nn::norm::LayerNorm;
@@ -26,7 +26,6 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use genbench_runtime::checkpoint::TorchCheckpoint;
-use genbench_runtime::timer::Stopwatch;
 use genbench_runtime::{RandomSource, SeededSource};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -656,69 +655,65 @@ impl Mar {
         let rows_mult = if cfg_on { 2 } else { 1 };
 
         for step in 0..s.num_iter {
+            // Which tokens this step reveals: the cosine schedule over the random orders.
             let visible = l - mask.count_masked(0);
-            // --- MAE forward (batch doubled under CFG) ---
-            let sw = Stopwatch::start(&self.device)?;
-            let tok = Tensor::from_slice(&tokens, (bsz, l, d), &self.device)?;
-            let (tok, mask_in) = if cfg_on { (Tensor::cat(&[&tok, &tok], 0)?, mask.doubled()) } else { (tok, mask.clone()) };
-            let x = self.forward_mae_encoder(&tok, &mask_in, &class_embedding)?;
-            let z = self.forward_mae_decoder(&x, &mask_in)?;
-
-            // --- which tokens this step reveals ---
             let mask_len = mask_len(l, step, s.num_iter, mask.count_masked(0));
             let mask_next = TokenMask::by_order(&orders, mask_len as usize, l);
             let mask_to_pred = if step + 1 >= s.num_iter { mask.clone() } else { mask.xor(&mask_next) };
-            mask = mask_next;
             let pred_idx = mask_to_pred.set_indices();
             let n_pred = pred_idx.len();
-            let all_idx: Vec<u32> = if cfg_on {
-                pred_idx.iter().copied().chain(pred_idx.iter().map(|&i| i + (bsz * l) as u32)).collect()
-            } else {
-                pred_idx.clone()
-            };
-            let cd = self.cfg.decoder_embed_dim;
-            let z_rows =
-                z.reshape((rows_mult * bsz * l, cd))?.index_select(&Tensor::from_vec(all_idx, rows_mult * n_pred, &self.device)?, 0)?;
-            let transformer_wall = sw.elapsed()?;
-            observer.on_step(&StepRecord {
+
+            // Forward: the MAE encoder and decoder (batch doubled under CFG), then the decoder
+            // rows of the tokens to predict.
+            let size = StepSize {
                 step,
                 kind: StepKind::Transformer,
                 batch: bsz,
                 tokens_decoded: n_pred / bsz,
                 tokens_attended: self.cfg.buffer_size + visible,
-                wall: transformer_wall,
                 flops: (rows_mult * bsz) as f64 * self.cfg.mae_flops(visible),
-            });
+            };
+            let z_rows = record_step(observer, &self.device, size, || {
+                let tok = Tensor::from_slice(&tokens, (bsz, l, d), &self.device)?;
+                let (tok, mask_in) = if cfg_on { (Tensor::cat(&[&tok, &tok], 0)?, mask.doubled()) } else { (tok, mask.clone()) };
+                let x = self.forward_mae_encoder(&tok, &mask_in, &class_embedding)?;
+                let z = self.forward_mae_decoder(&x, &mask_in)?;
+                let all_idx: Vec<u32> = if cfg_on {
+                    pred_idx.iter().copied().chain(pred_idx.iter().map(|&i| i + (bsz * l) as u32)).collect()
+                } else {
+                    pred_idx.clone()
+                };
+                let cd = self.cfg.decoder_embed_dim;
+                let rows = Tensor::from_vec(all_idx, rows_mult * n_pred, &self.device)?;
+                Ok(z.reshape((rows_mult * bsz * l, cd))?.index_select(&rows, 0)?)
+            })?;
+            mask = mask_next;
 
-            // --- diffusion head on the rows to predict ---
+            // Guide and sample: the diffusion head denoises those rows, guiding the predicted
+            // noise with this step's scale; under CFG only the conditional half is kept.
             let cfg_iter = match s.cfg_schedule {
                 CfgSchedule::Linear => linear_cfg(s.cfg, l, mask_len),
                 CfgSchedule::Constant => s.cfg as f32,
             };
-            let sw = Stopwatch::start(&self.device)?;
-            let sampled = self.diffloss.sample(&z_rows, temperature, cfg_iter, rng)?;
-            // Under CFG only the conditional half is kept.
-            let sampled = sampled.narrow(0, 0, n_pred)?;
-            if let Some(t) = trace.as_deref_mut() {
-                t.push(TokenStepTrace {
-                    mask_len,
-                    mask_to_pred: mask_to_pred.clone(),
-                    z_pred: z_rows.clone(),
-                    cfg_iter,
-                    sampled: sampled.clone(),
-                });
-            }
-            let sampled = sampled.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let mlp_wall = sw.elapsed()?;
-            observer.on_step(&StepRecord {
+            let size = StepSize {
                 step,
                 kind: StepKind::DiffusionMlp,
                 batch: bsz,
                 tokens_decoded: n_pred / bsz,
                 tokens_attended: 0,
-                wall: mlp_wall,
                 flops: self.diffloss.sample_flops(rows_mult * n_pred),
-            });
+            };
+            let (sampled, sampled_values) = record_step(observer, &self.device, size, || {
+                let sampled = self.diffloss.sample(&z_rows, temperature, cfg_iter, rng)?.narrow(0, 0, n_pred)?;
+                let values = sampled.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok((sampled, values))
+            })?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(TokenStepTrace { mask_len, mask_to_pred, z_pred: z_rows, cfg_iter, sampled });
+            }
+
+            // Feed back: the sampled tokens join the known ones.
+            let sampled = sampled_values;
             for (r, &flat) in pred_idx.iter().enumerate() {
                 let flat = flat as usize;
                 tokens[flat * d..(flat + 1) * d].copy_from_slice(&sampled[r * d..(r + 1) * d]);

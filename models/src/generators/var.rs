@@ -22,9 +22,7 @@
 use crate::checkpoint::{get_buffer, StrictWeights};
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
-use crate::generator::{
-    record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord, StepSize,
-};
+use crate::generator::{record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize};
 use crate::nn::adaln::AdaLnModulation;
 use crate::nn::attention::{block_causal_mask, KvCache, MultiHeadAttention, QkNorm, QkvProjection};
 use crate::nn::cfg;
@@ -37,7 +35,6 @@ use crate::tokenizers::var_vqvae::{VarVqVae, VarVqVaeConfig};
 use anyhow::{bail, ensure, Context};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, linear, linear_no_bias, Embedding, Linear, VarBuilder};
-use genbench_runtime::timer::Stopwatch;
 use genbench_runtime::{RandomSource, SeededSource};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -755,58 +752,62 @@ impl VarModel {
         let mut idx_per_scale = Vec::with_capacity(k);
         let mut conditioning: Option<Conditioning> = None;
         let mut next_input: Option<Tensor> = None;
+        let keep_block_outs = trace.is_some();
         for si in 0..k {
-            let sw = Stopwatch::start(&dev)?;
-            if conditioning.is_none() {
-                // Everything that depends on the class only, computed once (inside step 0's time).
-                let label_t = Tensor::from_vec(all_labels.clone(), rows, &dev)?;
-                let cond = tr.class_embedding(&label_t)?;
-                conditioning = Some(tr.conditioning(&cond)?);
-                next_input = Some(tr.first_scale_input(&cond)?);
-                if let Some(t) = trace.as_deref_mut() {
-                    t.cond = Some(cond);
-                }
-            }
-            let c = conditioning.as_ref().expect("set at step 0");
-            let x = next_input.take().expect("input of every scale is prepared by the previous one");
-            let mut outs = trace.as_ref().map(|_| Vec::new());
-            let h = tr.forward_blocks(x.clone(), c, None, Some(caches.as_mut_slice()), outs.as_mut())?;
-            let logits = tr.logits(&h, c)?;
-            let t = cfg::linear_ramp(s.cfg, si, k);
-            let guided_logits = if guided {
-                let (lc, lu) = cfg::split_halves(&logits)?;
-                cfg::var_guidance(&lc, &lu, t)?
-            } else {
-                logits.clone()
-            };
-            let filtered = sampler.filter(&guided_logits)?;
-            let idx = crate::nn::sampling::multinomial(&filtered, rng)?; // (B, l)
-            let pn = cfg.patch_nums[si];
-            let h_map = if s.more_smooth {
-                let ratio = si as f64 / (k - 1) as f64;
-                let tau = (0.27 * (1.0 - ratio * 0.95)).max(0.005);
-                let soft = gumbel_softmax(&(&filtered * (1.0 + ratio))?, tau, rng)?; // (B, l, V)
-                let emb = soft.to_dtype(codebook.embedding().dtype())?.broadcast_matmul(codebook.embedding())?; // (B, l, Cvae)
-                emb.transpose(1, 2)?.reshape((b, cfg.cvae, pn, pn))?
-            } else {
-                codebook.lookup_map(&idx, pn, pn)?
-            };
-            let (new_f_hat, next_map) = self.vae.quantize.next_autoregressive_input(si, &f_hat, &h_map)?;
-            f_hat = new_f_hat;
-            if si + 1 < k {
-                let inp = tr.scale_input(si + 1, &next_map)?;
-                next_input = Some(if guided { cfg::repeat_batch(&inp)? } else { inp });
-            }
-            let wall = sw.elapsed()?;
-            observer.on_step(&StepRecord {
+            let size = StepSize {
                 step: si,
                 kind: StepKind::Transformer,
                 batch: b,
                 tokens_decoded: cfg.tokens_at(si),
                 tokens_attended: cfg.keys_at(si),
-                wall,
                 flops: tr.executed_step_flops(si, rows, b, vae_cfg),
-            });
+            };
+            let (x, outs, logits, guided_logits, idx, next_map) = record_step(observer, &dev, size, || {
+                if conditioning.is_none() {
+                    // Everything that depends on the class only, computed once (inside step 0's time).
+                    let label_t = Tensor::from_vec(all_labels.clone(), rows, &dev)?;
+                    let cond = tr.class_embedding(&label_t)?;
+                    conditioning = Some(tr.conditioning(&cond)?);
+                    next_input = Some(tr.first_scale_input(&cond)?);
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.cond = Some(cond);
+                    }
+                }
+                let c = conditioning.as_ref().expect("set at step 0");
+                // Forward: this scale's input through the blocks, attending to the cached scales.
+                let x = next_input.take().expect("input of every scale is prepared by the previous one");
+                let mut outs = keep_block_outs.then(Vec::new);
+                let h = tr.forward_blocks(x.clone(), c, None, Some(caches.as_mut_slice()), outs.as_mut())?;
+                let logits = tr.logits(&h, c)?;
+                // Guide: (1 + t) c - t u with t ramping up over the scales.
+                let guided_logits = if guided {
+                    let (lc, lu) = cfg::split_halves(&logits)?;
+                    cfg::var_guidance(&lc, &lu, cfg::linear_ramp(s.cfg, si, k))?
+                } else {
+                    logits.clone()
+                };
+                // Sample: top-k / top-p, then one draw per token (or Gumbel-softmax codes).
+                let filtered = sampler.filter(&guided_logits)?;
+                let idx = crate::nn::sampling::multinomial(&filtered, rng)?; // (B, l)
+                let pn = cfg.patch_nums[si];
+                let h_map = if s.more_smooth {
+                    let ratio = si as f64 / (k - 1) as f64;
+                    let tau = (0.27 * (1.0 - ratio * 0.95)).max(0.005);
+                    let soft = gumbel_softmax(&(&filtered * (1.0 + ratio))?, tau, rng)?; // (B, l, V)
+                    let emb = soft.to_dtype(codebook.embedding().dtype())?.broadcast_matmul(codebook.embedding())?; // (B, l, Cvae)
+                    emb.transpose(1, 2)?.reshape((b, cfg.cvae, pn, pn))?
+                } else {
+                    codebook.lookup_map(&idx, pn, pn)?
+                };
+                // Feed back: accumulate f_hat and embed it at the next scale's size.
+                let (new_f_hat, next_map) = self.vae.quantize.next_autoregressive_input(si, &f_hat, &h_map)?;
+                f_hat = new_f_hat;
+                if si + 1 < k {
+                    let inp = tr.scale_input(si + 1, &next_map)?;
+                    next_input = Some(if guided { cfg::repeat_batch(&inp)? } else { inp });
+                }
+                Ok((x, outs, logits, guided_logits, idx, next_map))
+            })?;
             if let Some(t) = trace.as_deref_mut() {
                 t.x_in.push(x);
                 t.block_outs.push(outs.unwrap_or_default());
