@@ -27,6 +27,7 @@ use crate::nn::linear::RowLinear;
 use crate::nn::mlp::Activation;
 use crate::nn::norm::LayerNorm;
 use crate::nn::sampling::multinomial;
+use crate::reference_config::section;
 use crate::tokenizers::mage_vqgan::{MageVqgan, MageVqganConfig};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -520,8 +521,7 @@ impl AutoNatSpec {
     /// A fixture folder's `config.json` (the format of `tests/fixtures/models/autonat`):
     /// `generator.kwargs` and `tokenizer.kwargs`.
     pub fn from_fixture_config(config: &serde_json::Value, name: &str) -> Result<Self> {
-        let net: UViTConfig = serde_json::from_value(config["generator"]["kwargs"].clone())
-            .context("config.json: generator.kwargs is not a UViT configuration")?;
+        let net: UViTConfig = section(config, "/generator/kwargs")?;
         let tokenizer = MageVqganConfig::from_taming_kwargs(&config["tokenizer"]["kwargs"])
             .context("config.json: tokenizer.kwargs is not a VQModel configuration")?;
         Ok(Self { name: name.into(), net, tokenizer, strategy: None, steps: 8 })
@@ -612,7 +612,7 @@ pub fn autonat_model(req: &ModelRequest, config: Option<&serde_json::Value>) -> 
             let label = req.model.clone().unwrap_or_else(|| "autonat-config".into());
             let dir = req.config_dir();
             let file = |section: &str| v[section]["checkpoint"].as_str().map(|f| dir.join(f));
-            (AutoNatSpec::from_fixture_config(v, &label)?, (file("generator"), file("tokenizer")))
+            (AutoNatSpec::from_fixture_config(v, &label).with_context(|| req.config_source())?, (file("generator"), file("tokenizer")))
         }
         None => {
             let spec = match req.model.as_deref() {

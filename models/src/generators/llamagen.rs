@@ -23,6 +23,7 @@ use crate::nn::mlp::SwiGlu;
 use crate::nn::norm::RmsNorm;
 use crate::nn::rope::Rope2d;
 use crate::nn::sampling::TokenSampler;
+use crate::reference_config::section;
 use crate::tokenizers::llamagen_vq::{LlamaGenVq, LlamaGenVqConfig};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
@@ -162,34 +163,12 @@ impl LlamaGenConfig {
     /// Reads the `config.json` of a LlamaGen fixture (the reference constructors' arguments:
     /// `gpt.ModelArgs`, `vq.ModelArgs`, `vq.encoder`, `vq.decoder`, `vq.groupnorm`, `image_size`).
     pub fn from_reference_json(v: &serde_json::Value) -> Result<Self> {
-        let args = v.pointer("/gpt/ModelArgs").context("config has no gpt.ModelArgs")?;
-        let u = |k: &str| -> Result<usize> {
-            args.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).with_context(|| format!("gpt.ModelArgs.{k} missing or not an integer"))
-        };
-        let f = |k: &str| -> Result<f64> {
-            args.get(k).and_then(|x| x.as_f64()).with_context(|| format!("gpt.ModelArgs.{k} missing or not a number"))
-        };
-        if let Some(t) = args.get("model_type").and_then(|x| x.as_str()) {
+        let gpt: LlamaGenGptConfig = section(v, "/gpt/ModelArgs")?;
+        if let Some(t) = v.pointer("/gpt/ModelArgs/model_type").and_then(|x| x.as_str()) {
             ensure!(t == "c2i", "only class-conditional (c2i) LlamaGen is supported, config has model_type {t:?}");
         }
-        let gpt = LlamaGenGptConfig {
-            dim: u("dim")?,
-            n_layer: u("n_layer")?,
-            n_head: u("n_head")?,
-            n_kv_head: args.get("n_kv_head").and_then(|x| x.as_u64()).map(|x| x as usize),
-            multiple_of: u("multiple_of")?,
-            ffn_dim_multiplier: args.get("ffn_dim_multiplier").and_then(|x| x.as_f64()),
-            rope_base: f("rope_base")?,
-            norm_eps: f("norm_eps")?,
-            num_classes: u("num_classes")?,
-            class_dropout_prob: f("class_dropout_prob")?,
-            vocab_size: u("vocab_size")?,
-            cls_token_num: u("cls_token_num")?,
-            block_size: u("block_size")?,
-        };
-        let vq = LlamaGenVqConfig::from_reference_json(v.get("vq").context("config has no vq section")?)?;
-        let image_size = v.get("image_size").and_then(|x| x.as_u64()).context("config has no image_size")? as usize;
-        let cfg = Self { gpt, vq, image_size };
+        let vq = LlamaGenVqConfig::from_reference_json(v.get("vq").context("config has no `vq`")?)?;
+        let cfg = Self { gpt, vq, image_size: section(v, "/image_size")? };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -352,7 +331,7 @@ impl ModelFamily for LlamaGenFamily {
     fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> Result<ResolvedModel> {
         let (name, mut cfg, default_cfg, beside) = match config {
             Some(v) => {
-                let cfg = LlamaGenConfig::from_reference_json(v)?;
+                let cfg = LlamaGenConfig::from_reference_json(v).with_context(|| req.config_source())?;
                 let dir = req.config_dir();
                 let file = |section: &str| v[section]["checkpoint"].as_str().map(|f| dir.join(f));
                 let name = req.model.clone().unwrap_or_else(|| format!("llamagen-{}x{}-custom", cfg.gpt.n_layer, cfg.gpt.dim));

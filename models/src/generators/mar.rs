@@ -21,6 +21,7 @@ use crate::generator::{
 };
 use crate::nn::block::PreNormBlock;
 use crate::nn::norm::LayerNorm;
+use crate::reference_config::from_value_at;
 use crate::tokenizers::kl16::{Kl16Config, Kl16Vae};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
@@ -33,7 +34,8 @@ use std::path::Path;
 /// The checkpoint entry holding the weights the published results were sampled with.
 pub const EMA_KEY: &str = "model_ema";
 
-/// Constructor arguments of `models.mar.MAR` (inference-relevant ones).
+/// Constructor arguments of `models.mar.MAR` (inference-relevant ones; their names, so a
+/// reference `generator.kwargs` deserializes as it is).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MarConfig {
     pub img_size: usize,
@@ -45,16 +47,39 @@ pub struct MarConfig {
     pub decoder_embed_dim: usize,
     pub decoder_depth: usize,
     pub decoder_num_heads: usize,
+    #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: f64,
     pub vae_embed_dim: usize,
     pub class_num: usize,
     pub buffer_size: usize,
     pub diffloss_d: usize,
     pub diffloss_w: usize,
-    /// `num_sampling_steps` the model was built with (the sampler may override it).
+    /// `num_sampling_steps` the model was built with (the sampler may override it); the
+    /// reference passes it as a string (`'100'`), which is read as the number it holds.
+    #[serde(default = "default_num_sampling_steps", deserialize_with = "usize_or_numeric_string")]
     pub num_sampling_steps: usize,
-    /// LayerNorm eps of every norm (`partial(nn.LayerNorm, eps=1e-6)`).
+    /// LayerNorm eps of every norm (`partial(nn.LayerNorm, eps=1e-6)`; no keyword argument).
+    #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
+}
+
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+fn default_num_sampling_steps() -> usize {
+    100
+}
+fn default_norm_eps() -> f64 {
+    1e-6
+}
+
+/// A whole number, written as a number or as a string holding one (`"100"`).
+fn usize_or_numeric_string<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => s.trim().parse().map_err(|_| D::Error::custom(format!("{s:?} is not a whole number"))),
+        v => v.as_u64().map(|n| n as usize).ok_or_else(|| D::Error::custom(format!("{v} is not a whole number"))),
+    }
 }
 
 impl MarConfig {
@@ -95,33 +120,7 @@ impl MarConfig {
     /// From the `generator.kwargs` object of a fixture / export `config.json` (the reference
     /// constructor's keyword arguments; `num_sampling_steps` may be a string as in Python).
     pub fn from_kwargs(kw: &serde_json::Value) -> Result<Self> {
-        let u = |k: &str| -> Result<usize> {
-            kw.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).with_context(|| format!("MAR config: `{k}` missing or not an integer"))
-        };
-        let steps = match kw.get("num_sampling_steps") {
-            Some(serde_json::Value::String(s)) => s.trim().parse().with_context(|| format!("num_sampling_steps {s:?}"))?,
-            Some(v) => v.as_u64().context("num_sampling_steps is not an integer")? as usize,
-            None => 100,
-        };
-        Ok(Self {
-            img_size: u("img_size")?,
-            vae_stride: u("vae_stride")?,
-            patch_size: u("patch_size")?,
-            encoder_embed_dim: u("encoder_embed_dim")?,
-            encoder_depth: u("encoder_depth")?,
-            encoder_num_heads: u("encoder_num_heads")?,
-            decoder_embed_dim: u("decoder_embed_dim")?,
-            decoder_depth: u("decoder_depth")?,
-            decoder_num_heads: u("decoder_num_heads")?,
-            mlp_ratio: kw.get("mlp_ratio").and_then(|v| v.as_f64()).unwrap_or(4.0),
-            vae_embed_dim: u("vae_embed_dim")?,
-            class_num: u("class_num")?,
-            buffer_size: u("buffer_size")?,
-            diffloss_d: u("diffloss_d")?,
-            diffloss_w: u("diffloss_w")?,
-            num_sampling_steps: steps,
-            norm_eps: 1e-6,
-        })
+        from_value_at(kw, "generator.kwargs")
     }
 
     /// Tokens per side.
@@ -285,7 +284,7 @@ impl ModelFamily for MarFamily {
     fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> Result<ResolvedModel> {
         let (name, mut cfg, vae_cfg, beside) = match config {
             Some(v) => {
-                let (cfg, vae_cfg) = configs_from_json(v)?;
+                let (cfg, vae_cfg) = configs_from_json(v).with_context(|| req.config_source())?;
                 let dir = req.config_dir();
                 let exists = |f: &str| Some(dir.join(f)).filter(|p| p.is_file());
                 let name = req.model.clone().unwrap_or_else(|| format!("mar-{}x{}-custom", cfg.encoder_depth, cfg.encoder_embed_dim));

@@ -19,7 +19,8 @@ use crate::nn::linear::RowLinear;
 use crate::nn::mlp::{Activation, Mlp};
 use crate::nn::norm::LayerNorm;
 use crate::nn::sampling::TokenSampler;
-use crate::tokenizers::taming_vqgan::{TamingVqgan, TamingVqganConfig};
+use crate::reference_config::from_value_at;
+use crate::tokenizers::taming_vqgan::{TamingVqgan, TamingVqganConfig, VqganParams};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
@@ -32,8 +33,42 @@ pub struct TamingGptConfig {
     pub vocab_size: usize,
     pub block_size: usize,
     pub n_layer: usize,
+    /// minGPT's default (8) when the YAML leaves it out.
+    #[serde(default = "mingpt_default_n_head")]
     pub n_head: usize,
     pub n_embd: usize,
+}
+
+fn mingpt_default_n_head() -> usize {
+    8
+}
+
+/// A taming `config.json` as the fixture holds it: the `instantiate_from_config` tree under
+/// `model` and, optionally, the image size (default: the first stage's resolution).
+#[derive(Deserialize)]
+struct TamingJson {
+    model: Instantiate<Net2NetParams>,
+    image_size: Option<usize>,
+}
+
+/// One `{target, params}` node of an `instantiate_from_config` tree.
+#[derive(Deserialize)]
+struct Instantiate<P> {
+    params: P,
+}
+
+/// `Net2NetTransformer(...)` arguments that shape the model.
+#[derive(Deserialize)]
+struct Net2NetParams {
+    transformer_config: Instantiate<TamingGptConfig>,
+    first_stage_config: Instantiate<VqganParams>,
+    cond_stage_config: Instantiate<LabelatorParams>,
+}
+
+/// `Labelator(n_classes)`: the class id is the conditioning token.
+#[derive(Deserialize)]
+struct LabelatorParams {
+    n_classes: usize,
 }
 
 impl TamingGptConfig {
@@ -88,31 +123,15 @@ impl TamingConfig {
     /// tree under `model` (`params.transformer_config.params`, `params.first_stage_config.params`,
     /// `params.cond_stage_config.params.n_classes`), plus `image_size`.
     pub fn from_reference_json(v: &serde_json::Value) -> Result<Self> {
-        let p = v.pointer("/model/params").context("config has no model.params")?;
-        let t = p.pointer("/transformer_config/params").context("config has no transformer_config.params")?;
-        let u = |o: &serde_json::Value, k: &str| -> Result<usize> {
-            o.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).with_context(|| format!("{k} missing or not an integer"))
+        let TamingJson { model, image_size } = from_value_at(v, "")?;
+        let vq = model.params.first_stage_config.params.into_config()?;
+        let image_size = image_size.unwrap_or(vq.resolution);
+        let cfg = Self {
+            gpt: model.params.transformer_config.params,
+            vq,
+            n_classes: model.params.cond_stage_config.params.n_classes,
+            image_size,
         };
-        let gpt = TamingGptConfig {
-            vocab_size: u(t, "vocab_size")?,
-            block_size: u(t, "block_size")?,
-            n_layer: u(t, "n_layer")?,
-            // minGPT's default when the YAML leaves it out.
-            n_head: t.get("n_head").and_then(|x| x.as_u64()).unwrap_or(8) as usize,
-            n_embd: u(t, "n_embd")?,
-        };
-        let vq = TamingVqganConfig::from_reference_json(
-            p.pointer("/first_stage_config/params").context("config has no first_stage_config.params")?,
-        )?;
-        let n_classes = p
-            .pointer("/cond_stage_config/params/n_classes")
-            .and_then(|x| x.as_u64())
-            .context("config has no cond_stage_config.params.n_classes")? as usize;
-        let image_size = match v.get("image_size").and_then(|x| x.as_u64()) {
-            Some(s) => s as usize,
-            None => vq.resolution,
-        };
-        let cfg = Self { gpt, vq, n_classes, image_size };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -226,7 +245,7 @@ impl ModelFamily for TamingFamily {
     fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> Result<ResolvedModel> {
         let (name, mut cfg, beside) = match config {
             Some(v) => {
-                let cfg = TamingConfig::from_reference_json(v)?;
+                let cfg = TamingConfig::from_reference_json(v).with_context(|| req.config_source())?;
                 let name = req.model.clone().unwrap_or_else(|| format!("taming-{}x{}-custom", cfg.gpt.n_layer, cfg.gpt.n_embd));
                 (name, cfg, v["checkpoint"].as_str().map(|f| req.config_dir().join(f)))
             }

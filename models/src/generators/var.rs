@@ -31,6 +31,7 @@ use crate::nn::linear::RowLinear;
 use crate::nn::mlp::{Activation, Mlp};
 use crate::nn::norm::LayerNorm;
 use crate::nn::sampling::{gumbel_softmax, TokenSampler};
+use crate::reference_config::{section, yes};
 use crate::tokenizers::var_vqvae::{VarVqVae, VarVqVaeConfig};
 use anyhow::{bail, ensure, Context};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -56,6 +57,34 @@ pub struct VarConfig {
     pub vocab_size: usize,
     /// VQVAE latent channels (= word_embed inputs).
     pub cvae: usize,
+}
+
+/// `config.json['VAR']`: the `VAR(...)` keyword arguments that shape the network (the others
+/// are training and kernel options). Defaults as in `models/var.py`, except `attn_l2_norm`:
+/// true, as `build_vae_var` passes it for every released model.
+#[derive(Deserialize)]
+struct VarKwargs {
+    depth: usize,
+    embed_dim: usize,
+    num_heads: usize,
+    #[serde(default = "default_mlp_ratio")]
+    mlp_ratio: f64,
+    num_classes: usize,
+    #[serde(default = "default_norm_eps")]
+    norm_eps: f64,
+    #[serde(default)]
+    shared_aln: bool,
+    #[serde(default = "yes")]
+    attn_l2_norm: bool,
+    /// Absent: the VQVAE's `v_patch_nums`.
+    patch_nums: Option<Vec<usize>>,
+}
+
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+fn default_norm_eps() -> f64 {
+    1e-6
 }
 
 /// The 256-px schedule of every published 256-px model.
@@ -122,25 +151,18 @@ impl VarConfig {
     /// Reads a reference `config.json` (the VAR fixtures' format): `VAR` holds the `VAR(...)`
     /// kwargs, `VQVAE` the `VQVAE(...)` kwargs with its `ddconfig`.
     pub fn from_reference_json(v: &serde_json::Value) -> anyhow::Result<(Self, VarVqVaeConfig)> {
-        let var = v.get("VAR").context("config has no `VAR` section")?;
-        let vae = VarVqVaeConfig::from_reference_json(v.get("VQVAE").context("config has no `VQVAE` section")?)?;
-        let usize_of = |k: &str| -> anyhow::Result<usize> {
-            var.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).with_context(|| format!("VAR config: `{k}` missing or not an integer"))
-        };
-        let patch_nums: Vec<usize> = match var.get("patch_nums") {
-            Some(p) => serde_json::from_value(p.clone()).context("VAR patch_nums")?,
-            None => vae.patch_nums.clone(),
-        };
+        let var: VarKwargs = section(v, "/VAR")?;
+        let vae = VarVqVaeConfig::from_reference_json(v.get("VQVAE").context("config has no `VQVAE`")?)?;
         let cfg = Self {
-            depth: usize_of("depth")?,
-            embed_dim: usize_of("embed_dim")?,
-            num_heads: usize_of("num_heads")?,
-            mlp_ratio: var.get("mlp_ratio").and_then(|x| x.as_f64()).unwrap_or(4.0),
-            num_classes: usize_of("num_classes")?,
-            norm_eps: var.get("norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6),
-            shared_aln: var.get("shared_aln").and_then(|x| x.as_bool()).unwrap_or(false),
-            attn_l2_norm: var.get("attn_l2_norm").and_then(|x| x.as_bool()).unwrap_or(true),
-            patch_nums,
+            depth: var.depth,
+            embed_dim: var.embed_dim,
+            num_heads: var.num_heads,
+            mlp_ratio: var.mlp_ratio,
+            num_classes: var.num_classes,
+            norm_eps: var.norm_eps,
+            shared_aln: var.shared_aln,
+            attn_l2_norm: var.attn_l2_norm,
+            patch_nums: var.patch_nums.unwrap_or_else(|| vae.patch_nums.clone()),
             vocab_size: vae.vocab_size,
             cvae: vae.z_channels,
         };
@@ -646,7 +668,7 @@ impl ModelFamily for VarFamily {
     fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> anyhow::Result<ResolvedModel> {
         let (name, mut cfg, mut vae_cfg) = match config {
             Some(v) => {
-                let (cfg, vae) = VarConfig::from_reference_json(v)?;
+                let (cfg, vae) = VarConfig::from_reference_json(v).with_context(|| req.config_source())?;
                 (req.model.clone().unwrap_or_else(|| format!("var-d{}-custom", cfg.depth)), cfg, vae)
             }
             None => {

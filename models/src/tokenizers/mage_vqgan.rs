@@ -15,11 +15,35 @@ use crate::nn::conv::{conv2d, conv2d_no_bias, Conv2d};
 use crate::nn::conv_ae::{NormSpec, ResnetBlock, Upsample};
 use crate::nn::norm::GroupNorm;
 use crate::nn::vq::Codebook;
+use crate::reference_config::from_value_at;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// taming `VQModel(ddconfig, n_embed, embed_dim)` keyword arguments as a config writes them.
+#[derive(Deserialize)]
+struct VqModelKwargs {
+    ddconfig: VqModelDdconfig,
+    n_embed: usize,
+    embed_dim: usize,
+}
+
+/// The `ddconfig` fields that shape the MAGE Encoder/Decoder (`attn_resolutions` is ignored:
+/// they have no attention).
+#[derive(Deserialize)]
+struct VqModelDdconfig {
+    ch: usize,
+    ch_mult: Vec<usize>,
+    num_res_blocks: usize,
+    z_channels: usize,
+    resolution: usize,
+    in_channels: usize,
+    out_ch: usize,
+    #[serde(default)]
+    double_z: bool,
+}
 
 /// `VQModel(ddconfig, n_embed, embed_dim)` arguments that fix the network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,27 +80,18 @@ impl MageVqganConfig {
 
     /// From taming `VQModel` kwargs as JSON: `{"ddconfig": {...}, "n_embed": .., "embed_dim": ..}`.
     pub fn from_taming_kwargs(kwargs: &serde_json::Value) -> Result<Self> {
-        let dd = &kwargs["ddconfig"];
-        let num = |v: &serde_json::Value, k: &str| -> Result<usize> {
-            v[k].as_u64().map(|x| x as usize).with_context(|| format!("missing integer `{k}`"))
-        };
-        ensure!(!dd["double_z"].as_bool().unwrap_or(false), "the MAGE VQGAN has double_z = false");
-        let ch_mult = dd["ch_mult"]
-            .as_array()
-            .context("missing `ch_mult`")?
-            .iter()
-            .map(|x| x.as_u64().map(|x| x as usize).context("ch_mult entries must be integers"))
-            .collect::<Result<Vec<_>>>()?;
+        let VqModelKwargs { ddconfig: dd, n_embed, embed_dim } = from_value_at(kwargs, "")?;
+        ensure!(!dd.double_z, "the MAGE VQGAN has double_z = false");
         Ok(Self {
-            ch: num(dd, "ch")?,
-            ch_mult,
-            num_res_blocks: num(dd, "num_res_blocks")?,
-            z_channels: num(dd, "z_channels")?,
-            resolution: num(dd, "resolution")?,
-            in_channels: num(dd, "in_channels")?,
-            out_ch: num(dd, "out_ch")?,
-            n_embed: num(kwargs, "n_embed")?,
-            embed_dim: num(kwargs, "embed_dim")?,
+            ch: dd.ch,
+            ch_mult: dd.ch_mult,
+            num_res_blocks: dd.num_res_blocks,
+            z_channels: dd.z_channels,
+            resolution: dd.resolution,
+            in_channels: dd.in_channels,
+            out_ch: dd.out_ch,
+            n_embed,
+            embed_dim,
         })
     }
 
