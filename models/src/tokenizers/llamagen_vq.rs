@@ -210,7 +210,9 @@ mod tests {
 
     #[test]
     fn vq16_decoder_flops_match_reference() {
-        // MODELS.md 1: LlamaGen VQ-16 decoder 252.7 GFLOP at 256 px, 570.1 at 384 px.
+        // `post_quant_conv` + `decoder` of `VQ_16` (FoundationVision/LlamaGen@ce98ec4
+        // tokenizer/tokenizer_image/vq_model.py) at a 16x16 / 24x24 latent (256 / 384 px):
+        // 252.72 / 570.12 GFLOP by torch.utils.flop_counter.
         let cfg = LlamaGenVqConfig::vq_16();
         let dec = |g: usize| (crate::flops::conv2d(g, g, 8, 256, 1) + Decoder::flops(&cfg.conv_ae(), (g, g))) / 1e9;
         assert!((dec(16) - 252.7).abs() < 0.5, "{}", dec(16));

@@ -1,13 +1,14 @@
 //! The MAGE port of the MaskGIT (JAX) VQGAN tokenizer, as AutoNAT uses it
-//! (`vqgan_jax_strongaug.ckpt`; LeapLabTHU/ImprovedNAT `taming/models/vqgan.py` with
+//! (`vqgan_jax_strongaug.ckpt`; LeapLabTHU/ImprovedNAT@2ca9994 `taming/models/vqgan.py` with
 //! `taming/modules/diffusionmodules/model.py`, config `configs/vq-f16-jax.yaml`).
 //!
-//! It differs from the taming/LDM autoencoder (MODELS.md 4.4): no attention anywhere (the
-//! config's `attn_resolutions` is ignored), no quant / post-quant convs, bias-free ResnetBlock
-//! convs with the shortcut applied to the residual branch ([`ResnetBlock::load_mage`]), 2x2
-//! average-pool downsampling, a 1x1 encoder `conv_out`, `num_res_blocks` (not + 1) decoder
-//! blocks per level, and images in [0, 1] (the decoder output is not clamped here; the
-//! reference clamps before Inception).
+//! It differs from the taming/LDM autoencoder (taming/modules/diffusionmodules/model.py of
+//! CompVis/taming-transformers@3ba01b2 against that of LeapLabTHU/ImprovedNAT@2ca9994): no
+//! attention anywhere (the config's `attn_resolutions` is ignored), no quant / post-quant
+//! convs, bias-free ResnetBlock convs with the shortcut applied to the residual branch
+//! ([`ResnetBlock::load_mage`]), 2x2 average-pool downsampling, a 1x1 encoder `conv_out`,
+//! `num_res_blocks` (not + 1) decoder blocks per level, and images in [0, 1] (the decoder
+//! output is not clamped here; the reference clamps before Inception).
 
 use crate::checkpoint::StrictWeights;
 use crate::flops;
@@ -122,8 +123,8 @@ impl MageVqganConfig {
         Ok(())
     }
 
-    /// Analytic decoder FLOPs per image (convs only, 2 x MACs). 186.6 GFLOP for the published
-    /// 256 px configuration (MODELS.md table in section 1).
+    /// Analytic decoder FLOPs per image (convs only, 2 x MACs): 186.55 GFLOP for the published
+    /// 256 px configuration, as torch.utils.flop_counter counts the reference decoder.
     pub fn decoder_flops(&self) -> f64 {
         let mut side = self.latent_side();
         let top = self.level_channels(self.levels() - 1);
@@ -376,10 +377,10 @@ mod tests {
 
     #[test]
     fn published_decoder_flops() {
-        // MODELS.md section 1: 186.6 GFLOP for the MAGE VQGAN decoder at 256 px. Counting the
-        // convolutions only gives 186.55; the 0.05 GFLOP (0.03%) gap is within what the table's
-        // one-decimal figure and its bias / elementwise terms leave open, while any miscounted
-        // layer would be off by >= 0.13 GFLOP (the smallest conv, the 1x1 shortcut at 32x32).
+        // The decoder of `VQModel(**configs/vq-f16-jax.yaml)` (LeapLabTHU/ImprovedNAT@2ca9994
+        // taming/models/vqgan.py) at a 16x16 latent: 186.55 GFLOP by torch.utils.flop_counter
+        // (convolutions only: it has no attention), 186.6 to one decimal. Any miscounted layer
+        // would be off by >= 0.13 GFLOP (the smallest conv, the 1x1 shortcut at 32x32).
         let f = MageVqganConfig::maskgit_f16_256().decoder_flops() / 1e9;
         assert!((f - 186.6).abs() < 0.1, "{f}");
         assert_eq!(MageVqganConfig::maskgit_f16_256().latent_side(), 16);
