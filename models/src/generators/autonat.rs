@@ -4,7 +4,7 @@
 //!
 //! Network (`libs/nat_model.py: UViT`):
 //! 1. `e = LN_1e-6(word_emb[ids] + pos_emb)` for the L image tokens (id `codebook_size` =
-//!    [MASK]); `c = LN_1e-6(ctx_word_emb[label] + ctx_pos_emb)`; sequence `[c, e]` (1 + L).
+//!    `[MASK]`); `c = LN_1e-6(ctx_word_emb[label] + ctx_pos_emb)`; sequence `[c, e]` (1 + L).
 //! 2. `depth / 2` in-blocks (outputs pushed on a stack), one mid block, `depth / 2` out-blocks,
 //!    each first computing `skip_linear(cat[x, stack.pop()])` (x first, LIFO); pre-LN timm
 //!    blocks, LayerNorm eps 1e-5, exact GELU, qkv without bias.
@@ -90,7 +90,7 @@ impl UViTConfig {
     pub fn seq_len(&self) -> usize {
         self.img_size * self.img_size
     }
-    /// The [MASK] id (= codebook_size; the input vocabulary has codebook_size + 1 entries).
+    /// The `[MASK]` id (= codebook_size; the input vocabulary has codebook_size + 1 entries).
     pub fn mask_id(&self) -> u32 {
         self.codebook_size as u32
     }
@@ -378,7 +378,7 @@ impl StepTrace {
 /// 4. confidence += `f32(f64(g) * gumbel)` (`rng.gumbel(B * L)`, drawn every step, also
 ///    when g = 0);
 /// 5. per row: cut = the `mask_len`-th smallest confidence; positions with confidence <= cut
-///    become [MASK] again.
+///    become `[MASK]` again.
 ///
 /// Returns the last step's `sampled_ids` (`B * L`), which is what the reference decodes.
 pub fn generate_tokens(

@@ -76,7 +76,7 @@ pub struct TamingVqganConfig {
 
 impl TamingVqganConfig {
     /// `vqgan_imagenet_f16_1024` / `vqgan_imagenet_f16_16384` (`configs/imagenet_vqgan.yaml`):
-    /// embed_dim 256, z 256, ch 128, ch_mult [1,1,2,2,4], 2 res blocks, attention at 16 px.
+    /// embed_dim 256, z 256, ch 128, ch_mult `[1, 1, 2, 2, 4]`, 2 res blocks, attention at 16 px.
     pub fn f16(n_embed: usize) -> Self {
         Self {
             embed_dim: 256,
