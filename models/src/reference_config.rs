@@ -73,8 +73,9 @@ mod tests {
         use crate::generators::{autonat::AutoNatFamily, llamagen::LlamaGenFamily, mar::MarFamily, taming::TamingFamily, var::VarFamily};
         use serde_json::{json, Value};
         let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models");
-        // (family, fixture, key, replacement (None: removed), end of the message)
-        let cases: [(&dyn ModelFamily, &str, &str, Option<Value>, &str); 7] = [
+        /// (family, fixture, key, replacement (None: removed), end of the message)
+        type Case = (&'static dyn ModelFamily, &'static str, &'static str, Option<Value>, &'static str);
+        let cases: [Case; 7] = [
             (&VarFamily, "var", "/VAR/depth", Some(json!("2")), "config `VAR.depth`: invalid type: string \"2\", expected usize"),
             (&VarFamily, "var", "/VQVAE/ch", None, "config `VQVAE`: missing field `ch`"),
             (

@@ -447,6 +447,7 @@ impl TamingGpt {
     /// ids row-major, class token cut off. The caller owns the per-block KV caches and lends
     /// them (as candle-transformers' `llama::Llama::forward` takes `&mut Cache`); a later call
     /// of the same shape reuses their buffers.
+    #[allow(clippy::too_many_arguments)]
     pub fn generate(
         &self,
         labels: &[u32],
