@@ -111,7 +111,7 @@ fn memory_gib(meminfo: &str) -> Option<f64> {
     Some((kib / (1024.0 * 1024.0) * 10.0).round() / 10.0)
 }
 
-/// Versions of [`RECORDED_CRATES`] in a Cargo.lock text.
+/// Versions of the `RECORDED_CRATES` in a Cargo.lock text.
 pub fn crate_versions_from_lock(lock: &str) -> BTreeMap<String, String> {
     let mut versions = BTreeMap::new();
     for block in lock.split("[[package]]").skip(1) {

@@ -105,8 +105,8 @@ fn runner_charts_render() {
     write_chart(&chart, &stem).unwrap();
     check_files(&stem, chart.size);
 
-    // Per-step FLOPs from MODELS.md §6.3 (VAR-d16 per scale, x2 for CFG) and the LlamaGen-B
-    // step formula; times assume 100 GFLOP/s plus 2 ms of overhead per step, only to have a
+    // Per-step FLOPs of VAR-d16 per scale (`VarConfig::reference_step_flops` without CFG, here
+    // x2 for CFG) and the LlamaGen-B step formula; times assume 100 GFLOP/s plus 2 ms of overhead per step, only to have a
     // plausible second panel.
     let var_gflop = [0.62, 1.85, 3.91, 6.82, 10.57, 15.22, 27.17, 42.99, 74.38, 116.84];
     let mut steps = Vec::new();

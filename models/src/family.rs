@@ -107,6 +107,14 @@ pub struct ModelRequest {
 }
 
 impl ModelRequest {
+    /// What an error in the reference configuration is about: `--config PATH`.
+    pub fn config_source(&self) -> String {
+        match &self.config {
+            Some(path) => format!("--config {}", path.display()),
+            None => "the reference config".to_string(),
+        }
+    }
+
     /// The folder of `--config` (where a fixture keeps its checkpoints).
     pub fn config_dir(&self) -> PathBuf {
         self.config.as_deref().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()

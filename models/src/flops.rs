@@ -1,4 +1,4 @@
-//! Analytic FLOP formulas shared by the families (MODELS.md section 6, RUST-NOTES section 7).
+//! Analytic FLOP formulas shared by the families.
 //!
 //! Convention (printed by the CLI next to every figure): **FLOPs = 2 x multiply-accumulates**,
 //! forward only, for matmuls, linears and convolutions; attention is counted explicitly as

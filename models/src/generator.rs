@@ -74,10 +74,21 @@ pub fn record_step<T>(
     size: StepSize,
     pass: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
+    record_sized_step(observer, device, pass, |_| size)
+}
+
+/// [`record_step`] for a pass whose size is known only from its result (AutoNAT: how many
+/// tokens a step fixes depends on ties in its re-masking); `size_of` runs after the timing.
+pub fn record_sized_step<T>(
+    observer: &mut dyn StepObserver,
+    device: &candle_core::Device,
+    pass: impl FnOnce() -> Result<T>,
+    size_of: impl FnOnce(&T) -> StepSize,
+) -> Result<T> {
     let stopwatch = genbench_runtime::timer::Stopwatch::start(device)?;
     let out = pass()?;
     let wall = stopwatch.elapsed()?;
-    let StepSize { step, kind, batch, tokens_decoded, tokens_attended, flops } = size;
+    let StepSize { step, kind, batch, tokens_decoded, tokens_attended, flops } = size_of(&out);
     observer.on_step(&StepRecord { step, kind, batch, tokens_decoded, tokens_attended, wall, flops });
     Ok(out)
 }
@@ -202,6 +213,9 @@ mod tests {
         // A failing pass is not reported.
         assert!(record_step(&mut log, &Device::Cpu, size, || -> Result<()> { anyhow::bail!("no") }).is_err());
         assert_eq!(log.records.len(), 1);
+        // A size read from the result.
+        let v = record_sized_step(&mut log, &Device::Cpu, || Ok(4usize), |&n| StepSize { tokens_decoded: n, ..size }).unwrap();
+        assert_eq!((v, log.records.len(), log.records[1].tokens_decoded), (4, 2, 4));
     }
 
     #[test]

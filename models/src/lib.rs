@@ -32,4 +32,5 @@ pub mod flops;
 pub mod generator;
 pub mod generators;
 pub mod nn;
+pub mod reference_config;
 pub mod tokenizers;

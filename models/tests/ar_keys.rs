@@ -53,7 +53,9 @@ fn llamagen_gpts_match_published_keys() {
         });
         check_published(list, &keys);
     }
-    // MODELS.md 5.1 table: GPT-B 110,888,448 parameters (independent of the key list).
+    // GPT-B: 110,888,448 parameters, the count of `GPT_B(vocab_size=16384, block_size=256,
+    // num_classes=1000)` of FoundationVision/LlamaGen@ce98ec4 autoregressive/models/gpt.py
+    // (independent of the key list).
     let b = record(|vb| {
         LlamaGenGpt::new(&LlamaGenGptConfig::gpt_b(256), vb).unwrap();
     });
@@ -74,7 +76,9 @@ fn llamagen_vq16_matches_published_keys() {
         LlamaGenVq::new(&LlamaGenVqConfig::vq_16(), vb).unwrap();
     });
     check_published("llamagen_vq_ds16_c2i.txt", &keys);
-    // MODELS.md 5.4: 71,883,403 parameters (the 65536-entry usage buffer is not one).
+    // `VQ_16(codebook_size=16384, codebook_embed_dim=8)` of FoundationVision/LlamaGen@ce98ec4
+    // tokenizer/tokenizer_image/vq_model.py: 71,883,403 parameters (the 65536-entry usage
+    // buffer is not one).
     assert_eq!(params(&keys) - 65536, 71_883_403);
 }
 

@@ -85,7 +85,7 @@ fn llamagen_half_matches_the_reference_in_the_same_precision() {
     let ids = get(&io, "vq.decode.indices", "io.safetensors").to_dtype(DType::U32).unwrap();
     let grid = cfg.gpt.grid();
     for (name, dtype) in HALF {
-        let mut gpt = LlamaGenGpt::new(&cfg.gpt, weights("/gpt/checkpoint").var_builder(dtype, &Device::Cpu)).unwrap();
+        let gpt = LlamaGenGpt::new(&cfg.gpt, weights("/gpt/checkpoint").var_builder(dtype, &Device::Cpu)).unwrap();
         let (logits, _) = gpt.teacher_forcing(&labels, &tokens).unwrap();
         let vq = LlamaGenVq::new(&cfg.vq, weights("/vq/checkpoint").var_builder(dtype, &Device::Cpu)).unwrap();
         let image = vq.decode_code(&ids, grid, grid).unwrap();
@@ -129,7 +129,7 @@ fn taming_half_matches_the_reference_in_the_same_precision() {
     let tokens = get(&io, "gpt.tf.tokens", "io.safetensors").to_dtype(DType::U32).unwrap();
     for (name, dtype) in HALF {
         let w = StrictWeights::open(&ckpt, &["state_dict"], &[], &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}"));
-        let mut gpt = TamingGpt::new(&cfg.gpt, w.var_builder(dtype, &Device::Cpu).pp("transformer")).unwrap();
+        let gpt = TamingGpt::new(&cfg.gpt, w.var_builder(dtype, &Device::Cpu).pp("transformer")).unwrap();
         let (logits, _) = gpt.teacher_forcing(&labels, &tokens).unwrap();
         check(&io, &half, name, &[("gpt.tf.logits", logits)], K_SAME, K_F32);
     }

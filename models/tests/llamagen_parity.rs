@@ -145,7 +145,7 @@ fn gpt_block_matches_reference() {
 #[test]
 fn teacher_forcing_matches_reference() {
     let f = fixture();
-    let mut gpt = f.gpt();
+    let gpt = f.gpt();
     let labels = f.ids("gpt.tf.labels");
     let tokens = f.t("gpt.tf.tokens").to_dtype(DType::U32).unwrap();
     let (logits, hidden) = gpt.teacher_forcing(&labels, &tokens).unwrap();
@@ -175,12 +175,14 @@ fn teacher_forcing_matches_reference() {
 #[test]
 fn cached_generation_matches_reference_step_by_step() {
     let f = fixture();
-    let mut gpt = f.gpt();
+    let gpt = f.gpt();
     let vq = f.vq();
     let runs = f.config.pointer("/sampling/runs").and_then(|r| r.as_array()).expect("config.sampling.runs").clone();
     assert!(!runs.is_empty());
     let n = f.cfg.gpt.block_size;
     let grid = f.cfg.gpt.grid();
+    // One set of caches for every run: a run of the same shape reuses the previous one's buffers.
+    let mut caches = Vec::new();
     for run in runs {
         let tag = run["tag"].as_str().unwrap();
         eprintln!("--- run {tag}");
@@ -199,7 +201,7 @@ fn cached_generation_matches_reference_step_by_step() {
         let mut log = StepLog::default();
         let mut trace = Vec::new();
         let mut rng = SeededSource::new(0);
-        let tokens = gpt.generate(&labels, &s, &mut rng, &mut log, Some(&mut trace)).unwrap();
+        let tokens = gpt.generate(&labels, &s, &mut caches, &mut rng, &mut log, Some(&mut trace)).unwrap();
 
         let rows = if s.uses_cfg() { 2 * labels.len() } else { labels.len() };
         assert_eq!(trace.len(), n, "{tag}: one forward per token");
@@ -282,10 +284,17 @@ fn bad_inputs_fail_before_sampling() {
     assert!(e.contains("`cls_embedding.embedding_table.weight`") && e.contains("expects"), "{e}");
 
     // Class ids outside 0..num_classes are rejected before any forward.
-    let mut gpt = f.gpt();
+    let gpt = f.gpt();
     let mut log = StepLog::default();
     let e = gpt
-        .generate(&[f.cfg.gpt.num_classes as u32], &LlamaGenSampling::fid_recipe(4.0), &mut SeededSource::new(0), &mut log, None)
+        .generate(
+            &[f.cfg.gpt.num_classes as u32],
+            &LlamaGenSampling::fid_recipe(4.0),
+            &mut Vec::new(),
+            &mut SeededSource::new(0),
+            &mut log,
+            None,
+        )
         .unwrap_err();
     assert!(format!("{e:#}").contains("out of range"), "{e:#}");
     assert!(log.records.is_empty());

@@ -32,7 +32,8 @@ fn params(keys: &[KeyShape]) -> usize {
 fn mar_base_keys_match_published_list() {
     let keys = mar_keys(&MarConfig::mar_base());
     compare_keys(&keys, &published("mar_base.txt")).unwrap();
-    // MODELS.md §3.1: 207,924,768 parameters.
+    // `mar_base(diffloss_d=6, diffloss_w=1024)` (the released DiffLoss) of LTH14/mar@fe470ac
+    // models/mar.py: 207,924,768 parameters.
     assert_eq!(params(&keys), 207_924_768);
 }
 

@@ -116,7 +116,7 @@ fn gpt_block_matches_reference() {
 #[test]
 fn teacher_forcing_matches_reference() {
     let f = fixture();
-    let mut gpt = f.gpt();
+    let gpt = f.gpt();
     let labels = f.ids("gpt.tf.labels");
     let tokens = f.t("gpt.tf.tokens").to_dtype(DType::U32).unwrap();
     // The target tokens are the VQGAN codes of the encoded images.
@@ -136,7 +136,7 @@ fn teacher_forcing_matches_reference() {
 #[test]
 fn cached_sampling_matches_reference_step_by_step() {
     let f = fixture();
-    let mut gpt = f.gpt();
+    let gpt = f.gpt();
     let vq = f.vq();
     let n = f.cfg.tokens_per_image();
     let g = f.cfg.grid();
@@ -146,7 +146,7 @@ fn cached_sampling_matches_reference_step_by_step() {
     assert_eq!(steps, n, "the fixture samples a full token grid");
     let mut log = StepLog::default();
     let mut trace = Vec::new();
-    let tokens = gpt.generate(&labels, n, &s, &mut SeededSource::new(0), &mut log, Some(&mut trace)).unwrap();
+    let tokens = gpt.generate(&labels, n, &s, &mut Vec::new(), &mut SeededSource::new(0), &mut log, Some(&mut trace)).unwrap();
     assert_eq!(trace.len(), n);
     let logits_ref = f.t("gen.step_logits");
     let inputs_ref = f.t("gen.step_input_tokens");

@@ -16,7 +16,7 @@ const DEFAULT_METRICS: &str = "fid,sfid,is,pr";
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// Samples: an .npz with arr_0 (uint8 [N,H,W,3]) or a folder of PNG/JPEG images.
+    /// Samples: an .npz with arr_0 (uint8, N x H x W x 3) or a folder of PNG/JPEG images.
     #[arg(long)]
     pub samples: PathBuf,
     /// Reference: an .npz (arr_0 and/or mu, sigma, mu_s, sigma_s) or an image folder.
@@ -45,7 +45,7 @@ pub struct EvalArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct StatsArgs {
-    /// An .npz with arr_0 (uint8 [N,H,W,3]) or a folder of PNG/JPEG images.
+    /// An .npz with arr_0 (uint8, N x H x W x 3) or a folder of PNG/JPEG images.
     pub input: PathBuf,
     /// Output statistics file (mu, sigma, mu_s, sigma_s as ADM's evaluator reads them).
     #[arg(long)]

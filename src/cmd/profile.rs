@@ -25,7 +25,7 @@ pub struct ProfileArgs {
     pub sampler: SamplerArgs,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output folder (default results/profile/<model>).
+    /// Output folder (default results/profile/MODEL).
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[command(flatten)]

@@ -21,7 +21,7 @@
 //!
 //! Canonical names are the TorchScript ones: `layers.<module>.{weight,beta,mean,var}` (weight in
 //! OIHW), optional `layers.<module>.gamma` (pytorch-fid's `bn.weight`, identically 1 in the
-//! published files), `output.weight` [1008,2048] and `output.bias`. The cache stores these raw,
+//! published files), `output.weight` `[1008, 2048]` and `output.bias`. The cache stores these raw,
 //! unfolded tensors (a faithful copy of the source); batch norm is folded into the convolution
 //! at load time ([`fold_batch_norm`]), which costs well under a second.
 

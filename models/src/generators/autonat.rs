@@ -4,7 +4,7 @@
 //!
 //! Network (`libs/nat_model.py: UViT`):
 //! 1. `e = LN_1e-6(word_emb[ids] + pos_emb)` for the L image tokens (id `codebook_size` =
-//!    [MASK]); `c = LN_1e-6(ctx_word_emb[label] + ctx_pos_emb)`; sequence `[c, e]` (1 + L).
+//!    `[MASK]`); `c = LN_1e-6(ctx_word_emb[label] + ctx_pos_emb)`; sequence `[c, e]` (1 + L).
 //! 2. `depth / 2` in-blocks (outputs pushed on a stack), one mid block, `depth / 2` out-blocks,
 //!    each first computing `skip_linear(cat[x, stack.pop()])` (x first, LIFO); pre-LN timm
 //!    blocks, LayerNorm eps 1e-5, exact GELU, qkv without bias.
@@ -19,7 +19,7 @@ use crate::checkpoint::{RandomWeights, StrictWeights};
 use crate::family::{parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
-    record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord, StepSize,
+    record_sized_step, record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize,
 };
 use crate::nn::block::PreNormBlock;
 use crate::nn::cfg::{cond_plus_scaled_diff, double_labels, split_halves};
@@ -27,6 +27,7 @@ use crate::nn::linear::RowLinear;
 use crate::nn::mlp::Activation;
 use crate::nn::norm::LayerNorm;
 use crate::nn::sampling::multinomial;
+use crate::reference_config::section;
 use crate::tokenizers::mage_vqgan::{MageVqgan, MageVqganConfig};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -89,7 +90,7 @@ impl UViTConfig {
     pub fn seq_len(&self) -> usize {
         self.img_size * self.img_size
     }
-    /// The [MASK] id (= codebook_size; the input vocabulary has codebook_size + 1 entries).
+    /// The `[MASK]` id (= codebook_size; the input vocabulary has codebook_size + 1 entries).
     pub fn mask_id(&self) -> u32 {
         self.codebook_size as u32
     }
@@ -377,7 +378,7 @@ impl StepTrace {
 /// 4. confidence += `f32(f64(g) * gumbel)` (`rng.gumbel(B * L)`, drawn every step, also
 ///    when g = 0);
 /// 5. per row: cut = the `mask_len`-th smallest confidence; positions with confidence <= cut
-///    become [MASK] again.
+///    become `[MASK]` again.
 ///
 /// Returns the last step's `sampled_ids` (`B * L`), which is what the reference decodes.
 pub fn generate_tokens(
@@ -390,55 +391,12 @@ pub fn generate_tokens(
     mut on_step: Option<&mut dyn FnMut(usize, StepTrace) -> Result<()>>,
 ) -> Result<Vec<u32>> {
     strategy.validate()?;
-    let steps = strategy.steps();
-    let n = batch * seq_len;
-    let mut ids = vec![mask_id; n];
+    let mut ids = vec![mask_id; batch * seq_len];
     let mut last_sampled = ids.clone();
-    for step in 0..steps {
-        let ratio = strategy.ratio_at(step);
-        let remask_temp = strategy.remask_temp_at(step);
+    for step in 0..strategy.steps() {
         let logits = guided_logits(step, &ids, strategy.cfg[step])?;
-        let (lb, ll, v) = logits.dims3()?;
-        ensure!(lb == batch && ll == seq_len, "guided logits {:?} for a batch of {batch} x {seq_len}", logits.dims());
-        let logits = logits.to_dtype(DType::F32)?.contiguous()?;
-
-        let sampled_raw_t = multinomial(&tempered_logits(&logits, strategy.samp_temps[step])?, rng)?;
-        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let conf_sampled = log_probs.gather(&sampled_raw_t.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
-        let sampled_raw = sampled_raw_t.flatten_all()?.to_vec1::<u32>()?;
-        let conf_sampled = conf_sampled.flatten_all()?.to_vec1::<f32>()?;
-        ensure!(sampled_raw.iter().all(|&k| (k as usize) < v), "sampled id out of range");
-
-        let mut sampled_ids = Vec::with_capacity(n);
-        let mut conf_pre = Vec::with_capacity(n);
-        for i in 0..n {
-            if ids[i] == mask_id {
-                sampled_ids.push(sampled_raw[i]);
-                conf_pre.push(conf_sampled[i]);
-            } else {
-                sampled_ids.push(ids[i]);
-                conf_pre.push(f32::INFINITY);
-            }
-        }
-        let masked_row0 = ids[..seq_len].iter().filter(|&&x| x == mask_id).count();
-        let keep_masked = mask_len(seq_len, ratio, masked_row0);
-        let gumbel = rng.gumbel(n)?;
-        let confidence = remask_confidence(&conf_pre, &gumbel, remask_temp);
-        let next = remask(&confidence, &sampled_ids, seq_len, keep_masked, mask_id);
-        let masked_after_row0 = next[..seq_len].iter().filter(|&&x| x == mask_id).count();
-        let trace = StepTrace {
-            ids_in: std::mem::replace(&mut ids, next),
-            logits: Some(logits),
-            sampled_raw,
-            sampled_ids: sampled_ids.clone(),
-            conf_pre,
-            confidence,
-            num_masked_before: masked_row0,
-            mask_len: keep_masked,
-            // After the last step nothing is masked: the sampled ids are decoded.
-            num_masked_after: if step + 1 == steps { 0 } else { masked_after_row0 },
-        };
-        last_sampled = sampled_ids;
+        let trace = sample_and_remask(step, strategy, batch, seq_len, mask_id, &mut ids, logits, rng)?;
+        last_sampled.clone_from(&trace.sampled_ids);
         if let Some(f) = on_step.as_deref_mut() {
             f(step, trace)?;
         }
@@ -470,6 +428,66 @@ pub fn remask(confidence: &[f32], sampled_ids: &[u32], seq_len: usize, keep_mask
         next.extend(row.iter().zip(ids).map(|(&c, &id)| if c <= cut { mask_id } else { id }));
     }
     next
+}
+
+/// Steps 1-5 of [`generate_tokens`] for step `step`: samples every position from the guided
+/// `logits (B, L, V)`, re-masks the least confident ones and leaves the next step's input in
+/// `ids`. Returns the step's trace.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_and_remask(
+    step: usize,
+    strategy: &Strategy,
+    batch: usize,
+    seq_len: usize,
+    mask_id: u32,
+    ids: &mut Vec<u32>,
+    logits: Tensor,
+    rng: &mut dyn RandomSource,
+) -> Result<StepTrace> {
+    let steps = strategy.steps();
+    let n = batch * seq_len;
+    let ratio = strategy.ratio_at(step);
+    let remask_temp = strategy.remask_temp_at(step);
+    let (lb, ll, v) = logits.dims3()?;
+    ensure!(lb == batch && ll == seq_len, "guided logits {:?} for a batch of {batch} x {seq_len}", logits.dims());
+    let logits = logits.to_dtype(DType::F32)?.contiguous()?;
+
+    let sampled_raw_t = multinomial(&tempered_logits(&logits, strategy.samp_temps[step])?, rng)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let conf_sampled = log_probs.gather(&sampled_raw_t.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
+    let sampled_raw = sampled_raw_t.flatten_all()?.to_vec1::<u32>()?;
+    let conf_sampled = conf_sampled.flatten_all()?.to_vec1::<f32>()?;
+    ensure!(sampled_raw.iter().all(|&k| (k as usize) < v), "sampled id out of range");
+
+    let mut sampled_ids = Vec::with_capacity(n);
+    let mut conf_pre = Vec::with_capacity(n);
+    for i in 0..n {
+        if ids[i] == mask_id {
+            sampled_ids.push(sampled_raw[i]);
+            conf_pre.push(conf_sampled[i]);
+        } else {
+            sampled_ids.push(ids[i]);
+            conf_pre.push(f32::INFINITY);
+        }
+    }
+    let masked_row0 = ids[..seq_len].iter().filter(|&&x| x == mask_id).count();
+    let keep_masked = mask_len(seq_len, ratio, masked_row0);
+    let gumbel = rng.gumbel(n)?;
+    let confidence = remask_confidence(&conf_pre, &gumbel, remask_temp);
+    let next = remask(&confidence, &sampled_ids, seq_len, keep_masked, mask_id);
+    let masked_after_row0 = next[..seq_len].iter().filter(|&&x| x == mask_id).count();
+    Ok(StepTrace {
+        ids_in: std::mem::replace(ids, next),
+        logits: Some(logits),
+        sampled_raw,
+        sampled_ids,
+        conf_pre,
+        confidence,
+        num_masked_before: masked_row0,
+        mask_len: keep_masked,
+        // After the last step nothing is masked: the sampled ids are decoded.
+        num_masked_after: if step + 1 == steps { 0 } else { masked_after_row0 },
+    })
 }
 
 /// Where the weights come from.
@@ -517,8 +535,7 @@ impl AutoNatSpec {
     /// A fixture folder's `config.json` (the format of `tests/fixtures/models/autonat`):
     /// `generator.kwargs` and `tokenizer.kwargs`.
     pub fn from_fixture_config(config: &serde_json::Value, name: &str) -> Result<Self> {
-        let net: UViTConfig = serde_json::from_value(config["generator"]["kwargs"].clone())
-            .context("config.json: generator.kwargs is not a UViT configuration")?;
+        let net: UViTConfig = section(config, "/generator/kwargs")?;
         let tokenizer = MageVqganConfig::from_taming_kwargs(&config["tokenizer"]["kwargs"])
             .context("config.json: tokenizer.kwargs is not a VQModel configuration")?;
         Ok(Self { name: name.into(), net, tokenizer, strategy: None, steps: 8 })
@@ -609,7 +626,7 @@ pub fn autonat_model(req: &ModelRequest, config: Option<&serde_json::Value>) -> 
             let label = req.model.clone().unwrap_or_else(|| "autonat-config".into());
             let dir = req.config_dir();
             let file = |section: &str| v[section]["checkpoint"].as_str().map(|f| dir.join(f));
-            (AutoNatSpec::from_fixture_config(v, &label)?, (file("generator"), file("tokenizer")))
+            (AutoNatSpec::from_fixture_config(v, &label).with_context(|| req.config_source())?, (file("generator"), file("tokenizer")))
         }
         None => {
             let spec = match req.model.as_deref() {
@@ -788,30 +805,38 @@ impl AutoNatGenerator {
         let batch = labels.len();
         let seq_len = cfg.seq_len();
         let per_forward = cfg.flops_per_forward();
-        let device = self.device.clone();
-        let mut step_start = genbench_runtime::timer::Stopwatch::start(&device)?;
-        let mut guided = |_step: usize, ids: &[u32], scale: f64| -> Result<Tensor> {
-            let ids = Tensor::from_slice(ids, (batch, seq_len), &device)?;
-            self.net.guided_logits(&ids, labels, scale)
-        };
-        let mut report = |step: usize, trace: StepTrace| -> Result<()> {
-            if let Some(f) = on_trace.as_deref_mut() {
-                f(step, &trace);
-            }
-            observer.on_step(&StepRecord {
+        let strategy = &self.strategy;
+        strategy.validate()?;
+        // The loop of `generate_tokens`, each step timed and reported.
+        let mut ids = vec![cfg.mask_id(); batch * seq_len];
+        let mut token_ids = ids.clone();
+        for step in 0..strategy.steps() {
+            let size_of = |trace: &StepTrace| StepSize {
                 step,
                 kind: StepKind::Transformer,
                 batch,
                 tokens_decoded: trace.num_fixed(),
                 tokens_attended: seq_len + 1,
-                wall: step_start.elapsed()?,
                 // Two forwards (conditional and unconditional) of every image.
                 flops: 2.0 * per_forward * batch as f64,
-            });
-            step_start = genbench_runtime::timer::Stopwatch::start(&device)?;
-            Ok(())
-        };
-        let token_ids = generate_tokens(batch, seq_len, cfg.mask_id(), &self.strategy, rng, &mut guided, Some(&mut report))?;
+            };
+            let trace = record_sized_step(
+                observer,
+                &self.device,
+                || {
+                    // Forward and guide: conditional and unconditional passes mixed by this step's scale.
+                    let input = Tensor::from_slice(&ids, (batch, seq_len), &self.device)?;
+                    let logits = self.net.guided_logits(&input, labels, strategy.cfg[step])?;
+                    // Sample, re-mask the least confident, feed back.
+                    sample_and_remask(step, strategy, batch, seq_len, cfg.mask_id(), &mut ids, logits, rng)
+                },
+                size_of,
+            )?;
+            if let Some(f) = on_trace.as_deref_mut() {
+                f(step, &trace);
+            }
+            token_ids = trace.sampled_ids;
+        }
         let size = StepSize {
             step: self.strategy.steps(),
             kind: StepKind::Decode,

@@ -23,6 +23,7 @@ use crate::nn::mlp::SwiGlu;
 use crate::nn::norm::RmsNorm;
 use crate::nn::rope::Rope2d;
 use crate::nn::sampling::TokenSampler;
+use crate::reference_config::section;
 use crate::tokenizers::llamagen_vq::{LlamaGenVq, LlamaGenVqConfig};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
@@ -162,34 +163,12 @@ impl LlamaGenConfig {
     /// Reads the `config.json` of a LlamaGen fixture (the reference constructors' arguments:
     /// `gpt.ModelArgs`, `vq.ModelArgs`, `vq.encoder`, `vq.decoder`, `vq.groupnorm`, `image_size`).
     pub fn from_reference_json(v: &serde_json::Value) -> Result<Self> {
-        let args = v.pointer("/gpt/ModelArgs").context("config has no gpt.ModelArgs")?;
-        let u = |k: &str| -> Result<usize> {
-            args.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).with_context(|| format!("gpt.ModelArgs.{k} missing or not an integer"))
-        };
-        let f = |k: &str| -> Result<f64> {
-            args.get(k).and_then(|x| x.as_f64()).with_context(|| format!("gpt.ModelArgs.{k} missing or not a number"))
-        };
-        if let Some(t) = args.get("model_type").and_then(|x| x.as_str()) {
+        let gpt: LlamaGenGptConfig = section(v, "/gpt/ModelArgs")?;
+        if let Some(t) = v.pointer("/gpt/ModelArgs/model_type").and_then(|x| x.as_str()) {
             ensure!(t == "c2i", "only class-conditional (c2i) LlamaGen is supported, config has model_type {t:?}");
         }
-        let gpt = LlamaGenGptConfig {
-            dim: u("dim")?,
-            n_layer: u("n_layer")?,
-            n_head: u("n_head")?,
-            n_kv_head: args.get("n_kv_head").and_then(|x| x.as_u64()).map(|x| x as usize),
-            multiple_of: u("multiple_of")?,
-            ffn_dim_multiplier: args.get("ffn_dim_multiplier").and_then(|x| x.as_f64()),
-            rope_base: f("rope_base")?,
-            norm_eps: f("norm_eps")?,
-            num_classes: u("num_classes")?,
-            class_dropout_prob: f("class_dropout_prob")?,
-            vocab_size: u("vocab_size")?,
-            cls_token_num: u("cls_token_num")?,
-            block_size: u("block_size")?,
-        };
-        let vq = LlamaGenVqConfig::from_reference_json(v.get("vq").context("config has no vq section")?)?;
-        let image_size = v.get("image_size").and_then(|x| x.as_u64()).context("config has no image_size")? as usize;
-        let cfg = Self { gpt, vq, image_size };
+        let vq = LlamaGenVqConfig::from_reference_json(v.get("vq").context("config has no `vq`")?)?;
+        let cfg = Self { gpt, vq, image_size: section(v, "/image_size")? };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -352,7 +331,7 @@ impl ModelFamily for LlamaGenFamily {
     fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> Result<ResolvedModel> {
         let (name, mut cfg, default_cfg, beside) = match config {
             Some(v) => {
-                let cfg = LlamaGenConfig::from_reference_json(v)?;
+                let cfg = LlamaGenConfig::from_reference_json(v).with_context(|| req.config_source())?;
                 let dir = req.config_dir();
                 let file = |section: &str| v[section]["checkpoint"].as_str().map(|f| dir.join(f));
                 let name = req.model.clone().unwrap_or_else(|| format!("llamagen-{}x{}-custom", cfg.gpt.n_layer, cfg.gpt.dim));
@@ -425,8 +404,6 @@ pub struct LlamaGenGpt {
     cls_embedding: Embedding,
     tok_embeddings: Embedding,
     layers: Vec<Block>,
-    /// One preallocated cache per layer, sized by [`LlamaGenGpt::reset_caches`].
-    caches: Vec<KvCache>,
     norm: RmsNorm,
     output: RowLinear,
     rope: Rope2d,
@@ -459,7 +436,6 @@ impl LlamaGenGpt {
             cls_embedding,
             tok_embeddings,
             layers,
-            caches: Vec::new(),
             norm,
             output,
             rope,
@@ -534,22 +510,16 @@ impl LlamaGenGpt {
         Ok(BlockParts { attention_norm_out, q_rope, k_rope, attention_out, h, ffn_out, out })
     }
 
-    /// Runs the layers over `x` (B, T, C) at positions `start..start+T`, through the KV caches
-    /// when `cached`. Returns every layer's output and the final-norm output (the reference's
-    /// hooks) and the logits `(B, T, V)` in f32.
-    fn run(&mut self, x: Tensor, start: usize, cached: bool) -> Result<(Vec<Tensor>, Tensor)> {
+    /// Runs the layers over `x` (B, T, C) at positions `start..start+T`, through `caches` (one
+    /// per layer) when given. Returns every layer's output and the final-norm output (the
+    /// reference's hooks) and the logits `(B, T, V)` in f32.
+    fn run(&self, x: Tensor, start: usize, mut caches: Option<&mut [KvCache]>) -> Result<(Vec<Tensor>, Tensor)> {
         let mut h = x;
         let mut outs = Vec::with_capacity(self.layers.len() + 1);
-        let mut caches = std::mem::take(&mut self.caches);
-        let result = (|| -> Result<()> {
-            for (i, b) in self.layers.iter().enumerate() {
-                h = self.block_forward(b, &h, start, if cached { caches.get_mut(i) } else { None })?;
-                outs.push(h.clone());
-            }
-            Ok(())
-        })();
-        self.caches = caches;
-        result?;
+        for (i, b) in self.layers.iter().enumerate() {
+            h = self.block_forward(b, &h, start, caches.as_deref_mut().map(|cs| &mut cs[i]))?;
+            outs.push(h.clone());
+        }
         let normed = self.norm.forward(&h)?;
         outs.push(normed.clone());
         let logits = self.output.forward(&normed)?.to_dtype(DType::F32)?;
@@ -559,7 +529,7 @@ impl LlamaGenGpt {
     /// Teacher forcing: the sequence `[class, z_0 .. z_{N-2}]` with causal attention, no cache.
     /// Returns logits `(B, N, V)` (position p predicts z_p) and the hidden states: the input of
     /// the first block, each block's output, the final-norm output.
-    pub fn teacher_forcing(&mut self, labels: &[u32], tokens: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn teacher_forcing(&self, labels: &[u32], tokens: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let (bsz, n) = tokens.dims2()?;
         ensure!(labels.len() == bsz, "{} labels for a batch of {bsz}", labels.len());
         ensure!(n <= self.cfg.block_size, "{n} tokens exceed block_size {}", self.cfg.block_size);
@@ -569,16 +539,16 @@ impl LlamaGenGpt {
             parts.push(self.token_embeddings(&tokens.narrow(1, 0, n - 1)?)?);
         }
         let x = Tensor::cat(&parts, 1)?;
-        let (mut hidden, logits) = self.run(x.clone(), 0, false)?;
+        let (mut hidden, logits) = self.run(x.clone(), 0, None)?;
         hidden.insert(0, x);
         Ok((logits, hidden))
     }
 
-    /// Prepares every layer's KV cache for `batch` rows and `capacity` positions, reusing the
-    /// buffers when the shape is unchanged.
-    fn reset_caches(&mut self, batch: usize, capacity: usize) -> Result<()> {
+    /// Prepares `caches` as one KV cache per layer for `batch` rows and `capacity` positions,
+    /// reusing the buffers when the shape is unchanged.
+    fn reset_caches(&self, caches: &mut Vec<KvCache>, batch: usize, capacity: usize) -> Result<()> {
         let layers = self.layers.iter().map(|b| &b.attention);
-        Ok(reset_layer_caches(&mut self.caches, layers, batch, capacity, self.dtype, &self.device)?)
+        Ok(reset_layer_caches(caches, layers, batch, capacity, self.dtype, &self.device)?)
     }
 
     /// Analytic FLOPs of one forward of `q` new tokens attending `k` keys, per sequence.
@@ -634,10 +604,15 @@ pub struct StepTrace {
 impl LlamaGenGpt {
     /// The cached generation loop (`generate()` of generate.py). Returns token ids `(B, N)`
     /// row-major. `trace` receives one [`StepTrace`] per forward when given.
+    ///
+    /// The caller owns the per-layer KV caches and lends them (the way candle-transformers'
+    /// `llama::Llama::forward` takes `&mut Cache`); they are resized here and, when a later
+    /// call has the same shape, reused without allocating.
     pub fn generate(
-        &mut self,
+        &self,
         labels: &[u32],
         s: &LlamaGenSampling,
+        caches: &mut Vec<KvCache>,
         rng: &mut dyn RandomSource,
         observer: &mut dyn StepObserver,
         mut trace: Option<&mut Vec<StepTrace>>,
@@ -657,7 +632,7 @@ impl LlamaGenGpt {
         let n = self.cfg.block_size;
         let rows = if use_cfg { 2 * b } else { b };
         // The last token is never fed back: the cache holds the class token + N - 1 tokens.
-        self.reset_caches(rows, self.cfg.cls_token_num + n - 1)?;
+        self.reset_caches(caches, rows, self.cfg.cls_token_num + n - 1)?;
         let mut cond: Vec<u32> = labels.to_vec();
         if use_cfg {
             cond.extend(std::iter::repeat_n(nc, b));
@@ -679,15 +654,14 @@ impl LlamaGenGpt {
                 tokens_attended: step + 1,
                 flops: rows as f64 * self.forward_flops(1, step + 1),
             };
-            let device = self.device.clone();
-            let (raw, guided, next) = record_step(observer, &device, size, || {
+            let (raw, guided, next) = record_step(observer, &self.device, size, || {
                 // Forward: the class token (prefill) or the previous token, through the caches.
                 let x = if step == 0 {
                     self.class_embeddings(&input_ids)?.to_dtype(self.dtype)?
                 } else {
                     self.token_embeddings(&self.ids(&input_ids)?.unsqueeze(1)?)?
                 };
-                let (_, logits) = self.run(x, step, true)?;
+                let (_, logits) = self.run(x, step, Some(caches.as_mut_slice()))?;
                 let raw = logits.i((.., logits.dim(1)? - 1, ..))?; // (rows, V)
                                                                    // Guide.
                 let guided = match (use_cfg, guided_now) {
@@ -727,6 +701,8 @@ pub struct LlamaGenGenerator {
     name: String,
     cfg: LlamaGenConfig,
     gpt: LlamaGenGpt,
+    /// The GPT's KV caches, kept between `sample` calls so a same-sized batch allocates nothing.
+    caches: Vec<KvCache>,
     vq: LlamaGenVq,
     sampling: LlamaGenSampling,
 }
@@ -738,7 +714,7 @@ impl LlamaGenGenerator {
         cfg.validate()?;
         let gpt = LlamaGenGpt::new(&cfg.gpt, gpt_vb)?;
         let vq = LlamaGenVq::new(&cfg.vq, vq_vb)?;
-        Ok(Self { name: name.to_string(), cfg, gpt, vq, sampling })
+        Ok(Self { name: name.to_string(), cfg, gpt, caches: Vec::new(), vq, sampling })
     }
 
     /// Loads the published files: the GPT checkpoint (`c2i_*.pt`: weights under `model` for DDP
@@ -862,8 +838,7 @@ impl Generator for LlamaGenGenerator {
     }
     fn sample(&mut self, labels: &[u32], seed: u64, observer: &mut dyn StepObserver) -> Result<Samples> {
         let mut rng = SeededSource::new(seed);
-        let s = self.sampling.clone();
-        let tokens = self.gpt.generate(labels, &s, &mut rng, observer, None)?;
+        let tokens = self.gpt.generate(labels, &self.sampling, &mut self.caches, &mut rng, observer, None)?;
         let img = self.decode(&tokens, labels.len(), self.cfg.gpt.block_size, observer)?;
         let (images, n, height, width) = llamagen_to_uint8_nhwc(&img)?;
         Ok(Samples { images, n, height, width, token_ids: Some(tokens), latents: None })

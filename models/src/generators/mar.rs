@@ -17,16 +17,16 @@ use crate::checkpoint::StrictWeights;
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
-    record_step, to_uint8_nhwc_rounded_from_signed, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord, StepSize,
+    record_step, to_uint8_nhwc_rounded_from_signed, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize,
 };
 use crate::nn::block::PreNormBlock;
 use crate::nn::norm::LayerNorm;
+use crate::reference_config::from_value_at;
 use crate::tokenizers::kl16::{Kl16Config, Kl16Vae};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use genbench_runtime::checkpoint::TorchCheckpoint;
-use genbench_runtime::timer::Stopwatch;
 use genbench_runtime::{RandomSource, SeededSource};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -34,7 +34,8 @@ use std::path::Path;
 /// The checkpoint entry holding the weights the published results were sampled with.
 pub const EMA_KEY: &str = "model_ema";
 
-/// Constructor arguments of `models.mar.MAR` (inference-relevant ones).
+/// Constructor arguments of `models.mar.MAR` (inference-relevant ones; their names, so a
+/// reference `generator.kwargs` deserializes as it is).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MarConfig {
     pub img_size: usize,
@@ -46,16 +47,39 @@ pub struct MarConfig {
     pub decoder_embed_dim: usize,
     pub decoder_depth: usize,
     pub decoder_num_heads: usize,
+    #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: f64,
     pub vae_embed_dim: usize,
     pub class_num: usize,
     pub buffer_size: usize,
     pub diffloss_d: usize,
     pub diffloss_w: usize,
-    /// `num_sampling_steps` the model was built with (the sampler may override it).
+    /// `num_sampling_steps` the model was built with (the sampler may override it); the
+    /// reference passes it as a string (`'100'`), which is read as the number it holds.
+    #[serde(default = "default_num_sampling_steps", deserialize_with = "usize_or_numeric_string")]
     pub num_sampling_steps: usize,
-    /// LayerNorm eps of every norm (`partial(nn.LayerNorm, eps=1e-6)`).
+    /// LayerNorm eps of every norm (`partial(nn.LayerNorm, eps=1e-6)`; no keyword argument).
+    #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
+}
+
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+fn default_num_sampling_steps() -> usize {
+    100
+}
+fn default_norm_eps() -> f64 {
+    1e-6
+}
+
+/// A whole number, written as a number or as a string holding one (`"100"`).
+fn usize_or_numeric_string<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => s.trim().parse().map_err(|_| D::Error::custom(format!("{s:?} is not a whole number"))),
+        v => v.as_u64().map(|n| n as usize).ok_or_else(|| D::Error::custom(format!("{v} is not a whole number"))),
+    }
 }
 
 impl MarConfig {
@@ -96,33 +120,7 @@ impl MarConfig {
     /// From the `generator.kwargs` object of a fixture / export `config.json` (the reference
     /// constructor's keyword arguments; `num_sampling_steps` may be a string as in Python).
     pub fn from_kwargs(kw: &serde_json::Value) -> Result<Self> {
-        let u = |k: &str| -> Result<usize> {
-            kw.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).with_context(|| format!("MAR config: `{k}` missing or not an integer"))
-        };
-        let steps = match kw.get("num_sampling_steps") {
-            Some(serde_json::Value::String(s)) => s.trim().parse().with_context(|| format!("num_sampling_steps {s:?}"))?,
-            Some(v) => v.as_u64().context("num_sampling_steps is not an integer")? as usize,
-            None => 100,
-        };
-        Ok(Self {
-            img_size: u("img_size")?,
-            vae_stride: u("vae_stride")?,
-            patch_size: u("patch_size")?,
-            encoder_embed_dim: u("encoder_embed_dim")?,
-            encoder_depth: u("encoder_depth")?,
-            encoder_num_heads: u("encoder_num_heads")?,
-            decoder_embed_dim: u("decoder_embed_dim")?,
-            decoder_depth: u("decoder_depth")?,
-            decoder_num_heads: u("decoder_num_heads")?,
-            mlp_ratio: kw.get("mlp_ratio").and_then(|v| v.as_f64()).unwrap_or(4.0),
-            vae_embed_dim: u("vae_embed_dim")?,
-            class_num: u("class_num")?,
-            buffer_size: u("buffer_size")?,
-            diffloss_d: u("diffloss_d")?,
-            diffloss_w: u("diffloss_w")?,
-            num_sampling_steps: steps,
-            norm_eps: 1e-6,
-        })
+        from_value_at(kw, "generator.kwargs")
     }
 
     /// Tokens per side.
@@ -286,7 +284,7 @@ impl ModelFamily for MarFamily {
     fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> Result<ResolvedModel> {
         let (name, mut cfg, vae_cfg, beside) = match config {
             Some(v) => {
-                let (cfg, vae_cfg) = configs_from_json(v)?;
+                let (cfg, vae_cfg) = configs_from_json(v).with_context(|| req.config_source())?;
                 let dir = req.config_dir();
                 let exists = |f: &str| Some(dir.join(f)).filter(|p| p.is_file());
                 let name = req.model.clone().unwrap_or_else(|| format!("mar-{}x{}-custom", cfg.encoder_depth, cfg.encoder_embed_dim));
@@ -654,69 +652,65 @@ impl Mar {
         let rows_mult = if cfg_on { 2 } else { 1 };
 
         for step in 0..s.num_iter {
+            // Which tokens this step reveals: the cosine schedule over the random orders.
             let visible = l - mask.count_masked(0);
-            // --- MAE forward (batch doubled under CFG) ---
-            let sw = Stopwatch::start(&self.device)?;
-            let tok = Tensor::from_slice(&tokens, (bsz, l, d), &self.device)?;
-            let (tok, mask_in) = if cfg_on { (Tensor::cat(&[&tok, &tok], 0)?, mask.doubled()) } else { (tok, mask.clone()) };
-            let x = self.forward_mae_encoder(&tok, &mask_in, &class_embedding)?;
-            let z = self.forward_mae_decoder(&x, &mask_in)?;
-
-            // --- which tokens this step reveals ---
             let mask_len = mask_len(l, step, s.num_iter, mask.count_masked(0));
             let mask_next = TokenMask::by_order(&orders, mask_len as usize, l);
             let mask_to_pred = if step + 1 >= s.num_iter { mask.clone() } else { mask.xor(&mask_next) };
-            mask = mask_next;
             let pred_idx = mask_to_pred.set_indices();
             let n_pred = pred_idx.len();
-            let all_idx: Vec<u32> = if cfg_on {
-                pred_idx.iter().copied().chain(pred_idx.iter().map(|&i| i + (bsz * l) as u32)).collect()
-            } else {
-                pred_idx.clone()
-            };
-            let cd = self.cfg.decoder_embed_dim;
-            let z_rows =
-                z.reshape((rows_mult * bsz * l, cd))?.index_select(&Tensor::from_vec(all_idx, rows_mult * n_pred, &self.device)?, 0)?;
-            let transformer_wall = sw.elapsed()?;
-            observer.on_step(&StepRecord {
+
+            // Forward: the MAE encoder and decoder (batch doubled under CFG), then the decoder
+            // rows of the tokens to predict.
+            let size = StepSize {
                 step,
                 kind: StepKind::Transformer,
                 batch: bsz,
                 tokens_decoded: n_pred / bsz,
                 tokens_attended: self.cfg.buffer_size + visible,
-                wall: transformer_wall,
                 flops: (rows_mult * bsz) as f64 * self.cfg.mae_flops(visible),
-            });
+            };
+            let z_rows = record_step(observer, &self.device, size, || {
+                let tok = Tensor::from_slice(&tokens, (bsz, l, d), &self.device)?;
+                let (tok, mask_in) = if cfg_on { (Tensor::cat(&[&tok, &tok], 0)?, mask.doubled()) } else { (tok, mask.clone()) };
+                let x = self.forward_mae_encoder(&tok, &mask_in, &class_embedding)?;
+                let z = self.forward_mae_decoder(&x, &mask_in)?;
+                let all_idx: Vec<u32> = if cfg_on {
+                    pred_idx.iter().copied().chain(pred_idx.iter().map(|&i| i + (bsz * l) as u32)).collect()
+                } else {
+                    pred_idx.clone()
+                };
+                let cd = self.cfg.decoder_embed_dim;
+                let rows = Tensor::from_vec(all_idx, rows_mult * n_pred, &self.device)?;
+                Ok(z.reshape((rows_mult * bsz * l, cd))?.index_select(&rows, 0)?)
+            })?;
+            mask = mask_next;
 
-            // --- diffusion head on the rows to predict ---
+            // Guide and sample: the diffusion head denoises those rows, guiding the predicted
+            // noise with this step's scale; under CFG only the conditional half is kept.
             let cfg_iter = match s.cfg_schedule {
                 CfgSchedule::Linear => linear_cfg(s.cfg, l, mask_len),
                 CfgSchedule::Constant => s.cfg as f32,
             };
-            let sw = Stopwatch::start(&self.device)?;
-            let sampled = self.diffloss.sample(&z_rows, temperature, cfg_iter, rng)?;
-            // Under CFG only the conditional half is kept.
-            let sampled = sampled.narrow(0, 0, n_pred)?;
-            if let Some(t) = trace.as_deref_mut() {
-                t.push(TokenStepTrace {
-                    mask_len,
-                    mask_to_pred: mask_to_pred.clone(),
-                    z_pred: z_rows.clone(),
-                    cfg_iter,
-                    sampled: sampled.clone(),
-                });
-            }
-            let sampled = sampled.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let mlp_wall = sw.elapsed()?;
-            observer.on_step(&StepRecord {
+            let size = StepSize {
                 step,
                 kind: StepKind::DiffusionMlp,
                 batch: bsz,
                 tokens_decoded: n_pred / bsz,
                 tokens_attended: 0,
-                wall: mlp_wall,
                 flops: self.diffloss.sample_flops(rows_mult * n_pred),
-            });
+            };
+            let (sampled, sampled_values) = record_step(observer, &self.device, size, || {
+                let sampled = self.diffloss.sample(&z_rows, temperature, cfg_iter, rng)?.narrow(0, 0, n_pred)?;
+                let values = sampled.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok((sampled, values))
+            })?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(TokenStepTrace { mask_len, mask_to_pred, z_pred: z_rows, cfg_iter, sampled });
+            }
+
+            // Feed back: the sampled tokens join the known ones.
+            let sampled = sampled_values;
             for (r, &flat) in pred_idx.iter().enumerate() {
                 let flat = flat as usize;
                 tokens[flat * d..(flat + 1) * d].copy_from_slice(&sampled[r * d..(r + 1) * d]);

@@ -19,7 +19,8 @@ use crate::nn::linear::RowLinear;
 use crate::nn::mlp::{Activation, Mlp};
 use crate::nn::norm::LayerNorm;
 use crate::nn::sampling::TokenSampler;
-use crate::tokenizers::taming_vqgan::{TamingVqgan, TamingVqganConfig};
+use crate::reference_config::from_value_at;
+use crate::tokenizers::taming_vqgan::{TamingVqgan, TamingVqganConfig, VqganParams};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
@@ -32,8 +33,42 @@ pub struct TamingGptConfig {
     pub vocab_size: usize,
     pub block_size: usize,
     pub n_layer: usize,
+    /// minGPT's default (8) when the YAML leaves it out.
+    #[serde(default = "mingpt_default_n_head")]
     pub n_head: usize,
     pub n_embd: usize,
+}
+
+fn mingpt_default_n_head() -> usize {
+    8
+}
+
+/// A taming `config.json` as the fixture holds it: the `instantiate_from_config` tree under
+/// `model` and, optionally, the image size (default: the first stage's resolution).
+#[derive(Deserialize)]
+struct TamingJson {
+    model: Instantiate<Net2NetParams>,
+    image_size: Option<usize>,
+}
+
+/// One `{target, params}` node of an `instantiate_from_config` tree.
+#[derive(Deserialize)]
+struct Instantiate<P> {
+    params: P,
+}
+
+/// `Net2NetTransformer(...)` arguments that shape the model.
+#[derive(Deserialize)]
+struct Net2NetParams {
+    transformer_config: Instantiate<TamingGptConfig>,
+    first_stage_config: Instantiate<VqganParams>,
+    cond_stage_config: Instantiate<LabelatorParams>,
+}
+
+/// `Labelator(n_classes)`: the class id is the conditioning token.
+#[derive(Deserialize)]
+struct LabelatorParams {
+    n_classes: usize,
 }
 
 impl TamingGptConfig {
@@ -88,31 +123,15 @@ impl TamingConfig {
     /// tree under `model` (`params.transformer_config.params`, `params.first_stage_config.params`,
     /// `params.cond_stage_config.params.n_classes`), plus `image_size`.
     pub fn from_reference_json(v: &serde_json::Value) -> Result<Self> {
-        let p = v.pointer("/model/params").context("config has no model.params")?;
-        let t = p.pointer("/transformer_config/params").context("config has no transformer_config.params")?;
-        let u = |o: &serde_json::Value, k: &str| -> Result<usize> {
-            o.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).with_context(|| format!("{k} missing or not an integer"))
+        let TamingJson { model, image_size } = from_value_at(v, "")?;
+        let vq = model.params.first_stage_config.params.into_config()?;
+        let image_size = image_size.unwrap_or(vq.resolution);
+        let cfg = Self {
+            gpt: model.params.transformer_config.params,
+            vq,
+            n_classes: model.params.cond_stage_config.params.n_classes,
+            image_size,
         };
-        let gpt = TamingGptConfig {
-            vocab_size: u(t, "vocab_size")?,
-            block_size: u(t, "block_size")?,
-            n_layer: u(t, "n_layer")?,
-            // minGPT's default when the YAML leaves it out.
-            n_head: t.get("n_head").and_then(|x| x.as_u64()).unwrap_or(8) as usize,
-            n_embd: u(t, "n_embd")?,
-        };
-        let vq = TamingVqganConfig::from_reference_json(
-            p.pointer("/first_stage_config/params").context("config has no first_stage_config.params")?,
-        )?;
-        let n_classes = p
-            .pointer("/cond_stage_config/params/n_classes")
-            .and_then(|x| x.as_u64())
-            .context("config has no cond_stage_config.params.n_classes")? as usize;
-        let image_size = match v.get("image_size").and_then(|x| x.as_u64()) {
-            Some(s) => s as usize,
-            None => vq.resolution,
-        };
-        let cfg = Self { gpt, vq, n_classes, image_size };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -226,7 +245,7 @@ impl ModelFamily for TamingFamily {
     fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> Result<ResolvedModel> {
         let (name, mut cfg, beside) = match config {
             Some(v) => {
-                let cfg = TamingConfig::from_reference_json(v)?;
+                let cfg = TamingConfig::from_reference_json(v).with_context(|| req.config_source())?;
                 let name = req.model.clone().unwrap_or_else(|| format!("taming-{}x{}-custom", cfg.gpt.n_layer, cfg.gpt.n_embd));
                 (name, cfg, v["checkpoint"].as_str().map(|f| req.config_dir().join(f)))
             }
@@ -284,7 +303,6 @@ pub struct TamingGpt {
     /// `(block_size, C)`.
     pos_emb: Tensor,
     blocks: Vec<Block>,
-    caches: Vec<KvCache>,
     ln_f: LayerNorm,
     head: RowLinear,
     device: Device,
@@ -313,17 +331,7 @@ impl TamingGpt {
         }
         let ln_f = LayerNorm::load(c, 1e-5, vb.pp("ln_f"))?;
         let head = RowLinear::from_linear(&candle_nn::linear_no_bias(c, cfg.vocab_size, vb.pp("head"))?)?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            tok_emb,
-            pos_emb,
-            blocks,
-            caches: Vec::new(),
-            ln_f,
-            head,
-            device: vb.device().clone(),
-            dtype: vb.dtype(),
-        })
+        Ok(Self { cfg: cfg.clone(), tok_emb, pos_emb, blocks, ln_f, head, device: vb.device().clone(), dtype: vb.dtype() })
     }
 
     pub fn config(&self) -> &TamingGptConfig {
@@ -368,41 +376,37 @@ impl TamingGpt {
         Ok(BlockParts { ln1_out, attn_out, h, mlp_out, out })
     }
 
-    /// Runs the blocks from embeddings `x (B, T, C)` at positions `start..`, cached or not;
-    /// returns each block's output and the f32 logits `(B, T, V)`.
-    fn run(&mut self, x: Tensor, start: usize, cached: bool) -> Result<(Vec<Tensor>, Tensor)> {
+    /// Runs the blocks from embeddings `x (B, T, C)` at positions `start..`, through `caches`
+    /// (one per block) when given; returns each block's output and the f32 logits `(B, T, V)`.
+    fn run(&self, x: Tensor, start: usize, mut caches: Option<&mut [KvCache]>) -> Result<(Vec<Tensor>, Tensor)> {
         let mut h = x;
         let mut outs = Vec::with_capacity(self.blocks.len());
-        let mut caches = std::mem::take(&mut self.caches);
-        let result = (|| -> Result<()> {
-            for (i, b) in self.blocks.iter().enumerate() {
-                h = self.block_forward(b, &h, start, if cached { caches.get_mut(i) } else { None })?;
-                outs.push(h.clone());
-            }
-            Ok(())
-        })();
-        self.caches = caches;
-        result?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            h = self.block_forward(b, &h, start, caches.as_deref_mut().map(|cs| &mut cs[i]))?;
+            outs.push(h.clone());
+        }
         let logits = self.head.forward(&self.ln_f.forward(&h)?)?.to_dtype(DType::F32)?;
         Ok((outs, logits))
     }
 
     /// Teacher forcing on `[c, z_0 .. z_{N-2}]` (`Net2NetTransformer.forward`): logits
     /// `(B, N, V)` (position p predicts z_p) and the hidden states (embeddings, each block).
-    pub fn teacher_forcing(&mut self, labels: &[u32], tokens: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn teacher_forcing(&self, labels: &[u32], tokens: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let (bsz, n) = tokens.dims2()?;
         ensure!(labels.len() == bsz, "{} labels for a batch of {bsz}", labels.len());
         let cls = Tensor::new(labels, &self.device)?.unsqueeze(1)?.to_dtype(tokens.dtype())?;
         let seq = Tensor::cat(&[&cls, &tokens.narrow(1, 0, n - 1)?], 1)?;
         let x = self.embed(&seq, 0)?;
-        let (mut hidden, logits) = self.run(x.clone(), 0, false)?;
+        let (mut hidden, logits) = self.run(x.clone(), 0, None)?;
         hidden.insert(0, x);
         Ok((logits, hidden))
     }
 
-    fn reset_caches(&mut self, batch: usize, capacity: usize) -> Result<()> {
+    /// Prepares `caches` as one KV cache per block for `batch` rows and `capacity` positions,
+    /// reusing the buffers when the shape is unchanged.
+    fn reset_caches(&self, caches: &mut Vec<KvCache>, batch: usize, capacity: usize) -> Result<()> {
         let layers = self.blocks.iter().map(|b| &b.attn);
-        Ok(reset_layer_caches(&mut self.caches, layers, batch, capacity, self.dtype, &self.device)?)
+        Ok(reset_layer_caches(caches, layers, batch, capacity, self.dtype, &self.device)?)
     }
 
     /// Bytes one cached step reads: all weights but the embedding tables, plus `k` cached
@@ -440,12 +444,16 @@ pub struct StepTrace {
 
 impl TamingGpt {
     /// `sample_with_past(labels[:, None], transformer, steps=tokens, ...)`: returns `(B, tokens)`
-    /// ids row-major, class token cut off.
+    /// ids row-major, class token cut off. The caller owns the per-block KV caches and lends
+    /// them (as candle-transformers' `llama::Llama::forward` takes `&mut Cache`); a later call
+    /// of the same shape reuses their buffers.
+    #[allow(clippy::too_many_arguments)]
     pub fn generate(
-        &mut self,
+        &self,
         labels: &[u32],
         tokens: usize,
         s: &TamingSampling,
+        caches: &mut Vec<KvCache>,
         rng: &mut dyn RandomSource,
         observer: &mut dyn StepObserver,
         mut trace: Option<&mut Vec<StepTrace>>,
@@ -457,7 +465,7 @@ impl TamingGpt {
             bail!("class id {bad} cannot index the {}-entry token table", self.cfg.vocab_size);
         }
         // Step n writes position n; the last sampled token is never fed back.
-        self.reset_caches(b, tokens)?;
+        self.reset_caches(caches, b, tokens)?;
         let mut out = vec![0u32; b * tokens];
         let mut input = labels.to_vec();
         for step in 0..tokens {
@@ -474,7 +482,7 @@ impl TamingGpt {
                 // Forward through the caches.
                 let ids = Tensor::new(input.as_slice(), &device)?.unsqueeze(1)?;
                 let x = self.embed(&ids, step)?;
-                let (_, logits) = self.run(x, step, true)?;
+                let (_, logits) = self.run(x, step, Some(caches.as_mut_slice()))?;
                 let last = logits.i((.., 0, ..))?;
                 // Sample (no guidance): logits / temperature; the HF top-k + top-p filter only
                 // when top_k is given; softmax; multinomial.
@@ -502,6 +510,8 @@ pub struct TamingGenerator {
     name: String,
     cfg: TamingConfig,
     gpt: TamingGpt,
+    /// The GPT's KV caches, kept between `sample` calls so a same-sized batch allocates nothing.
+    caches: Vec<KvCache>,
     vq: TamingVqgan,
     sampling: TamingSampling,
 }
@@ -513,7 +523,7 @@ impl TamingGenerator {
         cfg.validate()?;
         let gpt = TamingGpt::new(&cfg.gpt, gpt_vb)?;
         let vq = TamingVqgan::new(&cfg.vq, vq_vb)?;
-        Ok(Self { name: name.to_string(), cfg, gpt, vq, sampling })
+        Ok(Self { name: name.to_string(), cfg, gpt, caches: Vec::new(), vq, sampling })
     }
     /// Loads a Lightning checkpoint (weights under `state_dict`): the cin transformer's
     /// `last.ckpt` holds the GPT under `transformer.` and the VQGAN under `first_stage_model.`.
@@ -560,7 +570,7 @@ impl TamingGenerator {
             }
             None => w.ensure_all_used(is_loss)?,
         }
-        Ok(Self { name: name.to_string(), cfg, gpt, vq, sampling })
+        Ok(Self { name: name.to_string(), cfg, gpt, caches: Vec::new(), vq, sampling })
     }
 
     /// Random weights (`--random-init`), for timing and FLOP work; images are noise.
@@ -621,8 +631,7 @@ impl Generator for TamingGenerator {
         }
         let mut rng = SeededSource::new(seed);
         let n = self.cfg.tokens_per_image();
-        let s = self.sampling.clone();
-        let tokens = self.gpt.generate(labels, n, &s, &mut rng, observer, None)?;
+        let tokens = self.gpt.generate(labels, n, &self.sampling, &mut self.caches, &mut rng, observer, None)?;
         let g = self.cfg.grid();
         let size = StepSize {
             step: n,

@@ -22,9 +22,7 @@
 use crate::checkpoint::{get_buffer, StrictWeights};
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
-use crate::generator::{
-    record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepRecord, StepSize,
-};
+use crate::generator::{record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize};
 use crate::nn::adaln::AdaLnModulation;
 use crate::nn::attention::{block_causal_mask, KvCache, MultiHeadAttention, QkNorm, QkvProjection};
 use crate::nn::cfg;
@@ -33,11 +31,11 @@ use crate::nn::linear::RowLinear;
 use crate::nn::mlp::{Activation, Mlp};
 use crate::nn::norm::LayerNorm;
 use crate::nn::sampling::{gumbel_softmax, TokenSampler};
+use crate::reference_config::{section, yes};
 use crate::tokenizers::var_vqvae::{VarVqVae, VarVqVaeConfig};
 use anyhow::{bail, ensure, Context};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, linear, linear_no_bias, Embedding, Linear, VarBuilder};
-use genbench_runtime::timer::Stopwatch;
 use genbench_runtime::{RandomSource, SeededSource};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -59,6 +57,34 @@ pub struct VarConfig {
     pub vocab_size: usize,
     /// VQVAE latent channels (= word_embed inputs).
     pub cvae: usize,
+}
+
+/// `config.json['VAR']`: the `VAR(...)` keyword arguments that shape the network (the others
+/// are training and kernel options). Defaults as in `models/var.py`, except `attn_l2_norm`:
+/// true, as `build_vae_var` passes it for every released model.
+#[derive(Deserialize)]
+struct VarKwargs {
+    depth: usize,
+    embed_dim: usize,
+    num_heads: usize,
+    #[serde(default = "default_mlp_ratio")]
+    mlp_ratio: f64,
+    num_classes: usize,
+    #[serde(default = "default_norm_eps")]
+    norm_eps: f64,
+    #[serde(default)]
+    shared_aln: bool,
+    #[serde(default = "yes")]
+    attn_l2_norm: bool,
+    /// Absent: the VQVAE's `v_patch_nums`.
+    patch_nums: Option<Vec<usize>>,
+}
+
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+fn default_norm_eps() -> f64 {
+    1e-6
 }
 
 /// The 256-px schedule of every published 256-px model.
@@ -125,25 +151,18 @@ impl VarConfig {
     /// Reads a reference `config.json` (the VAR fixtures' format): `VAR` holds the `VAR(...)`
     /// kwargs, `VQVAE` the `VQVAE(...)` kwargs with its `ddconfig`.
     pub fn from_reference_json(v: &serde_json::Value) -> anyhow::Result<(Self, VarVqVaeConfig)> {
-        let var = v.get("VAR").context("config has no `VAR` section")?;
-        let vae = VarVqVaeConfig::from_reference_json(v.get("VQVAE").context("config has no `VQVAE` section")?)?;
-        let usize_of = |k: &str| -> anyhow::Result<usize> {
-            var.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).with_context(|| format!("VAR config: `{k}` missing or not an integer"))
-        };
-        let patch_nums: Vec<usize> = match var.get("patch_nums") {
-            Some(p) => serde_json::from_value(p.clone()).context("VAR patch_nums")?,
-            None => vae.patch_nums.clone(),
-        };
+        let var: VarKwargs = section(v, "/VAR")?;
+        let vae = VarVqVaeConfig::from_reference_json(v.get("VQVAE").context("config has no `VQVAE`")?)?;
         let cfg = Self {
-            depth: usize_of("depth")?,
-            embed_dim: usize_of("embed_dim")?,
-            num_heads: usize_of("num_heads")?,
-            mlp_ratio: var.get("mlp_ratio").and_then(|x| x.as_f64()).unwrap_or(4.0),
-            num_classes: usize_of("num_classes")?,
-            norm_eps: var.get("norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6),
-            shared_aln: var.get("shared_aln").and_then(|x| x.as_bool()).unwrap_or(false),
-            attn_l2_norm: var.get("attn_l2_norm").and_then(|x| x.as_bool()).unwrap_or(true),
-            patch_nums,
+            depth: var.depth,
+            embed_dim: var.embed_dim,
+            num_heads: var.num_heads,
+            mlp_ratio: var.mlp_ratio,
+            num_classes: var.num_classes,
+            norm_eps: var.norm_eps,
+            shared_aln: var.shared_aln,
+            attn_l2_norm: var.attn_l2_norm,
+            patch_nums: var.patch_nums.unwrap_or_else(|| vae.patch_nums.clone()),
             vocab_size: vae.vocab_size,
             cvae: vae.z_channels,
         };
@@ -649,7 +668,7 @@ impl ModelFamily for VarFamily {
     fn resolve(&self, req: &ModelRequest, config: Option<&serde_json::Value>) -> anyhow::Result<ResolvedModel> {
         let (name, mut cfg, mut vae_cfg) = match config {
             Some(v) => {
-                let (cfg, vae) = VarConfig::from_reference_json(v)?;
+                let (cfg, vae) = VarConfig::from_reference_json(v).with_context(|| req.config_source())?;
                 (req.model.clone().unwrap_or_else(|| format!("var-d{}-custom", cfg.depth)), cfg, vae)
             }
             None => {
@@ -755,58 +774,62 @@ impl VarModel {
         let mut idx_per_scale = Vec::with_capacity(k);
         let mut conditioning: Option<Conditioning> = None;
         let mut next_input: Option<Tensor> = None;
+        let keep_block_outs = trace.is_some();
         for si in 0..k {
-            let sw = Stopwatch::start(&dev)?;
-            if conditioning.is_none() {
-                // Everything that depends on the class only, computed once (inside step 0's time).
-                let label_t = Tensor::from_vec(all_labels.clone(), rows, &dev)?;
-                let cond = tr.class_embedding(&label_t)?;
-                conditioning = Some(tr.conditioning(&cond)?);
-                next_input = Some(tr.first_scale_input(&cond)?);
-                if let Some(t) = trace.as_deref_mut() {
-                    t.cond = Some(cond);
-                }
-            }
-            let c = conditioning.as_ref().expect("set at step 0");
-            let x = next_input.take().expect("input of every scale is prepared by the previous one");
-            let mut outs = trace.as_ref().map(|_| Vec::new());
-            let h = tr.forward_blocks(x.clone(), c, None, Some(caches.as_mut_slice()), outs.as_mut())?;
-            let logits = tr.logits(&h, c)?;
-            let t = cfg::linear_ramp(s.cfg, si, k);
-            let guided_logits = if guided {
-                let (lc, lu) = cfg::split_halves(&logits)?;
-                cfg::var_guidance(&lc, &lu, t)?
-            } else {
-                logits.clone()
-            };
-            let filtered = sampler.filter(&guided_logits)?;
-            let idx = crate::nn::sampling::multinomial(&filtered, rng)?; // (B, l)
-            let pn = cfg.patch_nums[si];
-            let h_map = if s.more_smooth {
-                let ratio = si as f64 / (k - 1) as f64;
-                let tau = (0.27 * (1.0 - ratio * 0.95)).max(0.005);
-                let soft = gumbel_softmax(&(&filtered * (1.0 + ratio))?, tau, rng)?; // (B, l, V)
-                let emb = soft.to_dtype(codebook.embedding().dtype())?.broadcast_matmul(codebook.embedding())?; // (B, l, Cvae)
-                emb.transpose(1, 2)?.reshape((b, cfg.cvae, pn, pn))?
-            } else {
-                codebook.lookup_map(&idx, pn, pn)?
-            };
-            let (new_f_hat, next_map) = self.vae.quantize.next_autoregressive_input(si, &f_hat, &h_map)?;
-            f_hat = new_f_hat;
-            if si + 1 < k {
-                let inp = tr.scale_input(si + 1, &next_map)?;
-                next_input = Some(if guided { cfg::repeat_batch(&inp)? } else { inp });
-            }
-            let wall = sw.elapsed()?;
-            observer.on_step(&StepRecord {
+            let size = StepSize {
                 step: si,
                 kind: StepKind::Transformer,
                 batch: b,
                 tokens_decoded: cfg.tokens_at(si),
                 tokens_attended: cfg.keys_at(si),
-                wall,
                 flops: tr.executed_step_flops(si, rows, b, vae_cfg),
-            });
+            };
+            let (x, outs, logits, guided_logits, idx, next_map) = record_step(observer, &dev, size, || {
+                if conditioning.is_none() {
+                    // Everything that depends on the class only, computed once (inside step 0's time).
+                    let label_t = Tensor::from_vec(all_labels.clone(), rows, &dev)?;
+                    let cond = tr.class_embedding(&label_t)?;
+                    conditioning = Some(tr.conditioning(&cond)?);
+                    next_input = Some(tr.first_scale_input(&cond)?);
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.cond = Some(cond);
+                    }
+                }
+                let c = conditioning.as_ref().expect("set at step 0");
+                // Forward: this scale's input through the blocks, attending to the cached scales.
+                let x = next_input.take().expect("input of every scale is prepared by the previous one");
+                let mut outs = keep_block_outs.then(Vec::new);
+                let h = tr.forward_blocks(x.clone(), c, None, Some(caches.as_mut_slice()), outs.as_mut())?;
+                let logits = tr.logits(&h, c)?;
+                // Guide: (1 + t) c - t u with t ramping up over the scales.
+                let guided_logits = if guided {
+                    let (lc, lu) = cfg::split_halves(&logits)?;
+                    cfg::var_guidance(&lc, &lu, cfg::linear_ramp(s.cfg, si, k))?
+                } else {
+                    logits.clone()
+                };
+                // Sample: top-k / top-p, then one draw per token (or Gumbel-softmax codes).
+                let filtered = sampler.filter(&guided_logits)?;
+                let idx = crate::nn::sampling::multinomial(&filtered, rng)?; // (B, l)
+                let pn = cfg.patch_nums[si];
+                let h_map = if s.more_smooth {
+                    let ratio = si as f64 / (k - 1) as f64;
+                    let tau = (0.27 * (1.0 - ratio * 0.95)).max(0.005);
+                    let soft = gumbel_softmax(&(&filtered * (1.0 + ratio))?, tau, rng)?; // (B, l, V)
+                    let emb = soft.to_dtype(codebook.embedding().dtype())?.broadcast_matmul(codebook.embedding())?; // (B, l, Cvae)
+                    emb.transpose(1, 2)?.reshape((b, cfg.cvae, pn, pn))?
+                } else {
+                    codebook.lookup_map(&idx, pn, pn)?
+                };
+                // Feed back: accumulate f_hat and embed it at the next scale's size.
+                let (new_f_hat, next_map) = self.vae.quantize.next_autoregressive_input(si, &f_hat, &h_map)?;
+                f_hat = new_f_hat;
+                if si + 1 < k {
+                    let inp = tr.scale_input(si + 1, &next_map)?;
+                    next_input = Some(if guided { cfg::repeat_batch(&inp)? } else { inp });
+                }
+                Ok((x, outs, logits, guided_logits, idx, next_map))
+            })?;
             if let Some(t) = trace.as_deref_mut() {
                 t.x_in.push(x);
                 t.block_outs.push(outs.unwrap_or_default());

@@ -1,4 +1,8 @@
-//! The taming / LDM convolutional autoencoder that the tokenizers share (MODELS.md section 1).
+//! The taming / LDM convolutional autoencoder that the tokenizers share: `Encoder` / `Decoder`
+//! of CompVis/taming-transformers@3ba01b2 taming/modules/diffusionmodules/model.py, and the
+//! variants FoundationVision/VAR@78b9539 models/basic_vae.py, LTH14/mar@fe470ac models/vae.py
+//! (from LDM's KL-VAE) and FoundationVision/LlamaGen@ce98ec4 tokenizer/tokenizer_image/vq_model.py
+//! (modified from taming) define.
 //!
 //! Blocks: [`ResnetBlock`], [`AttnBlock`] (single-head spatial attention; fused `qkv` conv as in
 //! VAR, or separate `q`/`k`/`v` as in taming/LDM/LlamaGen), [`Downsample`] (pad right/bottom, 3x3
@@ -620,11 +624,13 @@ mod tests {
 
     #[test]
     fn var_decoder_flops_match_reference_total() {
-        // MODELS.md 1 / 6.3: VAR's ch=160 decoder costs 393.7 GFLOP at 256 px (16x16 latent).
+        // VAR's ch=160 decoder at 256 px (16x16 latent): torch.utils.flop_counter counts 393.71
+        // GFLOP for `Decoder(ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=32)` of
+        // FoundationVision/VAR@78b9539 models/basic_vae.py.
         let cfg = ConvAeConfig::var_vqvae(160, &[1, 1, 2, 2, 4], 2, 32, true, true);
         let gf = Decoder::flops(&cfg, (16, 16)) / 1e9;
         assert!((gf - 393.7).abs() < 0.5, "{gf}");
-        // taming f16 decoder: 252.8; LlamaGen VQ-16: 252.7 (same network)
+        // taming f16 decoder: 252.8 (see tokenizers/taming_vqgan.rs); LlamaGen VQ-16: 252.7 (same network)
         let gf = Decoder::flops(&ConvAeConfig::taming_f16(), (16, 16)) / 1e9;
         assert!((gf - 252.8).abs() < 0.5, "{gf}");
     }

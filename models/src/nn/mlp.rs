@@ -120,7 +120,8 @@ mod tests {
 
     #[test]
     fn llama_hidden_sizes_match_published_configs() {
-        // GPT-B/L/XL/XXL hidden sizes from MODELS.md 5.1.
+        // GPT-B/L/XL/XXL hidden sizes: `w1.out_features` of `FeedForward` in
+        // FoundationVision/LlamaGen@ce98ec4 autoregressive/models/gpt.py (dim 768 ... 1536).
         assert_eq!(SwiGlu::llama_hidden(768, 256), 2048);
         assert_eq!(SwiGlu::llama_hidden(1024, 256), 2816);
         assert_eq!(SwiGlu::llama_hidden(1280, 256), 3584);

@@ -12,7 +12,7 @@
 //! | [`conv_ae`] | the taming/LDM conv autoencoder: ResnetBlock, AttnBlock, Up/Downsample, Encoder, Decoder with a naming/config struct | VAR VQVAE, taming VQGAN, LlamaGen VQ-16, LDM KL-16 (MAR) |
 //! | [`vq`] | nearest-codebook lookup (squared L2, optional L2-normalisation) and embedding gather | VAR, taming, LlamaGen, MAGE VQGAN |
 //! | [`sampling`] | batched on-device token sampling: temperature, top-k (ties kept), top-p (VAR and Hugging Face rules), multinomial / Gumbel-max through a `RandomSource`, Gumbel-softmax | VAR, LlamaGen, taming, AutoNAT/MaskGIT |
-//! | [`cfg`] | classifier-free guidance formulas as named functions, batch doubling and splitting | VAR, MAR, AutoNAT, LlamaGen |
+//! | [`cfg`](mod@cfg) | classifier-free guidance formulas as named functions, batch doubling and splitting | VAR, MAR, AutoNAT, LlamaGen |
 //! | [`rope`] | 2-D rotary position embedding over a token grid (interleaved pairs, rows in the first half and columns in the second, zero rows for prefix tokens) | LlamaGen |
 //! | [`fast_math`] | row-parallel, vectorised GELU-tanh and SiLU on the CPU (candle's run on one thread) | VAR, LlamaGen, any [`mlp::Activation`] user |
 //! | [`fused`] | fused CPU passes around the matmuls: LN+modulate, gated residual, q/k/v head split with L2 q/k-norm, head merge | VAR (all), attention users (split/merge) |

@@ -8,16 +8,71 @@
 use crate::checkpoint::StrictWeights;
 use crate::nn::conv::{conv2d, Conv2d};
 use crate::nn::conv_ae::{ConvAeConfig, Decoder, Encoder};
+use crate::reference_config::{from_value_at, yes};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use genbench_runtime::checkpoint::TorchCheckpoint;
+use serde::Deserialize;
 use std::path::Path;
 
 /// `vae_embed_dim`-latent scale MAR trains and samples with (tokens = latent · 0.2325).
 pub const LATENT_SCALE: f64 = 0.2325;
 /// Entry of `kl16.ckpt` holding the weights.
 pub const CHECKPOINT_KEY: &str = "model";
+
+/// A MAR fixture's `tokenizer` object: `AutoencoderKL(embed_dim, ch_mult)` and the arguments
+/// its Encoder and Decoder were built with.
+#[derive(Deserialize)]
+struct Kl16Json {
+    encoder_kwargs: EncoderKwargs,
+    decoder_kwargs: DecoderKwargs,
+    kwargs: AutoencoderKwargs,
+    #[serde(default = "default_latent_scale")]
+    latent_scale: f64,
+}
+
+#[derive(Deserialize)]
+struct AutoencoderKwargs {
+    embed_dim: usize,
+}
+
+/// `Encoder(...)` arguments that shape it (LDM's `double_z` defaults to true).
+#[derive(Deserialize)]
+struct EncoderKwargs {
+    ch: usize,
+    ch_mult: Vec<usize>,
+    num_res_blocks: usize,
+    z_channels: usize,
+    resolution: usize,
+    in_channels: usize,
+    #[serde(default)]
+    attn_resolutions: Vec<usize>,
+    #[serde(default = "yes")]
+    double_z: bool,
+}
+
+/// `Decoder(...)` arguments that shape it.
+#[derive(Deserialize)]
+struct DecoderKwargs {
+    ch: usize,
+    ch_mult: Vec<usize>,
+    num_res_blocks: usize,
+    z_channels: usize,
+    resolution: usize,
+    #[serde(default)]
+    attn_resolutions: Vec<usize>,
+}
+
+fn default_latent_scale() -> f64 {
+    LATENT_SCALE
+}
+
+/// Level i runs at the nominal resolution `resolution / 2^i` and gets attention if that is
+/// listed in `attn_resolutions` (the reference's rule).
+fn attention_levels(resolution: usize, attn_resolutions: &[usize], levels: usize) -> Vec<bool> {
+    (0..levels).map(|i| attn_resolutions.contains(&(resolution >> i))).collect()
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Kl16Config {
@@ -38,52 +93,25 @@ impl Kl16Config {
     /// `latent_scale`). Attention levels follow the reference's rule: level i runs at the
     /// nominal resolution `resolution / 2^i` and gets attention if that is listed.
     pub fn from_reference_kwargs(tokenizer: &serde_json::Value) -> Result<Self> {
-        let enc = tokenizer.get("encoder_kwargs").context("tokenizer config: no encoder_kwargs")?;
-        let dec = tokenizer.get("decoder_kwargs").context("tokenizer config: no decoder_kwargs")?;
-        let embed_dim =
-            tokenizer.pointer("/kwargs/embed_dim").and_then(|v| v.as_u64()).context("tokenizer config: kwargs.embed_dim missing")? as usize;
-        let latent_scale = tokenizer.get("latent_scale").and_then(|v| v.as_f64()).unwrap_or(LATENT_SCALE);
-        let get_u = |o: &serde_json::Value, k: &str| -> Result<usize> {
-            o.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).with_context(|| format!("tokenizer config: `{k}` missing"))
-        };
-        let mult = |o: &serde_json::Value| -> Result<Vec<usize>> {
-            o.get("ch_mult")
-                .and_then(|v| v.as_array())
-                .context("tokenizer config: ch_mult missing")?
-                .iter()
-                .map(|v| v.as_u64().map(|x| x as usize).context("ch_mult entries must be integers"))
-                .collect()
-        };
-        let attn_levels = |o: &serde_json::Value, levels: usize| -> Result<Vec<bool>> {
-            let res = get_u(o, "resolution")?;
-            let list: Vec<u64> = o
-                .get("attn_resolutions")
-                .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-                .unwrap_or_default();
-            Ok((0..levels).map(|i| list.contains(&((res >> i) as u64))).collect())
-        };
-        let ch_mult = mult(enc)?;
-        if mult(dec)? != ch_mult || get_u(dec, "ch")? != get_u(enc, "ch")? {
+        let Kl16Json { encoder_kwargs: enc, decoder_kwargs: dec, kwargs, latent_scale } = from_value_at(tokenizer, "tokenizer")?;
+        let embed_dim = kwargs.embed_dim;
+        if dec.ch_mult != enc.ch_mult || dec.ch != enc.ch {
             bail!("tokenizer config: encoder and decoder channel layouts differ");
         }
-        let z = get_u(enc, "z_channels")?;
-        if z != embed_dim || get_u(dec, "z_channels")? != embed_dim {
-            bail!("tokenizer config: z_channels ({z}) must equal embed_dim ({embed_dim})");
+        if enc.z_channels != embed_dim || dec.z_channels != embed_dim {
+            bail!("tokenizer config: z_channels ({}) must equal embed_dim ({embed_dim})", enc.z_channels);
         }
-        let levels = ch_mult.len();
-        let nrb_enc = get_u(enc, "num_res_blocks")?;
-        let nrb_dec = get_u(dec, "num_res_blocks")?;
+        let levels = enc.ch_mult.len();
         let ae = ConvAeConfig {
-            image_channels: get_u(enc, "in_channels")?,
-            ch: get_u(enc, "ch")?,
-            ch_mult,
-            encoder_res_blocks: nrb_enc,
-            decoder_res_blocks: nrb_dec + 1,
+            image_channels: enc.in_channels,
+            ch: enc.ch,
+            encoder_res_blocks: enc.num_res_blocks,
+            decoder_res_blocks: dec.num_res_blocks + 1,
             z_channels: embed_dim,
-            double_z: enc.get("double_z").and_then(|v| v.as_bool()).unwrap_or(true),
-            encoder_attn: attn_levels(enc, levels)?,
-            decoder_attn: attn_levels(dec, levels)?,
+            double_z: enc.double_z,
+            encoder_attn: attention_levels(enc.resolution, &enc.attn_resolutions, levels),
+            decoder_attn: attention_levels(dec.resolution, &dec.attn_resolutions, levels),
+            ch_mult: enc.ch_mult,
             ..ConvAeConfig::ldm_kl16()
         };
         Ok(Self { embed_dim, ae, latent_scale })

@@ -7,13 +7,70 @@
 use super::vq_autoencoder::VqAutoencoder;
 use crate::nn::conv_ae::{ConvAeConfig, NormSpec};
 use crate::nn::vq::Codebook;
-use anyhow::{ensure, Context, Result};
+use crate::reference_config::{from_value_at, yes};
+use anyhow::{ensure, Result};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// Size of LlamaGen's `quantize.codebook_used` buffer (a fixed 65536-entry usage histogram,
 /// whatever the codebook size; unused at inference but present in every checkpoint).
 const CODEBOOK_USED_LEN: usize = 65536;
+
+/// A LlamaGen fixture's `vq` section: `VQModel`'s `ModelArgs` and the arguments its Encoder,
+/// Decoder and GroupNorms were built with.
+#[derive(Deserialize)]
+struct VqSection {
+    #[serde(rename = "ModelArgs")]
+    model_args: VqModelArgs,
+    encoder: CoderArgs,
+    decoder: CoderArgs,
+    #[serde(default)]
+    groupnorm: GroupNormArgs,
+}
+
+/// `ModelArgs` of vq_model.py (the fields that shape the network).
+#[derive(Deserialize)]
+struct VqModelArgs {
+    codebook_size: usize,
+    codebook_embed_dim: usize,
+    #[serde(default = "yes")]
+    codebook_l2_norm: bool,
+    #[serde(default = "yes")]
+    codebook_show_usage: bool,
+    z_channels: usize,
+}
+
+/// `Encoder(...)` / `Decoder(...)` arguments (`in_channels` is the encoder's, `out_channels`
+/// the decoder's; both default to RGB).
+#[derive(Deserialize)]
+struct CoderArgs {
+    ch: usize,
+    ch_mult: Vec<usize>,
+    num_res_blocks: usize,
+    z_channels: usize,
+    #[serde(default = "rgb")]
+    in_channels: usize,
+    #[serde(default = "rgb")]
+    out_channels: usize,
+}
+
+fn rgb() -> usize {
+    3
+}
+
+/// `nn.GroupNorm(num_groups=32, eps=1e-6)` as vq_model.py's `Normalize` builds it.
+#[derive(Deserialize)]
+#[serde(default)]
+struct GroupNormArgs {
+    num_groups: usize,
+    eps: f64,
+}
+
+impl Default for GroupNormArgs {
+    fn default() -> Self {
+        Self { num_groups: 32, eps: 1e-6 }
+    }
+}
 
 /// `VQModel`'s constructor arguments plus the Encoder/Decoder widths.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,44 +112,28 @@ impl LlamaGenVqConfig {
 
     /// Reads the fixture-format `vq` section (`ModelArgs`, `encoder`, `decoder`, `groupnorm`).
     pub fn from_reference_json(v: &serde_json::Value) -> Result<Self> {
-        let args = v.get("ModelArgs").context("vq section has no ModelArgs")?;
-        let enc = v.get("encoder").context("vq section has no encoder")?;
-        let dec = v.get("decoder").context("vq section has no decoder")?;
-        let u = |o: &serde_json::Value, k: &str| -> Result<usize> {
-            o.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).with_context(|| format!("vq: {k} missing or not an integer"))
-        };
-        let list = |o: &serde_json::Value, k: &str| -> Result<Vec<usize>> {
-            o.get(k)
-                .and_then(|x| x.as_array())
-                .with_context(|| format!("vq: {k} missing"))?
-                .iter()
-                .map(|x| x.as_u64().map(|x| x as usize).with_context(|| format!("vq: {k} holds a non-integer")))
-                .collect()
-        };
-        let enc_mult = list(enc, "ch_mult")?;
-        let dec_mult = list(dec, "ch_mult")?;
-        ensure!(enc_mult == dec_mult, "vq: encoder ch_mult {enc_mult:?} differs from decoder ch_mult {dec_mult:?}");
-        ensure!(u(enc, "ch")? == u(dec, "ch")?, "vq: encoder and decoder ch differ");
-        ensure!(u(enc, "num_res_blocks")? == u(dec, "num_res_blocks")?, "vq: encoder and decoder num_res_blocks differ");
-        let gn = v.get("groupnorm");
-        let cfg = Self {
-            codebook_size: u(args, "codebook_size")?,
-            codebook_embed_dim: u(args, "codebook_embed_dim")?,
-            codebook_l2_norm: args.get("codebook_l2_norm").and_then(|x| x.as_bool()).unwrap_or(true),
-            codebook_show_usage: args.get("codebook_show_usage").and_then(|x| x.as_bool()).unwrap_or(true),
-            z_channels: u(args, "z_channels")?,
-            ch: u(enc, "ch")?,
-            ch_mult: enc_mult,
-            num_res_blocks: u(enc, "num_res_blocks")?,
-            in_channels: enc.get("in_channels").and_then(|x| x.as_u64()).unwrap_or(3) as usize,
-            out_channels: dec.get("out_channels").and_then(|x| x.as_u64()).unwrap_or(3) as usize,
-            norm_groups: gn.and_then(|g| g.get("num_groups")).and_then(|x| x.as_u64()).unwrap_or(32) as usize,
-            norm_eps: gn.and_then(|g| g.get("eps")).and_then(|x| x.as_f64()).unwrap_or(1e-6),
-        };
+        let VqSection { model_args: args, encoder: enc, decoder: dec, groupnorm: gn } = from_value_at(v, "vq")?;
+        ensure!(enc.ch_mult == dec.ch_mult, "vq: encoder ch_mult {:?} differs from decoder ch_mult {:?}", enc.ch_mult, dec.ch_mult);
+        ensure!(enc.ch == dec.ch, "vq: encoder and decoder ch differ");
+        ensure!(enc.num_res_blocks == dec.num_res_blocks, "vq: encoder and decoder num_res_blocks differ");
         ensure!(
-            u(enc, "z_channels")? == cfg.z_channels && u(dec, "z_channels")? == cfg.z_channels,
+            enc.z_channels == args.z_channels && dec.z_channels == args.z_channels,
             "vq: z_channels disagree between ModelArgs, encoder and decoder"
         );
+        let cfg = Self {
+            codebook_size: args.codebook_size,
+            codebook_embed_dim: args.codebook_embed_dim,
+            codebook_l2_norm: args.codebook_l2_norm,
+            codebook_show_usage: args.codebook_show_usage,
+            z_channels: args.z_channels,
+            ch: enc.ch,
+            ch_mult: enc.ch_mult,
+            num_res_blocks: enc.num_res_blocks,
+            in_channels: enc.in_channels,
+            out_channels: dec.out_channels,
+            norm_groups: gn.num_groups,
+            norm_eps: gn.eps,
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -169,7 +210,9 @@ mod tests {
 
     #[test]
     fn vq16_decoder_flops_match_reference() {
-        // MODELS.md 1: LlamaGen VQ-16 decoder 252.7 GFLOP at 256 px, 570.1 at 384 px.
+        // `post_quant_conv` + `decoder` of `VQ_16` (FoundationVision/LlamaGen@ce98ec4
+        // tokenizer/tokenizer_image/vq_model.py) at a 16x16 / 24x24 latent (256 / 384 px):
+        // 252.72 / 570.12 GFLOP by torch.utils.flop_counter.
         let cfg = LlamaGenVqConfig::vq_16();
         let dec = |g: usize| (crate::flops::conv2d(g, g, 8, 256, 1) + Decoder::flops(&cfg.conv_ae(), (g, g))) / 1e9;
         assert!((dec(16) - 252.7).abs() < 0.5, "{}", dec(16));

@@ -1,13 +1,14 @@
 //! The MAGE port of the MaskGIT (JAX) VQGAN tokenizer, as AutoNAT uses it
-//! (`vqgan_jax_strongaug.ckpt`; LeapLabTHU/ImprovedNAT `taming/models/vqgan.py` with
+//! (`vqgan_jax_strongaug.ckpt`; LeapLabTHU/ImprovedNAT@2ca9994 `taming/models/vqgan.py` with
 //! `taming/modules/diffusionmodules/model.py`, config `configs/vq-f16-jax.yaml`).
 //!
-//! It differs from the taming/LDM autoencoder (MODELS.md 4.4): no attention anywhere (the
-//! config's `attn_resolutions` is ignored), no quant / post-quant convs, bias-free ResnetBlock
-//! convs with the shortcut applied to the residual branch ([`ResnetBlock::load_mage`]), 2x2
-//! average-pool downsampling, a 1x1 encoder `conv_out`, `num_res_blocks` (not + 1) decoder
-//! blocks per level, and images in [0, 1] (the decoder output is not clamped here; the
-//! reference clamps before Inception).
+//! It differs from the taming/LDM autoencoder (taming/modules/diffusionmodules/model.py of
+//! CompVis/taming-transformers@3ba01b2 against that of LeapLabTHU/ImprovedNAT@2ca9994): no
+//! attention anywhere (the config's `attn_resolutions` is ignored), no quant / post-quant
+//! convs, bias-free ResnetBlock convs with the shortcut applied to the residual branch
+//! ([`ResnetBlock::load_mage`]), 2x2 average-pool downsampling, a 1x1 encoder `conv_out`,
+//! `num_res_blocks` (not + 1) decoder blocks per level, and images in [0, 1] (the decoder
+//! output is not clamped here; the reference clamps before Inception).
 
 use crate::checkpoint::StrictWeights;
 use crate::flops;
@@ -15,11 +16,35 @@ use crate::nn::conv::{conv2d, conv2d_no_bias, Conv2d};
 use crate::nn::conv_ae::{NormSpec, ResnetBlock, Upsample};
 use crate::nn::norm::GroupNorm;
 use crate::nn::vq::Codebook;
+use crate::reference_config::from_value_at;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// taming `VQModel(ddconfig, n_embed, embed_dim)` keyword arguments as a config writes them.
+#[derive(Deserialize)]
+struct VqModelKwargs {
+    ddconfig: VqModelDdconfig,
+    n_embed: usize,
+    embed_dim: usize,
+}
+
+/// The `ddconfig` fields that shape the MAGE Encoder/Decoder (`attn_resolutions` is ignored:
+/// they have no attention).
+#[derive(Deserialize)]
+struct VqModelDdconfig {
+    ch: usize,
+    ch_mult: Vec<usize>,
+    num_res_blocks: usize,
+    z_channels: usize,
+    resolution: usize,
+    in_channels: usize,
+    out_ch: usize,
+    #[serde(default)]
+    double_z: bool,
+}
 
 /// `VQModel(ddconfig, n_embed, embed_dim)` arguments that fix the network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,27 +81,18 @@ impl MageVqganConfig {
 
     /// From taming `VQModel` kwargs as JSON: `{"ddconfig": {...}, "n_embed": .., "embed_dim": ..}`.
     pub fn from_taming_kwargs(kwargs: &serde_json::Value) -> Result<Self> {
-        let dd = &kwargs["ddconfig"];
-        let num = |v: &serde_json::Value, k: &str| -> Result<usize> {
-            v[k].as_u64().map(|x| x as usize).with_context(|| format!("missing integer `{k}`"))
-        };
-        ensure!(!dd["double_z"].as_bool().unwrap_or(false), "the MAGE VQGAN has double_z = false");
-        let ch_mult = dd["ch_mult"]
-            .as_array()
-            .context("missing `ch_mult`")?
-            .iter()
-            .map(|x| x.as_u64().map(|x| x as usize).context("ch_mult entries must be integers"))
-            .collect::<Result<Vec<_>>>()?;
+        let VqModelKwargs { ddconfig: dd, n_embed, embed_dim } = from_value_at(kwargs, "")?;
+        ensure!(!dd.double_z, "the MAGE VQGAN has double_z = false");
         Ok(Self {
-            ch: num(dd, "ch")?,
-            ch_mult,
-            num_res_blocks: num(dd, "num_res_blocks")?,
-            z_channels: num(dd, "z_channels")?,
-            resolution: num(dd, "resolution")?,
-            in_channels: num(dd, "in_channels")?,
-            out_ch: num(dd, "out_ch")?,
-            n_embed: num(kwargs, "n_embed")?,
-            embed_dim: num(kwargs, "embed_dim")?,
+            ch: dd.ch,
+            ch_mult: dd.ch_mult,
+            num_res_blocks: dd.num_res_blocks,
+            z_channels: dd.z_channels,
+            resolution: dd.resolution,
+            in_channels: dd.in_channels,
+            out_ch: dd.out_ch,
+            n_embed,
+            embed_dim,
         })
     }
 
@@ -107,8 +123,8 @@ impl MageVqganConfig {
         Ok(())
     }
 
-    /// Analytic decoder FLOPs per image (convs only, 2 x MACs). 186.6 GFLOP for the published
-    /// 256 px configuration (MODELS.md table in section 1).
+    /// Analytic decoder FLOPs per image (convs only, 2 x MACs): 186.55 GFLOP for the published
+    /// 256 px configuration, as torch.utils.flop_counter counts the reference decoder.
     pub fn decoder_flops(&self) -> f64 {
         let mut side = self.latent_side();
         let top = self.level_channels(self.levels() - 1);
@@ -361,10 +377,10 @@ mod tests {
 
     #[test]
     fn published_decoder_flops() {
-        // MODELS.md section 1: 186.6 GFLOP for the MAGE VQGAN decoder at 256 px. Counting the
-        // convolutions only gives 186.55; the 0.05 GFLOP (0.03%) gap is within what the table's
-        // one-decimal figure and its bias / elementwise terms leave open, while any miscounted
-        // layer would be off by >= 0.13 GFLOP (the smallest conv, the 1x1 shortcut at 32x32).
+        // The decoder of `VQModel(**configs/vq-f16-jax.yaml)` (LeapLabTHU/ImprovedNAT@2ca9994
+        // taming/models/vqgan.py) at a 16x16 latent: 186.55 GFLOP by torch.utils.flop_counter
+        // (convolutions only: it has no attention), 186.6 to one decimal. Any miscounted layer
+        // would be off by >= 0.13 GFLOP (the smallest conv, the 1x1 shortcut at 32x32).
         let f = MageVqganConfig::maskgit_f16_256().decoder_flops() / 1e9;
         assert!((f - 186.6).abs() < 0.1, "{f}");
         assert_eq!(MageVqganConfig::maskgit_f16_256().latent_side(), 16);

@@ -16,10 +16,55 @@ use crate::nn::conv::{conv2d, Conv2d};
 use crate::nn::conv_ae::{ConvAeConfig, Decoder, Encoder};
 use crate::nn::interpolate::{Mode, Resize2d};
 use crate::nn::vq::Codebook;
+use crate::reference_config::{from_value_at, yes};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
+
+/// `config.json['VQVAE']` of a reference fixture: the `VQVAE(...)` keyword arguments (defaults
+/// as in `models/vqvae.py`) and the Encoder/Decoder arguments, under `ddconfig` or, in files
+/// without one, `derived`.
+#[derive(Deserialize)]
+struct VqVaeKwargs {
+    vocab_size: usize,
+    z_channels: usize,
+    ch: usize,
+    #[serde(default)]
+    using_znorm: bool,
+    #[serde(default = "default_quant_conv_ks")]
+    quant_conv_ks: usize,
+    #[serde(default = "default_quant_resi")]
+    quant_resi: f64,
+    #[serde(default = "default_share_quant_resi")]
+    share_quant_resi: usize,
+    #[serde(default)]
+    default_qresi_counts: usize,
+    v_patch_nums: Vec<usize>,
+    ddconfig: Option<VqVaeDdconfig>,
+    derived: Option<VqVaeDdconfig>,
+}
+
+/// The `ddconfig` fields that shape the reference Encoder/Decoder.
+#[derive(Deserialize)]
+struct VqVaeDdconfig {
+    ch_mult: Vec<usize>,
+    num_res_blocks: usize,
+    #[serde(default = "yes")]
+    using_sa: bool,
+    #[serde(default = "yes")]
+    using_mid_sa: bool,
+}
+
+fn default_quant_conv_ks() -> usize {
+    3
+}
+fn default_quant_resi() -> f64 {
+    0.5
+}
+fn default_share_quant_resi() -> usize {
+    4
+}
 
 /// Constructor arguments of the reference `VQVAE` (plus the Encoder/Decoder `ddconfig` it builds).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,25 +116,22 @@ impl VarVqVaeConfig {
     /// Reads `config.json['VQVAE']` of a reference fixture: the `VQVAE` kwargs and its
     /// `ddconfig` (or `derived`) Encoder/Decoder arguments.
     pub fn from_reference_json(vqvae: &serde_json::Value) -> anyhow::Result<Self> {
-        let get = |k: &str| vqvae.get(k).with_context(|| format!("VQVAE config has no `{k}`"));
-        let dd = vqvae.get("ddconfig").or_else(|| vqvae.get("derived")).context("VQVAE config has neither `ddconfig` nor `derived`")?;
-        let dd_get = |k: &str| dd.get(k).with_context(|| format!("VQVAE ddconfig has no `{k}`"));
-        let usize_of = |v: &serde_json::Value, k: &str| v.as_u64().map(|x| x as usize).with_context(|| format!("`{k}` is not an integer"));
-        let patch_nums: Vec<usize> = serde_json::from_value(get("v_patch_nums")?.clone()).context("v_patch_nums")?;
+        let kw: VqVaeKwargs = from_value_at(vqvae, "VQVAE")?;
+        let dd = kw.ddconfig.or(kw.derived).context("config `VQVAE` has neither `ddconfig` nor `derived`")?;
         Ok(Self {
-            vocab_size: usize_of(get("vocab_size")?, "vocab_size")?,
-            z_channels: usize_of(get("z_channels")?, "z_channels")?,
-            ch: usize_of(get("ch")?, "ch")?,
-            ch_mult: serde_json::from_value(dd_get("ch_mult")?.clone()).context("ch_mult")?,
-            num_res_blocks: usize_of(dd_get("num_res_blocks")?, "num_res_blocks")?,
-            using_sa: dd.get("using_sa").and_then(|v| v.as_bool()).unwrap_or(true),
-            using_mid_sa: dd.get("using_mid_sa").and_then(|v| v.as_bool()).unwrap_or(true),
-            using_znorm: vqvae.get("using_znorm").and_then(|v| v.as_bool()).unwrap_or(false),
-            quant_conv_ks: vqvae.get("quant_conv_ks").and_then(|v| v.as_u64()).unwrap_or(3) as usize,
-            quant_resi: vqvae.get("quant_resi").and_then(|v| v.as_f64()).unwrap_or(0.5),
-            share_quant_resi: vqvae.get("share_quant_resi").and_then(|v| v.as_u64()).unwrap_or(4) as usize,
-            default_qresi_counts: vqvae.get("default_qresi_counts").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
-            patch_nums,
+            vocab_size: kw.vocab_size,
+            z_channels: kw.z_channels,
+            ch: kw.ch,
+            ch_mult: dd.ch_mult,
+            num_res_blocks: dd.num_res_blocks,
+            using_sa: dd.using_sa,
+            using_mid_sa: dd.using_mid_sa,
+            using_znorm: kw.using_znorm,
+            quant_conv_ks: kw.quant_conv_ks,
+            quant_resi: kw.quant_resi,
+            share_quant_resi: kw.share_quant_resi,
+            default_qresi_counts: kw.default_qresi_counts,
+            patch_nums: kw.v_patch_nums,
         })
     }
 
