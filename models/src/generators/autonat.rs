@@ -107,9 +107,9 @@ impl UViTConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        ensure!(self.depth % 2 == 0, "UViT depth {} must be even (depth/2 in-blocks and out-blocks)", self.depth);
+        ensure!(self.depth.is_multiple_of(2), "UViT depth {} must be even (depth/2 in-blocks and out-blocks)", self.depth);
         ensure!(
-            self.num_heads > 0 && self.embed_dim % self.num_heads == 0,
+            self.num_heads > 0 && self.embed_dim.is_multiple_of(self.num_heads),
             "UViT embed_dim {} is not divisible by num_heads {}",
             self.embed_dim,
             self.num_heads
@@ -847,7 +847,7 @@ impl AutoNatGenerator {
         };
         let images = record_step(observer, &self.device, size, || {
             let ids = Tensor::from_slice(&token_ids, (batch, seq_len), &self.device)?;
-            Ok(self.tokenizer.decode_code(&ids)?)
+            self.tokenizer.decode_code(&ids)
         })?;
         Ok(Generated { token_ids, images })
     }

@@ -120,8 +120,8 @@ impl LlamaGenGptConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.n_head > 0 && self.dim % self.n_head == 0, "dim {} is not divisible by n_head {}", self.dim, self.n_head);
-        ensure!(self.head_dim() % 4 == 0, "2-D RoPE needs head_dim divisible by 4, got {}", self.head_dim());
+        ensure!(self.n_head > 0 && self.dim.is_multiple_of(self.n_head), "dim {} is not divisible by n_head {}", self.dim, self.n_head);
+        ensure!(self.head_dim().is_multiple_of(4), "2-D RoPE needs head_dim divisible by 4, got {}", self.head_dim());
         // Every published c2i model has n_kv_head = n_head (the fused `wqkv` is then 3 x dim).
         ensure!(
             self.kv_heads() == self.n_head,
@@ -792,7 +792,7 @@ impl LlamaGenGenerator {
         let device = self.gpt.device().clone();
         let img = record_step(observer, &device, size, || {
             let ids = Tensor::from_slice(tokens, (batch, g * g), &device)?;
-            Ok(self.vq.decode_code(&ids, g, g)?)
+            self.vq.decode_code(&ids, g, g)
         })?;
         Ok(img)
     }

@@ -903,7 +903,7 @@ impl MarGenerator {
             tokens_attended: 0,
             flops: labels.len() as f64 * self.vae.config().decode_flops((h, w)),
         };
-        let images = record_step(observer, self.mar.device(), size, || Ok(self.vae.decode_tokens(&latents)?))?;
+        let images = record_step(observer, self.mar.device(), size, || self.vae.decode_tokens(&latents))?;
         ensure_finite(&latents, &images)?;
         Ok((latents, images))
     }

@@ -88,7 +88,12 @@ impl TamingGptConfig {
         self.n_embd / self.n_head
     }
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.n_head > 0 && self.n_embd % self.n_head == 0, "n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head);
+        ensure!(
+            self.n_head > 0 && self.n_embd.is_multiple_of(self.n_head),
+            "n_embd {} is not divisible by n_head {}",
+            self.n_embd,
+            self.n_head
+        );
         ensure!(self.vocab_size > 0 && self.block_size > 0 && self.n_layer > 0, "vocab_size, block_size and n_layer must be positive");
         Ok(())
     }
@@ -644,7 +649,7 @@ impl Generator for TamingGenerator {
         let device = self.gpt.device().clone();
         let img = record_step(observer, &device, size, || {
             let ids = Tensor::from_slice(&tokens, (labels.len(), n), &device)?;
-            Ok(self.vq.decode_code(&ids, g, g)?)
+            self.vq.decode_code(&ids, g, g)
         })?;
         // sample_fast.py: uint8((255 * (x + 1) / 2).clip(0, 255)), truncating: the ADM rule.
         let (images, n_img, height, width) = to_uint8_nhwc_from_signed(&img)?;

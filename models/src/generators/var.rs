@@ -173,7 +173,12 @@ impl VarConfig {
     /// Consistency of the transformer config with itself and with a VQVAE config.
     pub fn validate_with(&self, vae: &VarVqVaeConfig) -> anyhow::Result<()> {
         ensure!(self.depth > 0 && self.num_heads > 0, "VAR depth and num_heads must be positive");
-        ensure!(self.embed_dim % self.num_heads == 0, "VAR embed_dim {} does not split into {} heads", self.embed_dim, self.num_heads);
+        ensure!(
+            self.embed_dim.is_multiple_of(self.num_heads),
+            "VAR embed_dim {} does not split into {} heads",
+            self.embed_dim,
+            self.num_heads
+        );
         ensure!(
             vae.vocab_size == self.vocab_size,
             "the VQVAE codebook has {} entries but the transformer predicts {} classes",
