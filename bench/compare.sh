@@ -42,7 +42,7 @@ ImprovedNAT https://github.com/LeapLabTHU/ImprovedNAT 2ca9994"
 mkdir -p "$REPOS"
 while read -r name url commit; do
     dir=$REPOS/$name
-    if [[ -d $dir/.git ]] && [[ $(git -C "$dir" rev-parse HEAD) == "$commit"* ]]; then continue; fi
+    if [[ -e $dir/.git ]] && [[ $(git -C "$dir" rev-parse HEAD) == "$commit"* ]]; then continue; fi
     if [[ -e $dir ]]; then die "$dir exists but is not $name at $commit; move it away or set GENBENCH_REF_REPOS"; fi
     echo "compare: fetching $name at $commit into $dir" >&2
     if ! git clone -q "$url" "$dir" 2>/dev/null || ! git -C "$dir" checkout -q "$commit" 2>/dev/null; then
