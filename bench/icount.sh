@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Instruction-count regression gate (issue 15). Runs each small fixed workload of
-# metrics/examples/icount_workloads.rs under valgrind's callgrind (one thread, only the
-# `icount_region_*` function counted), prints ours against the committed baseline, and fails when
+# metrics/examples/icount_workloads.rs (FID 256-d, precision/recall on a block, the Inception
+# network on a 107x107 image) and models/examples/icount_model_workloads.rs (a VAR step, LlamaGen
+# decode steps, the MAR diffusion MLP, on seeded random weights) under valgrind's callgrind (one
+# thread, only the `icount_region_*` function counted), prints ours against the committed baseline, and fails when
 # any count grew by more than LIMIT_PCT percent. Counts, unlike wall times, do not move with the
 # load of a shared machine.
 #
@@ -20,18 +22,26 @@ accept=0
 if [[ "${1:-}" == "--accept" ]]; then accept=1; shift; fi
 
 command -v valgrind >/dev/null || { echo "icount: valgrind not found; install it (Debian: apt-get install valgrind)" >&2; exit 2; }
-cargo build --workspace --release --example icount_workloads >/dev/null 2>&1 \
-    || { echo "icount: building the icount_workloads example failed; run: cargo build --workspace --release --example icount_workloads" >&2; exit 2; }
-bin=target/release/examples/icount_workloads
-workloads=$("$bin" list)
+# Metric workloads (metrics/examples/icount_workloads.rs) and generator workloads on random
+# weights (models/examples/icount_model_workloads.rs).
+examples=(icount_workloads icount_model_workloads)
+build_cmd="cargo build --workspace --release $(printf -- '--example %s ' "${examples[@]}")"
+$build_cmd >/dev/null 2>&1 || { echo "icount: building the workload examples failed; run: $build_cmd" >&2; exit 2; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-declare -A now
-for w in $workloads; do
+declare -A now bin_of
+workloads=()
+for e in "${examples[@]}"; do
+    for w in $("target/release/examples/$e" list); do
+        workloads+=("$w")
+        bin_of[$w]="target/release/examples/$e"
+    done
+done
+for w in "${workloads[@]}"; do
     out="$tmp/$w.callgrind"
     if ! RAYON_NUM_THREADS=1 CANDLE_BARRIER_POOL_SPIN_LIMIT=0 valgrind --tool=callgrind --collect-atstart=no \
-        --toggle-collect='*icount_region*' --callgrind-out-file="$out" "$bin" "$w" >"$tmp/$w.log" 2>&1; then
+        --toggle-collect='*icount_region*' --callgrind-out-file="$out" "${bin_of[$w]}" "$w" >"$tmp/$w.log" 2>&1; then
         tail -20 "$tmp/$w.log" >&2
         echo "icount: workload $w failed under valgrind (log above)" >&2
         exit 2
@@ -43,7 +53,7 @@ done
 
 if [[ $accept == 1 ]]; then
     { echo -e "# workload\tinstructions (callgrind Ir, one thread, AVX2 path); written by bench/icount.sh --accept"
-      for w in $workloads; do echo -e "$w\t${now[$w]}"; done; } > "$BASELINE"
+      for w in "${workloads[@]}"; do echo -e "$w\t${now[$w]}"; done; } > "$BASELINE"
     echo "icount: baseline written to $BASELINE:"
     cat "$BASELINE"
     exit 0
@@ -58,7 +68,7 @@ done < "$BASELINE"
 
 fail=0
 printf "%-16s %16s %16s %9s  %s\n" workload baseline now change status
-for w in $workloads; do
+for w in "${workloads[@]}"; do
     b=${base[$w]:-}
     n=${now[$w]}
     if [[ -z "$b" ]]; then

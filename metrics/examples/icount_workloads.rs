@@ -13,6 +13,7 @@
 
 use anyhow::{bail, Result};
 use genbench_metrics::fid::frechet_distance;
+use genbench_metrics::inception::cpu::GemmInception;
 use genbench_metrics::inception::network::INPUT_SIZE;
 use genbench_metrics::inception::weights::{default_cache_dir, fold_batch_norm, WeightsSource};
 use genbench_metrics::inception::InceptionNet;
@@ -22,13 +23,23 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
 
-/// The workloads the gate runs (`list`), in table order. `inception_b1` also runs on demand but
-/// takes several minutes under valgrind on the shared 2-core machine, too long for CI.
-const WORKLOADS: [&str; 2] = ["fid_256", "pr_block"];
+/// The workloads the gate runs (`list`), in table order. `inception_b1` (one 299x299 image) also
+/// runs on demand but takes several minutes under valgrind on the shared 2-core machine, too long
+/// for CI; `inception_107` runs the same layers on a 107x107 image.
+const WORKLOADS: [&str; 3] = ["fid_256", "pr_block", "inception_107"];
+
+/// Side of the `inception_107` input: the smallest at which every block still sees more than one
+/// position (Mixed_7b/c run at 2x2, Mixed_6b-e at 5x5, Mixed_5b-d at 11x11).
+const SMALL_INPUT: usize = 107;
 
 fn features(n: usize, d: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..n * d).map(|_| rng.random::<f32>()).collect()
+}
+
+/// A fixed NHWC image of side `size` in [-1, 1].
+fn image(size: usize) -> Vec<f32> {
+    (0..size * size * 3).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect()
 }
 
 #[inline(never)]
@@ -40,6 +51,11 @@ fn icount_region_fid(a: &FeatureStats, b: &FeatureStats) -> f64 {
 fn icount_region_pr(reference: &[f32], samples: &[f32], d: usize) -> f64 {
     let r = precision_recall(reference, samples, d, &PrConfig::default()).unwrap();
     r.precision + r.recall
+}
+
+#[inline(never)]
+fn icount_region_inception_small(net: &GemmInception, x: &[f32]) -> usize {
+    net.pool3_at_size(x, 1, SMALL_INPUT).unwrap().len()
 }
 
 #[inline(never)]
@@ -63,11 +79,19 @@ fn main() -> Result<()> {
             let (reference, samples) = (features(256, d, 3), features(256, d, 4));
             black_box(pool.install(|| icount_region_pr(&reference, &samples, d)));
         }
+        // One 107x107 image through every layer of the FID Inception network's GEMM engine, on
+        // the calling thread (weights from the normal cache; pool_3 only, no classifier).
+        "inception_107" => {
+            let resolved = WeightsSource::Default.resolve(&default_cache_dir())?;
+            let net = GemmInception::new(&fold_batch_norm(&resolved.tensors)?)?;
+            let x = image(SMALL_INPUT);
+            black_box(pool.install(|| icount_region_inception_small(&net, &x)));
+        }
         // One image through the FID Inception network (weights from the normal cache).
         "inception_b1" => {
             let resolved = WeightsSource::Default.resolve(&default_cache_dir())?;
             let net = InceptionNet::new(&fold_batch_norm(&resolved.tensors)?, &candle_core::Device::Cpu)?;
-            let x: Vec<f32> = (0..INPUT_SIZE * INPUT_SIZE * 3).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+            let x = image(INPUT_SIZE);
             black_box(pool.install(|| icount_region_inception(&net, &x)));
         }
         "list" => println!("{}", WORKLOADS.join("\n")),

@@ -163,6 +163,40 @@ pub trait Generator {
     fn flops_per_image(&self) -> FlopsPerImage;
     /// Samples one image per label. The same (labels, seed) gives the same images.
     fn sample(&mut self, labels: &[u32], seed: u64, observer: &mut dyn StepObserver) -> Result<Samples>;
+    /// The weight products of one pass of `step`'s size (whole batch, CFG rows included): one
+    /// transformer block's products (every block has the same) and the output head, so that a
+    /// timed run of the list weighs each shape as the pass does. `genbench profile` times them as
+    /// the same-shape reference matmul. Empty where not described (no ratio is shown then).
+    fn step_matmuls(&self, step: &StepSize) -> Vec<MatmulShape> {
+        let _ = step;
+        vec![]
+    }
+}
+
+/// One product `(m x k) · (k x n)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MatmulShape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl MatmulShape {
+    pub fn new(m: usize, k: usize, n: usize) -> Self {
+        Self { m, k, n }
+    }
+    /// 2 x MACs.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.m * self.k * self.n) as f64
+    }
+}
+
+/// The weight products of one pre-norm transformer block over `m` rows of width `d`: the fused
+/// QKV projection, the output projection and the MLP's `mlp` products (`(k, n)` each, in order).
+pub fn transformer_block_matmuls(m: usize, d: usize, mlp: &[(usize, usize)]) -> Vec<MatmulShape> {
+    let mut out = vec![MatmulShape::new(m, d, 3 * d), MatmulShape::new(m, d, d)];
+    out.extend(mlp.iter().map(|&(k, n)| MatmulShape::new(m, k, n)));
+    out
 }
 
 /// Converts images in [-1, 1] (NCHW f32) to uint8 NHWC the way ADM samplers do:

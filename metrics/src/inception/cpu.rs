@@ -536,7 +536,33 @@ impl GemmInception {
     /// Runs `n` images (normalised NHWC 299x299x3) through the network on the calling thread
     /// (plus `par` inside each GEMM).
     fn forward_group(&self, x: &[f32], n: usize, par: Parallelism) -> Result<NetOutput> {
-        let input = View { data: x, stride: 3, off: 0, c: 3, n, h: INPUT_SIZE, w: INPUT_SIZE };
+        let (pool3, tap) = self.pool3_at(x, n, INPUT_SIZE, par)?;
+        let spatial = tap.ok_or_else(|| anyhow!("the sFID tap block did not run"))?;
+        if spatial.len() != n * SPATIAL_DIM {
+            bail!("sFID tap has {} values, expected {}", spatial.len(), n * SPATIAL_DIM);
+        }
+        let logits = self.fc.as_ref().map(|w| logits(&pool3, n, w));
+        Ok(NetOutput { pool3, spatial, logits })
+    }
+
+    /// `pool_3` features of `n` square NHWC images of side `size` (>= 75, the smallest input
+    /// every layer accepts) on the calling thread, no classifier. FID features are defined at
+    /// 299 only; smaller inputs run every layer at a fraction of the cost, for the
+    /// instruction-count gate (`bench/icount.sh`).
+    pub fn pool3_at_size(&self, x: &[f32], n: usize, size: usize) -> Result<Vec<f32>> {
+        if size < 75 {
+            bail!("Inception needs inputs of at least 75x75, got {size}x{size}");
+        }
+        if x.len() != n * size * size * 3 {
+            bail!("expected {n} images of {size}x{size}x3 ({} floats), got {}", n * size * size * 3, x.len());
+        }
+        Ok(self.pool3_at(x, n, size, Parallelism::None)?.0)
+    }
+
+    /// Every layer over `n` NHWC images of side `size`: `pool_3` and the sFID tap (as the tap
+    /// block left it).
+    fn pool3_at(&self, x: &[f32], n: usize, size: usize, par: Parallelism) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let input = View { data: x, stride: 3, off: 0, c: 3, n, h: size, w: size };
         let mut y = self.conv("conv", input, par)?;
         y = self.conv("conv_1", y.all(), par)?;
         y = self.conv("conv_2", y.all(), par)?;
@@ -566,12 +592,7 @@ impl GemmInception {
                 *o = (*a / hw as f64) as f32;
             }
         }
-        let spatial = tap.ok_or_else(|| anyhow!("the sFID tap block did not run"))?;
-        if spatial.len() != n * SPATIAL_DIM {
-            bail!("sFID tap has {} values, expected {}", spatial.len(), n * SPATIAL_DIM);
-        }
-        let logits = self.fc.as_ref().map(|w| logits(&pool3, n, w));
-        Ok(NetOutput { pool3, spatial, logits })
+        Ok((pool3, tap))
     }
 
     /// Forward pass on normalised NHWC input [n, 299, 299, 3].

@@ -15,7 +15,9 @@
 
 use crate::checkpoint::StrictWeights;
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
-use crate::generator::{record_step, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize};
+use crate::generator::{
+    record_step, transformer_block_matmuls, Family, FlopsPerImage, Generator, MatmulShape, Samples, StepKind, StepObserver, StepSize,
+};
 use crate::nn::attention::{self, reset_layer_caches, KvCache, MultiHeadAttention};
 use crate::nn::cfg;
 use crate::nn::linear::RowLinear;
@@ -835,6 +837,17 @@ impl Generator for LlamaGenGenerator {
         let per_step = llamagen_step_flops(&self.cfg.gpt, self.sampling.uses_cfg());
         let g = self.cfg.gpt.grid();
         FlopsPerImage { transformer: per_step.iter().sum(), diffusion_mlp: 0.0, decoder: self.vq.decoder_flops(g, g), per_step }
+    }
+    fn step_matmuls(&self, step: &StepSize) -> Vec<MatmulShape> {
+        if step.kind != StepKind::Transformer {
+            return vec![];
+        }
+        let c = &self.cfg.gpt;
+        let rows = step.batch * if self.sampling.uses_cfg() { 2 } else { 1 };
+        let (m, d, h) = (rows * step.tokens_decoded, c.dim, c.ffn_hidden());
+        let mut shapes = transformer_block_matmuls(m, d, &[(d, h), (d, h), (h, d)]);
+        shapes.push(MatmulShape::new(m, d, c.vocab_size));
+        shapes
     }
     fn sample(&mut self, labels: &[u32], seed: u64, observer: &mut dyn StepObserver) -> Result<Samples> {
         let mut rng = SeededSource::new(seed);

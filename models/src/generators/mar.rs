@@ -17,7 +17,8 @@ use crate::checkpoint::StrictWeights;
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
-    record_step, to_uint8_nhwc_rounded_from_signed, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize,
+    record_step, to_uint8_nhwc_rounded_from_signed, transformer_block_matmuls, Family, FlopsPerImage, Generator, MatmulShape, Samples,
+    StepKind, StepObserver, StepSize,
 };
 use crate::nn::block::PreNormBlock;
 use crate::nn::norm::LayerNorm;
@@ -950,6 +951,32 @@ impl Generator for MarGenerator {
     }
     fn flops_per_image(&self) -> FlopsPerImage {
         flops_per_image(self.mar.config(), &self.sampling, self.vae.config())
+    }
+    fn step_matmuls(&self, step: &StepSize) -> Vec<MatmulShape> {
+        let c = self.mar.config();
+        let rows = step.batch * if self.sampling.uses_cfg() { 2 } else { 1 };
+        let hidden = |d: usize| (d as f64 * c.mlp_ratio) as usize;
+        match step.kind {
+            // One encoder block over buffer + visible tokens, one decoder block over buffer + all.
+            StepKind::Transformer => {
+                let (de, dd) = (c.encoder_embed_dim, c.decoder_embed_dim);
+                let mut shapes = transformer_block_matmuls(rows * step.tokens_attended, de, &[(de, hidden(de)), (hidden(de), de)]);
+                let m_dec = rows * (c.buffer_size + c.seq_len());
+                shapes.extend(transformer_block_matmuls(m_dec, dd, &[(dd, hidden(dd)), (hidden(dd), dd)]));
+                shapes
+            }
+            // One reverse-diffusion evaluation of the MLP over the predicted tokens' rows: input
+            // projection, the fused adaLN modulation of every block, each block's two layers, the output.
+            StepKind::DiffusionMlp => {
+                let h = c.diffusion_head();
+                let (m, w) = (rows * step.tokens_decoded, h.width);
+                let mut shapes = vec![MatmulShape::new(m, h.target_channels, w), MatmulShape::new(m, w, (3 * h.depth + 2) * w)];
+                shapes.extend((0..2 * h.depth).map(|_| MatmulShape::new(m, w, w)));
+                shapes.push(MatmulShape::new(m, w, 2 * h.target_channels));
+                shapes
+            }
+            StepKind::Decode => vec![],
+        }
     }
     fn sample(&mut self, labels: &[u32], seed: u64, observer: &mut dyn StepObserver) -> Result<Samples> {
         let mut rng = SeededSource::new(seed);

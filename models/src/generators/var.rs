@@ -22,7 +22,10 @@
 use crate::checkpoint::{get_buffer, StrictWeights};
 use crate::family::{check_range, parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
-use crate::generator::{record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize};
+use crate::generator::{
+    record_step, to_uint8_nhwc_from_unit, transformer_block_matmuls, Family, FlopsPerImage, Generator, MatmulShape, Samples, StepKind,
+    StepObserver, StepSize,
+};
 use crate::nn::adaln::AdaLnModulation;
 use crate::nn::attention::{block_causal_mask, KvCache, MultiHeadAttention, QkNorm, QkvProjection};
 use crate::nn::cfg;
@@ -1034,6 +1037,17 @@ impl Generator for VarGenerator {
         let per_step: Vec<f64> =
             (0..cfg.num_scales()).map(|si| self.model.transformer.executed_step_flops(si, rows, 1, self.model.vae.config())).collect();
         FlopsPerImage { transformer: per_step.iter().sum(), diffusion_mlp: 0.0, decoder: self.model.vae.decode_flops(), per_step }
+    }
+    fn step_matmuls(&self, step: &StepSize) -> Vec<MatmulShape> {
+        if step.kind != StepKind::Transformer {
+            return vec![];
+        }
+        let cfg = self.model.transformer.config();
+        let rows = step.batch * if self.sampling.cfg != 0.0 { 2 } else { 1 };
+        let (m, c) = (rows * step.tokens_decoded, cfg.embed_dim);
+        let mut shapes = transformer_block_matmuls(m, c, &[(c, cfg.mlp_hidden()), (cfg.mlp_hidden(), c)]);
+        shapes.push(MatmulShape::new(m, c, cfg.vocab_size));
+        shapes
     }
     fn sample(&mut self, labels: &[u32], seed: u64, observer: &mut dyn StepObserver) -> anyhow::Result<Samples> {
         let (img, idx) = self.sample_images(labels, seed, observer)?;
