@@ -149,6 +149,18 @@ pub enum Family {
     AutoNat,
 }
 
+impl Family {
+    /// The name suite files and manifests write (the serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Var => "var",
+            Self::RasterAr => "raster_ar",
+            Self::Mar => "mar",
+            Self::AutoNat => "auto_nat",
+        }
+    }
+}
+
 pub trait Generator {
     /// Model name, e.g. `var-d16`.
     fn name(&self) -> &str;
@@ -231,6 +243,14 @@ pub fn to_uint8_nhwc_from_unit(x: &candle_core::Tensor) -> Result<(Vec<u8>, usiz
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+
+    #[test]
+    fn family_names_are_the_serde_names() {
+        for f in [Family::Var, Family::RasterAr, Family::Mar, Family::AutoNat] {
+            assert_eq!(serde_json::to_value(f).unwrap(), f.name());
+            assert_eq!(serde_json::from_value::<Family>(f.name().into()).unwrap(), f);
+        }
+    }
     #[test]
     fn record_step_reports_the_pass_with_its_wall_time() {
         let mut log = StepLog::default();

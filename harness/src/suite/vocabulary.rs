@@ -9,14 +9,9 @@ use serde::{Deserialize, Serialize};
 pub use genbench_models::family::{ArchOverrides, RawSettings};
 pub use genbench_models::generator::Family;
 
-/// The family as written in suite files (its serde name).
+/// The family as written in suite files (its serde name, which the models crate owns).
 pub fn family_name(family: Family) -> &'static str {
-    match family {
-        Family::Var => "var",
-        Family::RasterAr => "raster_ar",
-        Family::Mar => "mar",
-        Family::AutoNat => "auto_nat",
-    }
+    family.name()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
