@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instruction-count regression gate (issue 15). Runs each small fixed workload of
-# metrics/examples/icount_workloads.rs (FID 256-d, precision/recall on a block, the Inception
+# metrics/examples/icount_workloads.rs (FID 256-d, the two-stage eigenvalue solver at 320, precision/recall on a block, the Inception
 # network on a 107x107 image) and models/examples/icount_model_workloads.rs (a VAR step, LlamaGen
 # decode steps, the MAR diffusion MLP, on seeded random weights) under valgrind's callgrind (one
 # thread, only the `icount_region_*` function counted), prints ours against the committed baseline, and fails when

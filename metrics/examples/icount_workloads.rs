@@ -12,6 +12,8 @@
 //! SIMD path (valgrind does not run AVX-512, so runtime dispatch picks the AVX2+FMA kernels).
 
 use anyhow::{bail, Result};
+use faer::{Mat, Par};
+use genbench_metrics::eigenvalues::symmetric_eigenvalues_in_place;
 use genbench_metrics::fid::frechet_distance;
 use genbench_metrics::inception::cpu::GemmInception;
 use genbench_metrics::inception::network::INPUT_SIZE;
@@ -26,7 +28,7 @@ use std::hint::black_box;
 /// The workloads the gate runs (`list`), in table order. `inception_b1` (one 299x299 image) also
 /// runs on demand but takes several minutes under valgrind on the shared 2-core machine, too long
 /// for CI; `inception_107` runs the same layers on a 107x107 image.
-const WORKLOADS: [&str; 3] = ["fid_256", "pr_block", "inception_107"];
+const WORKLOADS: [&str; 4] = ["fid_256", "eig_320", "pr_block", "inception_107"];
 
 /// Side of the `inception_107` input: the smallest at which every block still sees more than one
 /// position (Mixed_7b/c run at 2x2, Mixed_6b-e at 5x5, Mixed_5b-d at 11x11).
@@ -45,6 +47,11 @@ fn image(size: usize) -> Vec<f32> {
 #[inline(never)]
 fn icount_region_fid(a: &FeatureStats, b: &FeatureStats) -> f64 {
     frechet_distance(a, b).unwrap().value
+}
+
+#[inline(never)]
+fn icount_region_eigenvalues(mut a: Mat<f64>) -> f64 {
+    symmetric_eigenvalues_in_place(a.as_mut(), Par::Seq).unwrap().iter().sum()
 }
 
 #[inline(never)]
@@ -67,11 +74,21 @@ fn main() -> Result<()> {
     let name = std::env::args().nth(1).unwrap_or_default();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     match name.as_str() {
-        // FID from two 256-d statistics (Cholesky congruence + blocked eigenvalue solver).
+        // FID from two 256-d statistics (Cholesky congruence + faer's one-stage eigenvalue solver below 640-d).
         "fid_256" => {
             let d = 256;
             let (a, b) = (FeatureStats::from_features(&features(600, d, 1), d)?, FeatureStats::from_features(&features(500, d, 2), d)?);
             black_box(pool.install(|| icount_region_fid(&a, &b)));
+        }
+        // The two-stage symmetric eigenvalue solver (FID's from 640-d up) on a 320 x 320 matrix:
+        // 10 panels and the bulge-chasing sweeps at a size valgrind runs in seconds.
+        "eig_320" => {
+            let n = 320;
+            let x = features(n, n, 5);
+            // Symmetric with a spread spectrum: (X + X^T) / 2 plus a ramp on the diagonal.
+            let a =
+                Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (x[i * n + j] + x[j * n + i]) as f64 + if i == j { i as f64 / 10.0 } else { 0.0 });
+            black_box(pool.install(|| icount_region_eigenvalues(a)));
         }
         // ADM precision/recall (fp16 distances, k = 3) on a 256 x 256 block of 64-d features.
         "pr_block" => {

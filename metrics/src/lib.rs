@@ -36,6 +36,7 @@
 pub mod checks;
 pub mod convention;
 pub mod download;
+pub mod eigenvalues;
 pub mod evaluate;
 pub mod fid;
 pub mod images;
