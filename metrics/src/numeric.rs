@@ -1,8 +1,7 @@
 //! Small numeric helpers shared by the metrics: numpy-compatible float32 summation and
 //! row-major GEMM wrappers over faer.
 
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::{MatMut, MatRef, Par};
 
 /// Block size below which numpy's pairwise summation switches to an 8-way unrolled loop.
 const NUMPY_PAIRWISE_BLOCK: usize = 128;
@@ -53,7 +52,7 @@ pub fn gemm_abt_f32(dst: &mut [f32], a: &[f32], m: usize, b: &[f32], n: usize, k
     debug_assert_eq!(a.len(), m * k);
     debug_assert_eq!(b.len(), n * k);
     let out = row_major_mut(&mut dst[..m * n], m, n);
-    matmul(out, Accum::Replace, row_major(a, m, k), row_major(b, n, k).transpose(), 1.0f32, par);
+    gemm_any(out, false, row_major(a, m, k), row_major(b, n, k).transpose(), 1.0f32, 1.0f32, par);
 }
 
 /// f64 version of [`gemm_abt_f32`].
@@ -61,14 +60,28 @@ pub fn gemm_abt_f64(dst: &mut [f64], a: &[f64], m: usize, b: &[f64], n: usize, k
     debug_assert_eq!(a.len(), m * k);
     debug_assert_eq!(b.len(), n * k);
     let out = row_major_mut(&mut dst[..m * n], m, n);
-    matmul(out, Accum::Replace, row_major(a, m, k), row_major(b, n, k).transpose(), 1.0f64, par);
+    gemm_any(out, false, row_major(a, m, k), row_major(b, n, k).transpose(), 1.0f64, 1.0f64, par);
 }
 
 /// `dst = (dst if accumulate) + scale * lhs * rhs` in f64, any strides, through the `gemm` crate:
 /// its AVX-512 kernels run at about 190 GFLOP/s on 2 cores here, faer 0.24's `matmul` at 80.
 pub fn gemm_f64(dst: MatMut<'_, f64>, accumulate: bool, lhs: MatRef<'_, f64>, rhs: MatRef<'_, f64>, scale: f64, par: Par) {
+    gemm_any(dst, accumulate, lhs, rhs, 1.0, scale, par);
+}
+
+/// [`gemm_f64`] for f32 or f64; `one` is the type's 1 (the `gemm` crate takes the destination's
+/// factor as a value).
+fn gemm_any<T: Copy + Send + Sync + 'static>(
+    dst: MatMut<'_, T>,
+    accumulate: bool,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    one: T,
+    scale: T,
+    par: Par,
+) {
     let (m, n, k) = (dst.nrows(), dst.ncols(), lhs.ncols());
-    assert!(lhs.nrows() == m && rhs.nrows() == k && rhs.ncols() == n, "gemm_f64: shapes do not match");
+    assert!(lhs.nrows() == m && rhs.nrows() == k && rhs.ncols() == n, "gemm: shapes do not match");
     let threads = match par {
         Par::Seq => 1,
         Par::Rayon(threads) => threads.get(),
@@ -83,15 +96,15 @@ pub fn gemm_f64(dst: MatMut<'_, f64>, accumulate: bool, lhs: MatRef<'_, f64>, rh
             let rows = m.div_ceil(threads);
             let (top, bottom) = dst.split_at_row_mut(rows);
             rayon::join(
-                || gemm_f64(top, accumulate, lhs.subrows(0, rows), rhs, scale, Par::Seq),
-                || gemm_f64(bottom, accumulate, lhs.subrows(rows, m - rows), rhs, scale, rest),
+                || gemm_any(top, accumulate, lhs.subrows(0, rows), rhs, one, scale, Par::Seq),
+                || gemm_any(bottom, accumulate, lhs.subrows(rows, m - rows), rhs, one, scale, rest),
             );
         } else {
             let cols = n.div_ceil(threads);
             let (left, right) = dst.split_at_col_mut(cols);
             rayon::join(
-                || gemm_f64(left, accumulate, lhs, rhs.subcols(0, cols), scale, Par::Seq),
-                || gemm_f64(right, accumulate, lhs, rhs.subcols(cols, n - cols), scale, rest),
+                || gemm_any(left, accumulate, lhs, rhs.subcols(0, cols), one, scale, Par::Seq),
+                || gemm_any(right, accumulate, lhs, rhs.subcols(cols, n - cols), one, scale, rest),
             );
         }
         return;
@@ -114,7 +127,7 @@ pub fn gemm_f64(dst: MatMut<'_, f64>, accumulate: bool, lhs: MatRef<'_, f64>, rh
             rhs.as_ptr(),
             rhs.col_stride(),
             rhs.row_stride(),
-            1.0,
+            one,
             scale,
             false,
             false,
