@@ -5,13 +5,15 @@
 # (ROUNDS rounds) and medians are reported, so load from other processes hits both alike.
 #
 #   bench/compare.sh            full table (Inception batch 16 and 64; VAR-d16, LlamaGen-B,
-#                               MAR-B (64 iterations), AutoNAT-L (T=8) at batch 1 and 8; 3 rounds)
-#   bench/compare.sh --quick    fewer rows and repeats, under 20 minutes from a fresh clone on 2
-#                               cores (Inception batch 16; generators at batch 1, one round, no
-#                               warm-up; MAR-B with 16 iterations instead of 64)
+#                               MAR-B (64 iterations), AutoNAT-L (T=8) at batch 1 and 8; 3 rounds;
+#                               about 2 hours on 2 cores by the quick run's times, MAR-B at
+#                               batch 8 most of it)
+#   bench/compare.sh --quick    fewer rows and repeats, about 12 minutes from a fresh clone on 2
+#                               quiet cores, build included (Inception batch 16; generators at
+#                               batch 1, one round; no warm-up run for MAR-B)
 #   bench/compare.sh --dry-run  print the settings and rows, run nothing (with or without --quick)
 #
-# Environment: THREADS (default 2); MAR_ITERS (MAR-B's iterations: default 64, 16 with --quick);
+# Environment: THREADS (default 2); MAR_ITERS (MAR-B's iterations, default 64);
 # VENV (the reference venv, default ~/.cache/genbench-ref, made by
 # ../shared/tools/reference-venv.sh: torch CPU, torch-fidelity, scipy; this script adds the
 # packages ImprovedNAT imports); GENBENCH_REF_REPOS (the reference repositories; default
@@ -39,12 +41,16 @@ THREADS=${THREADS:-2}
 REPOS=${GENBENCH_REF_REPOS:-$HOME/.cache/genbench-ref/repos}
 GEN_FAMILIES="var llamagen mar autonat"
 if [[ $quick == 1 ]]; then
-    # One round, one observed run and no warm-up run per generator (the first run of each side
-    # is the timed one); MAR-B at 16 iterations: its 64 take about 3 minutes per side at batch 1.
-    ROUNDS=1 INCEPTION_BATCHES="16" GEN_BATCHES="1" REPEATS=1 WARMUP=0 FID_REPEATS=1 PR_SIZE="2000 2000 2048" MAR_ITERS=${MAR_ITERS:-16}
+    # One round: a warm-up and one observed run per generator and side, except MAR-B, whose
+    # 64 iterations take about 2 minutes per run at batch 1 and amortise the first run's set-up
+    # (its first run is the timed one).
+    ROUNDS=1 INCEPTION_BATCHES="16" GEN_BATCHES="1" REPEATS=1 WARMUP=1 MAR_WARMUP=0 FID_REPEATS=1 PR_SIZE="2000 2000 2048"
 else
-    ROUNDS=3 INCEPTION_BATCHES="16 64" GEN_BATCHES="1 8" REPEATS=2 WARMUP=1 FID_REPEATS=3 PR_SIZE="5000 10000 2048" MAR_ITERS=${MAR_ITERS:-64}
+    # Three rounds, each a warm-up and one observed run per generator and side: the medians are
+    # of three runs that alternated with the other side's.
+    ROUNDS=3 INCEPTION_BATCHES="16 64" GEN_BATCHES="1 8" REPEATS=1 WARMUP=1 MAR_WARMUP=1 FID_REPEATS=3 PR_SIZE="5000 10000 2048"
 fi
+MAR_ITERS=${MAR_ITERS:-64}
 [[ $MAR_ITERS =~ ^[1-9][0-9]*$ ]] || { echo "compare: MAR_ITERS must be a positive integer, got '$MAR_ITERS'" >&2; exit 2; }
 die() { echo "compare: $*" >&2; exit 2; }
 declare -A MODEL=([var]=var-d16 [llamagen]=llamagen-b [mar]=mar-b [autonat]=autonat-l)
@@ -52,17 +58,18 @@ declare -A LABEL=([var]=var-d16 [llamagen]=llamagen-b [mar]="mar-b ($MAR_ITERS i
 # Ours: the recipes reference_families.py runs (VAR-d16's defaults are its FID recipe).
 declare -A SETTINGS=([var]="" [llamagen]="--cfg 2.0" [mar]="--num-iter $MAR_ITERS --cfg 2.9" [autonat]="--strategy autonat-l-t8")
 declare -A REF_SETTINGS=([var]="" [llamagen]="" [mar]="--num-iter $MAR_ITERS" [autonat]="")
+declare -A GEN_WARMUP=([var]=$WARMUP [llamagen]=$WARMUP [mar]=$MAR_WARMUP [autonat]=$WARMUP)
 
 if [[ $dry == 1 ]]; then
-    echo "$([[ $quick == 1 ]] && echo quick || echo full) run: threads $THREADS, rounds $ROUNDS, repeats $REPEATS, warm-up $WARMUP, reference repositories $REPOS"
+    echo "$([[ $quick == 1 ]] && echo quick || echo full) run: threads $THREADS, rounds $ROUNDS, repeats $REPEATS, warm-up runs $WARMUP (MAR-B $MAR_WARMUP), reference repositories $REPOS"
     for b in $INCEPTION_BATCHES; do echo "row: Inception forward, batch $b (img/s)"; done
     echo "row: FID 2048-d from statistics vs scipy sqrtm ($FID_REPEATS repeats)"
     echo "row: precision/recall $(echo "$PR_SIZE" | tr ' ' x) vs bare GEMM"
     for fam in $GEN_FAMILIES; do
         for b in $GEN_BATCHES; do
             for what in "per image" step decode; do echo "row: ${LABEL[$fam]} $what, batch $b"; done
-            echo "  ours: genbench profile --model ${MODEL[$fam]} --random-init --batch $b --repeats $REPEATS --warmup $WARMUP${SETTINGS[$fam]:+ ${SETTINGS[$fam]}}"
-            echo "  reference: bench/reference_families.py --family $fam --batch $b --repeats $REPEATS --warmup $WARMUP${REF_SETTINGS[$fam]:+ ${REF_SETTINGS[$fam]}}"
+            echo "  ours: genbench profile --model ${MODEL[$fam]} --random-init --batch $b --repeats $REPEATS --warmup ${GEN_WARMUP[$fam]}${SETTINGS[$fam]:+ ${SETTINGS[$fam]}}"
+            echo "  reference: bench/reference_families.py --family $fam --batch $b --repeats $REPEATS --warmup ${GEN_WARMUP[$fam]}${REF_SETTINGS[$fam]:+ ${REF_SETTINGS[$fam]}}"
         done
     done
     for b in $GEN_BATCHES; do echo "row: llamagen-b decode step, batch $b, vs memcpy"; done
@@ -177,13 +184,13 @@ for fam in $GEN_FAMILIES; do
         read -ra extra <<< "${SETTINGS[$fam]}"
         read -ra ref_extra <<< "${REF_SETTINGS[$fam]}"
         for r in $(seq "$ROUNDS"); do
-            $GB profile --model "${MODEL[$fam]}" --random-init --threads "$THREADS" --batch "$b" --repeats "$REPEATS" --warmup "$WARMUP" \
+            $GB profile --model "${MODEL[$fam]}" --random-init --threads "$THREADS" --batch "$b" --repeats "$REPEATS" --warmup "${GEN_WARMUP[$fam]}" \
                 "${extra[@]}" --out "$tmp/$fam-$b-$r" >"$tmp/$fam-$b-$r.log" 2>&1 \
                 || die "genbench profile ${MODEL[$fam]} failed: $(tail -3 "$tmp/$fam-$b-$r.log")"
             read -r ms frac step n_ours dec < <("$PY" -c "$OURS_SUMMARY" "$tmp/$fam-$b-$r/summary.json")
             ours+=("$(awk -v m="$ms" 'BEGIN { printf "%.3f", m / 1000 }')")
             share+=("$frac") ours_step+=("$step") ours_dec+=("$dec")
-            "$PY" bench/reference_families.py --family "$fam" --batch "$b" --repeats "$REPEATS" --warmup "$WARMUP" --threads "$THREADS" \
+            "$PY" bench/reference_families.py --family "$fam" --batch "$b" --repeats "$REPEATS" --warmup "${GEN_WARMUP[$fam]}" --threads "$THREADS" \
                 "${ref_extra[@]}" >"$tmp/ref-$fam-$b-$r.json" 2>"$tmp/ref-$fam-$b-$r.log" \
                 || die "bench/reference_families.py --family $fam failed: $(tail -3 "$tmp/ref-$fam-$b-$r.log")"
             read -r s step n_ref dec < <("$PY" -c "$REF_SUMMARY" <"$tmp/ref-$fam-$b-$r.json")
