@@ -107,7 +107,7 @@ if ! "$PY" -c 'import accelerate, einops, loguru, omegaconf' 2>/dev/null; then
 fi
 
 # --- ours --------------------------------------------------------------------------------------
-echo "compare: cargo build --workspace --release (a fresh clone takes about 10 minutes on 2 cores)" >&2
+echo "compare: cargo build --workspace --release (about 5 minutes from a fresh clone on 2 cores)" >&2
 cargo build --workspace --release --bin genbench --example fid_timing --example pr_timing --example raster_ar_speed >/dev/null 2>&1 \
     || die "building genbench failed; run: cargo build --workspace --release --bin genbench --example fid_timing --example pr_timing --example raster_ar_speed"
 GB=target/release/genbench
