@@ -19,7 +19,8 @@ use crate::checkpoint::{RandomWeights, StrictWeights};
 use crate::family::{parse_settings, ModelFamily, ModelRequest, RawSettings, ResolvedModel, SettingsError};
 use crate::flops;
 use crate::generator::{
-    record_sized_step, record_step, to_uint8_nhwc_from_unit, Family, FlopsPerImage, Generator, Samples, StepKind, StepObserver, StepSize,
+    record_sized_step, record_step, to_uint8_nhwc_from_unit, transformer_block_matmuls, Family, FlopsPerImage, Generator, MatmulShape,
+    Samples, StepKind, StepObserver, StepSize,
 };
 use crate::nn::block::PreNormBlock;
 use crate::nn::cfg::{cond_plus_scaled_diff, double_labels, split_halves};
@@ -131,6 +132,19 @@ impl UViTConfig {
         let skips = if self.skip { self.blocks_per_side() as f64 * flops::linear(n, 2 * c, c) } else { 0.0 };
         let head = flops::linear(l, c, c) + flops::linear(l, c, self.codebook_size);
         (self.depth + 1) as f64 * per_block + skips + head
+    }
+
+    /// The weight products of one forward over `rows` sequences (what
+    /// [`Generator::step_matmuls`] lists): an out-block (its `skip_linear`, then the block's
+    /// products) over the class token + L image tokens, and the MLM head over the L image
+    /// positions (`fc`, then the tied projection onto the kept codebook entries).
+    pub fn forward_matmuls(&self, rows: usize) -> Vec<MatmulShape> {
+        let (m, c, h) = (rows * (self.seq_len() + 1), self.embed_dim, self.mlp_hidden());
+        let mut shapes = if self.skip { vec![MatmulShape::new(m, 2 * c, c)] } else { vec![] };
+        shapes.extend(transformer_block_matmuls(m, c, &[(c, h), (h, c)]));
+        let m_head = rows * self.seq_len();
+        shapes.extend([MatmulShape::new(m_head, c, c), MatmulShape::new(m_head, c, self.codebook_size)]);
+        shapes
     }
 }
 
@@ -888,6 +902,13 @@ impl Generator for AutoNatGenerator {
             per_step: vec![per_step; steps],
         }
     }
+    fn step_matmuls(&self, step: &StepSize) -> Vec<MatmulShape> {
+        match step.kind {
+            // Both guidance passes run as one forward over 2 x batch sequences.
+            StepKind::Transformer => self.net.config().forward_matmuls(2 * step.batch),
+            _ => vec![],
+        }
+    }
     fn sample(&mut self, labels: &[u32], seed: u64, observer: &mut dyn StepObserver) -> Result<Samples> {
         let mut rng = SeededSource::new(seed);
         let out = self.generate(labels, &mut rng, observer, None)?;
@@ -907,6 +928,25 @@ mod tests {
         let f = UViTConfig::autonat_l().flops_per_forward();
         assert!((f / 1e9 - 104.01).abs() < 0.01, "{}", f / 1e9);
         assert!((16.0 * f / 1e9 - 1664.1).abs() < 0.1);
+    }
+
+    #[test]
+    fn forward_matmuls_are_the_weight_products_of_the_analytic_forward() {
+        // Every block has one out-block's products but the skip_linear (out-blocks only) and the
+        // attention core (not a weight product); the head comes once. Rows: 2 (one image, CFG).
+        for cfg in [UViTConfig::autonat_l(), UViTConfig::autonat_s(), UViTConfig { skip: false, ..UViTConfig::autonat_l() }] {
+            let shapes = cfg.forward_matmuls(2);
+            let n = cfg.seq_len() + 1;
+            let (skip, rest) = shapes.split_at(usize::from(cfg.skip));
+            let (block, head) = rest.split_at(rest.len() - 2);
+            assert!(block.iter().chain(skip).all(|s| s.m == 2 * n), "{shapes:?}");
+            assert!(head.iter().all(|s| s.m == 2 * cfg.seq_len()), "{shapes:?}");
+            let sum = |v: &[MatmulShape]| v.iter().map(MatmulShape::flops).sum::<f64>();
+            let weight_products = (cfg.depth + 1) as f64 * sum(block) + cfg.blocks_per_side() as f64 * sum(skip) + sum(head);
+            let attention_cores = (cfg.depth + 1) as f64 * flops::attention_core(n, n, cfg.embed_dim);
+            let want = 2.0 * (cfg.flops_per_forward() - attention_cores);
+            assert!((weight_products / want - 1.0).abs() < 1e-12, "{weight_products} vs {want}");
+        }
     }
 
     #[test]
