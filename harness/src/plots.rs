@@ -170,24 +170,8 @@ pub fn write_svg(chart: &Chart, path: &Path) -> Result<()> {
     write_atomically(path, |tmp| std::fs::write(tmp, &svg).with_context(|| format!("writing {}", tmp.display())))
 }
 
-/// Runs `write` on a temporary file beside `path` (same extension, so encoders that look at it
-/// still work) and renames it over `path` only if `write` succeeded.
-pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let name = path.file_name().and_then(|n| n.to_str()).context("plot path has no file name")?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("tmp");
-    let tmp = path.with_file_name(format!(".{name}.{}.partial.{ext}", std::process::id()));
-    let outcome = write(&tmp);
-    match outcome {
-        Ok(()) => std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display())),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e.context(format!("drawing {}", path.display())))
-        }
-    }
-}
+/// The workspace's one atomic writer (re-exported for the plot and report writers).
+pub use genbench_runtime::atomic_file::write_atomically;
 
 fn register_fonts() {
     static ONCE: Once = Once::new();

@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use npyz::npz::NpzArchive;
@@ -587,28 +587,9 @@ fn write_npy_le<W: Write + Seek, T: Copy, const B: usize>(
     Ok(())
 }
 
-/// Writes `path` through `write` into a temporary sibling file, syncs it and renames it over
-/// `path`. On error the temporary file is removed and `path` is left untouched.
-pub fn write_file_atomically(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
-    let tmp = temporary_sibling(path)?;
-    let result = (|| {
-        let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        write(&mut file)?;
-        file.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {} failed; nothing was written there", path.display()))
-}
-
-fn temporary_sibling(path: &Path) -> Result<PathBuf> {
-    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?.to_string_lossy();
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    ensure!(dir.is_dir(), "{}: output directory does not exist", dir.display());
-    Ok(dir.join(format!(".{name}.tmp.{}", std::process::id())))
-}
+/// One implementation of atomic output for the whole workspace (re-exported here, where most of
+/// the callers are).
+pub use genbench_runtime::atomic_file::write_file_atomically;
 
 #[cfg(test)]
 mod tests {

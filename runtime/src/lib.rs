@@ -26,6 +26,7 @@
 //! assert!(replay.normal(2).is_err());
 //! ```
 
+pub mod atomic_file;
 pub mod checkpoint;
 pub mod cuda;
 pub mod device;
