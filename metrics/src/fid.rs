@@ -147,13 +147,19 @@ fn with_diagonal_offset(sigma: &[f64], d: usize, eps: f64) -> Vec<f64> {
 /// described in the module docs.
 pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], d: usize, par: Par) -> Result<TraceSqrt> {
     let (m1, m2) = (view(s1, d)?, view(s2, d)?);
+    match cholesky_of_either(m1, m2, par) {
+        Some((l, other, route)) => congruence_trace(l.as_ref(), other, par, route),
+        None => pivoted_cholesky_trace(m1, m2, par),
+    }
+}
+
+/// The lower Cholesky factor of S1, else of S2 (`S1 S2` and `S2 S1` share eigenvalues), with the
+/// other covariance and the route; `None` when neither is positive definite.
+fn cholesky_of_either<'a>(m1: MatRef<'a, f64>, m2: MatRef<'a, f64>, par: Par) -> Option<(Mat<f64>, MatRef<'a, f64>, TraceRoute)> {
     if let Some(l) = cholesky_lower(m1, par) {
-        return congruence_trace(l.as_ref(), m2, par, TraceRoute::CholeskySample);
+        return Some((l, m2, TraceRoute::CholeskySample));
     }
-    if let Some(l) = cholesky_lower(m2, par) {
-        return congruence_trace(l.as_ref(), m1, par, TraceRoute::CholeskyReference);
-    }
-    pivoted_cholesky_trace(m1, m2, par)
+    cholesky_lower(m2, par).map(|l| (l, m1, TraceRoute::CholeskyReference))
 }
 
 /// Both covariances singular: `P^T S1 P = F F^T` by pivoted Cholesky, stopped at the numerical
@@ -262,11 +268,7 @@ fn congruence_lower_faer(l: MatRef<'_, f64>, s: MatRef<'_, f64>, par: Par) -> Ma
 /// route, and its time is the "before" of `examples/fid_timing.rs`.
 pub fn trace_sqrt_product_previous_route(s1: &[f64], s2: &[f64], d: usize, par: Par) -> Result<TraceSqrt> {
     let (m1, m2) = (view(s1, d)?, view(s2, d)?);
-    let (l, other, route) = if let Some(l) = cholesky_lower(m1, par) {
-        (l, m2, TraceRoute::CholeskySample)
-    } else if let Some(l) = cholesky_lower(m2, par) {
-        (l, m1, TraceRoute::CholeskyReference)
-    } else {
+    let Some((l, other, route)) = cholesky_of_either(m1, m2, par) else {
         bail!("neither covariance is positive definite: no Cholesky route");
     };
     let values = faer_symmetric_eigenvalues(congruence_lower_faer(l.as_ref(), other, par).as_ref(), par)?;

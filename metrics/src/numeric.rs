@@ -49,18 +49,19 @@ pub fn row_major_mut<T>(data: &mut [T], rows: usize, cols: usize) -> MatMut<'_, 
 /// `dst = a * b^T` for row-major `a` [m, k] and `b` [n, k]; `dst` is row-major [m, n].
 /// This is the Gram block every pairwise-distance and kernel computation needs.
 pub fn gemm_abt_f32(dst: &mut [f32], a: &[f32], m: usize, b: &[f32], n: usize, k: usize, par: Par) {
-    debug_assert_eq!(a.len(), m * k);
-    debug_assert_eq!(b.len(), n * k);
-    let out = row_major_mut(&mut dst[..m * n], m, n);
-    gemm_any(out, false, row_major(a, m, k), row_major(b, n, k).transpose(), 1.0f32, 1.0f32, par);
+    gemm_abt_any(dst, a, m, b, n, k, 1.0, par);
 }
 
 /// f64 version of [`gemm_abt_f32`].
 pub fn gemm_abt_f64(dst: &mut [f64], a: &[f64], m: usize, b: &[f64], n: usize, k: usize, par: Par) {
+    gemm_abt_any(dst, a, m, b, n, k, 1.0, par);
+}
+
+fn gemm_abt_any<T: Copy + Send + Sync + 'static>(dst: &mut [T], a: &[T], m: usize, b: &[T], n: usize, k: usize, one: T, par: Par) {
     debug_assert_eq!(a.len(), m * k);
     debug_assert_eq!(b.len(), n * k);
     let out = row_major_mut(&mut dst[..m * n], m, n);
-    gemm_any(out, false, row_major(a, m, k), row_major(b, n, k).transpose(), 1.0f64, 1.0f64, par);
+    gemm_any(out, false, row_major(a, m, k), row_major(b, n, k).transpose(), one, one, par);
 }
 
 /// `dst = (dst if accumulate) + scale * lhs * rhs` in f64, any strides, through the `gemm` crate:
