@@ -6,8 +6,7 @@
 #
 #   bench/compare.sh            full table (Inception batch 16 and 64; VAR-d16, LlamaGen-B,
 #                               MAR-B (64 iterations), AutoNAT-L (T=8) at batch 1 and 8; 3 rounds;
-#                               about 2 hours on 2 cores by the quick run's times, MAR-B at
-#                               batch 8 most of it)
+#                               about 1.5 hours on 2 cores, MAR-B at batch 8 most of it)
 #   bench/compare.sh --quick    fewer rows and repeats, about 12 minutes from a fresh clone on 2
 #                               quiet cores, build included (Inception batch 16; generators at
 #                               batch 1, one round; no warm-up run for MAR-B)
@@ -47,8 +46,10 @@ if [[ $quick == 1 ]]; then
     ROUNDS=1 INCEPTION_BATCHES="16" GEN_BATCHES="1" REPEATS=1 WARMUP=1 MAR_WARMUP=0 FID_REPEATS=1 PR_SIZE="2000 2000 2048"
 else
     # Three rounds, each a warm-up and one observed run per generator and side: the medians are
-    # of three runs that alternated with the other side's.
-    ROUNDS=3 INCEPTION_BATCHES="16 64" GEN_BATCHES="1 8" REPEATS=1 WARMUP=1 MAR_WARMUP=1 FID_REPEATS=3 PR_SIZE="5000 10000 2048"
+    # of three runs that alternated with the other side's. MAR-B, as in the quick run, times its
+    # first run: a run is 2-10 minutes, so the one-time set-up is under 1% of it, and a warm-up
+    # run would double the hour MAR-B takes.
+    ROUNDS=3 INCEPTION_BATCHES="16 64" GEN_BATCHES="1 8" REPEATS=1 WARMUP=1 MAR_WARMUP=0 FID_REPEATS=3 PR_SIZE="5000 10000 2048"
 fi
 MAR_ITERS=${MAR_ITERS:-64}
 [[ $MAR_ITERS =~ ^[1-9][0-9]*$ ]] || { echo "compare: MAR_ITERS must be a positive integer, got '$MAR_ITERS'" >&2; exit 2; }

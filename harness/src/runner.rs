@@ -18,13 +18,14 @@ use std::time::{Instant, SystemTime};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device};
 use genbench_metrics::evaluate::{
-    evaluate, resize_bicubic_torch_u8, EvalOptions, Evaluation, FeatureCollector, FeatureNeeds, FeatureSummary, ProgressLine, Reference,
+    evaluate, resize_bicubic_torch_u8, EvalOptions, Evaluation, FeatureCollector, FeatureNeeds, FeatureSummary, Reference,
 };
 use genbench_metrics::features::{ExtractorOptions, FeatureCache, Features, InceptionExtractor};
 use genbench_metrics::inception::weights::WeightsSource;
 use genbench_metrics::precision_recall::{DistancePrecision, PrConfig};
 use genbench_metrics::preprocess::Preprocess;
 use genbench_models::generator::{Generator, StepKind, StepLog};
+use genbench_runtime::progress::Progress;
 use genbench_runtime::{DTypePolicy, DeviceChoice};
 
 use crate::fit::format_sig;
@@ -646,13 +647,21 @@ fn run_generate(
             let summary = scorer.counted(counts, |s| {
                 s.extractor(convention)?;
                 let extractor = &s.extractors[&convention.preprocess()];
-                let mut line = ProgressLine::new(format!("  {}: reference features", run.id), 30.0);
-                let mut progress = |done, total| {
+                let mut line: Option<Progress> = None;
+                let mut progress = |done: usize, total: usize| {
                     if opts.verbose {
-                        line.update(done, total)
+                        let label = format!("  {}: reference features", run.id);
+                        let every = (total as u64 / 32 / 50).max(1); // about 50 lines (batches of 32)
+                                                                     // Cached features arrive all at once: done before, not a rate.
+                        let before = if done >= total { total as u64 } else { 0 };
+                        line.get_or_insert_with(|| Progress::new(&label, "images", total as u64, before, every)).set_position(done as u64);
                     }
                 };
-                reference.summarize(extractor, Some(&s.cache), &image_metrics, 32, &mut progress)
+                let summary = reference.summarize(extractor, Some(&s.cache), &image_metrics, 32, &mut progress);
+                if let Some(line) = line {
+                    line.finish();
+                }
+                summary
             })?;
             Some((path, summary))
         }
@@ -672,7 +681,16 @@ fn run_generate(
         // is held at a time, whatever the number of samples.
         let mut collector = FeatureCollector::new(FeatureNeeds::samples(&image_metrics));
         let extracted_before = scorer.cache.counts().1;
-        let mut line = ProgressLine::new(format!("  {} seed {seed}", run.id), 30.0);
+        let mut line = opts.verbose.then(|| {
+            let done = (0..batches).take_while(|&b| sample_batch_path(&sample_dir, seed, b).is_file()).count() as u64;
+            Progress::new(
+                &format!("  {} seed {seed}", run.id),
+                "images",
+                samples,
+                (done * u64::from(batch)).min(samples),
+                (batches as u64 / 50).max(1),
+            )
+        });
         for b in 0..batches {
             let path = sample_batch_path(&sample_dir, seed, b);
             let images = if path.is_file() {
@@ -715,9 +733,12 @@ fn run_generate(
                 let f = scorer.features(convention, &pixels, n, h, w)?;
                 collector.push(&f)?;
             }
-            if opts.verbose {
-                line.update(((b + 1) * batch as usize).min(samples as usize), samples as usize);
+            if let Some(line) = line.as_mut() {
+                line.set_position((((b + 1) * batch as usize) as u64).min(samples));
             }
+        }
+        if let Some(line) = line {
+            line.finish();
         }
         if !image_metrics.is_empty() {
             let extracted_now = scorer.cache.counts().1;

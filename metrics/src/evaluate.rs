@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -316,35 +315,6 @@ pub fn collect_features(
         Ok(())
     })?;
     collector.finish()
-}
-
-/// A plain progress line on stderr (for logs, Slurm outputs and non-terminals): at most one line
-/// every `every` seconds, and the last one, with rate and remaining time.
-pub struct ProgressLine {
-    label: String,
-    started: Instant,
-    last: Option<Instant>,
-    every_s: f64,
-}
-
-impl ProgressLine {
-    pub fn new(label: impl Into<String>, every_s: f64) -> Self {
-        Self { label: label.into(), started: Instant::now(), last: None, every_s }
-    }
-
-    /// Call after each batch; prints when due or when `done == total`.
-    pub fn update(&mut self, done: usize, total: usize) {
-        let now = Instant::now();
-        let due = self.last.is_none_or(|t| now.duration_since(t).as_secs_f64() >= self.every_s);
-        if !(due || done >= total) {
-            return;
-        }
-        self.last = Some(now);
-        let elapsed = now.duration_since(self.started).as_secs_f64();
-        let rate = if elapsed > 0.0 { done as f64 / elapsed } else { 0.0 };
-        let eta = if rate > 0.0 { total.saturating_sub(done) as f64 / rate } else { 0.0 };
-        eprintln!("{}: {done}/{total} images, {rate:.1} images/s, eta {eta:.0} s", self.label);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

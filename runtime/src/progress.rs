@@ -59,11 +59,18 @@ impl Progress {
         }
     }
 
+    /// The position is now `done` units (for callers that count the total themselves).
+    pub fn set_position(&mut self, done: u64) {
+        if done > self.position {
+            self.inc(done - self.position);
+        }
+    }
+
     /// Ends the display; a plain final line unless the last update printed one already.
     pub fn finish(self) {
         match &self.bar {
             Some(bar) => bar.finish(),
-            None if !self.updates.is_multiple_of(self.every) => eprintln!("{}", self.line()),
+            None if self.updates == 0 || !self.updates.is_multiple_of(self.every) => eprintln!("{}", self.line()),
             None => {}
         }
     }
@@ -74,6 +81,9 @@ impl Progress {
         let done_here = self.position - self.start_position;
         let rate = done_here as f64 / elapsed.as_secs_f64().max(1e-9);
         let pct = 100.0 * self.position as f64 / self.total.max(1) as f64;
+        if done_here == 0 && self.position >= self.total {
+            return format!("{}: {}/{} {}, all done before this process", self.label, self.position, self.total, self.unit);
+        }
         let eta = if done_here > 0 {
             format_duration(Duration::from_secs_f64(self.total.saturating_sub(self.position) as f64 / rate))
         } else {
@@ -126,6 +136,16 @@ mod tests {
         assert!(line.starts_with("sampling: 60/100 images (60.0%), "), "{line}");
         assert!(line.contains("images/s") && !line.contains("eta unknown"), "{line}");
         p.finish();
+    }
+
+    #[test]
+    fn positions_set_by_the_caller_and_work_done_earlier_are_not_a_rate() {
+        let mut p = Progress::with_terminal("features", "images", 10, 0, 1, false);
+        p.set_position(4);
+        p.set_position(4);
+        assert!(p.line().starts_with("features: 4/10 images (40.0%), "), "{}", p.line());
+        let cached = Progress::with_terminal("features", "images", 6, 6, 1, false);
+        assert_eq!(cached.line(), "features: 6/6 images, all done before this process");
     }
 
     #[test]
