@@ -103,7 +103,8 @@ impl Conv2d {
 
         let k = cin * kh * kw;
         let plane_out = ho * wo;
-        let mut out = vec![0f32; b * cout * plane_out];
+        // Every value is written: by the bias fill or, without a bias, by the bands' GEMMs.
+        let mut out = crate::nn::fused::uninit_f32(b * cout * plane_out);
         let threads = rayon::current_num_threads().max(1);
         let pointwise = kh == 1 && kw == 1 && s == 1 && p == 0;
         let band_rows = if pointwise { ho } else { (BAND_FLOATS / (k * wo).max(1)).clamp(1, ho) };
@@ -121,7 +122,7 @@ impl Conv2d {
             // one parallel GEMM per band at these sizes).
             let per = bands.len().div_ceil(threads);
             bands.par_chunks(per).for_each(|share| {
-                let mut col = if pointwise { Vec::new() } else { vec![0f32; k * band_rows * wo] };
+                let mut col = if pointwise { Vec::new() } else { crate::nn::fused::uninit_f32(k * band_rows * wo) };
                 for &band in share {
                     // SAFETY: see `run_band`; shares hold disjoint bands.
                     unsafe { geometry.run_band(band, xs, ws, &mut col, dst, gemm::Parallelism::None) };
@@ -129,7 +130,7 @@ impl Conv2d {
             });
         } else {
             let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-            let mut col = if pointwise { Vec::new() } else { vec![0f32; k * band_rows * wo] };
+            let mut col = if pointwise { Vec::new() } else { crate::nn::fused::uninit_f32(k * band_rows * wo) };
             for &band in &bands {
                 // SAFETY: see `run_band`.
                 unsafe { geometry.run_band(band, xs, ws, &mut col, dst, par) };

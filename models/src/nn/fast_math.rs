@@ -14,8 +14,10 @@
 //! anything calling
 //! [`crate::nn::mlp::Activation::apply`].
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::nn::fused::{f32_inputs, fast_route, uninit_f32};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 
@@ -150,29 +152,17 @@ impl CustomOp1 for Elementwise {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        genbench_runtime::kernels::record_fast(self.name());
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("{}: f32 only", self.name);
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{}: input must be contiguous", self.name);
-        };
-        let src = &data[start..end];
-        let mut dst = crate::nn::fused::uninit_f32(src.len());
+        let [src] = f32_inputs(self.name, [(storage, layout)])?;
+        let mut dst = uninit_f32(src.len());
         const CHUNK: usize = 16 * 1024;
         dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| (self.kernel)(s, d));
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
 
-/// The fast route applies: CPU, f32, and `GENBENCH_KERNELS` / `--kernels` is not `generic`.
-fn fast_path(x: &Tensor) -> bool {
-    genbench_runtime::kernels::fast_on(x.device()) && x.dtype() == DType::F32
-}
-
 /// GELU with the tanh approximation (`nn.GELU(approximate='tanh')`).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if fast_path(x) {
+    if fast_route(x) {
         x.contiguous()?.apply_op1_no_bwd(&Elementwise { name: "gelu-tanh", kernel: gelu_tanh_kernel })
     } else {
         x.gelu()
@@ -181,7 +171,7 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 
 /// Exact GELU (`nn.GELU()`, erf form): timm / MAR / AutoNAT / taming MLPs, AutoNAT's MLM head.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if fast_path(x) {
+    if fast_route(x) {
         x.contiguous()?.apply_op1_no_bwd(&Elementwise { name: "gelu-erf", kernel: gelu_erf_kernel })
     } else {
         x.gelu_erf()
@@ -190,7 +180,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 /// SiLU / swish `x * sigmoid(x)`.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    if fast_path(x) {
+    if fast_route(x) {
         x.contiguous()?.apply_op1_no_bwd(&Elementwise { name: "silu", kernel: silu_kernel })
     } else {
         x.silu()
@@ -307,16 +297,9 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        genbench_runtime::kernels::record_fast(self.name());
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("softmax: f32 only");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("softmax: input must be contiguous");
-        };
-        let src = &data[start..end];
+        let [src] = f32_inputs(self.name(), [(storage, layout)])?;
         let cols = *layout.shape().dims().last().unwrap_or(&1);
-        let mut dst = crate::nn::fused::uninit_f32(src.len());
+        let mut dst = uninit_f32(src.len());
         // Chunks of whole rows, about 16k values each (nothing to do for empty rows).
         if let Some(rows) = (16 * 1024usize).checked_div(cols) {
             let rows_per_chunk = rows.max(1);
@@ -330,7 +313,7 @@ impl CustomOp1 for SoftmaxLastDim {
 
 /// Softmax over the last dimension (attention scores, sampling).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if fast_path(x) {
+    if fast_route(x) {
         x.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim)
     } else {
         candle_nn::ops::softmax_last_dim(x)

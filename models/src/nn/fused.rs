@@ -16,18 +16,25 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 /// The fast route applies: CPU, f32, and `GENBENCH_KERNELS` / `--kernels` is not `generic`.
-fn cpu_f32(x: &Tensor) -> bool {
+pub(crate) fn fast_route(x: &Tensor) -> bool {
     genbench_runtime::kernels::fast_on(x.device()) && x.dtype() == DType::F32
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("{what}: f32 only");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what}: input must be contiguous");
-    };
-    Ok(&data[a..b])
+/// The prologue of every fused CPU kernel: counts the call (for `genbench info` and the
+/// route tests) and returns its inputs as contiguous f32 slices, in order.
+pub(crate) fn f32_inputs<'a, const N: usize>(op: &'static str, inputs: [(&'a CpuStorage, &Layout); N]) -> Result<[&'a [f32]; N]> {
+    genbench_runtime::kernels::record_fast(op);
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for (slice, (storage, layout)) in slices.iter_mut().zip(inputs) {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("{op}: f32 only");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("{op}: input must be contiguous");
+        };
+        *slice = &data[start..end];
+    }
+    Ok(slices)
 }
 
 /// `LayerNorm(x) * scale_plus_one + shift` over the last dim of `x (N, T, C)` (no affine LN,
@@ -37,7 +44,7 @@ pub fn ln_modulate(x: &Tensor, eps: f64, scale_plus_one: &Tensor, shift: &Tensor
     if scale_plus_one.elem_count() != n * c || shift.elem_count() != n * c {
         candle_core::bail!("ln_modulate: modulation {:?} / {:?} does not fit x {:?}", scale_plus_one.dims(), shift.dims(), x.dims());
     }
-    if cpu_f32(x) && cpu_f32(scale_plus_one) && cpu_f32(shift) {
+    if fast_route(x) && fast_route(scale_plus_one) && fast_route(shift) {
         return x.contiguous()?.apply_op3_no_bwd(&scale_plus_one.contiguous()?, &shift.contiguous()?, &LnModulate { eps: eps as f32 });
     }
     let ones = Tensor::ones(c, x.dtype(), x.device())?;
@@ -63,10 +70,7 @@ impl CustomOp3 for LnModulate {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        genbench_runtime::kernels::record_fast(self.name());
-        let x = f32_slice(s1, l1, "ln_modulate")?;
-        let scale = f32_slice(s2, l2, "ln_modulate")?;
-        let shift = f32_slice(s3, l3, "ln_modulate")?;
+        let [x, scale, shift] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let (n, t, c) = l1.shape().dims3()?;
         let mut out = uninit_f32(n * t * c);
         let eps = self.eps;
@@ -91,7 +95,7 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gamma: &Tensor) -> Result<Tensor> 
     if y.dims() != x.dims() || gamma.elem_count() != n * c {
         candle_core::bail!("gated_residual: shapes {:?}, {:?}, {:?} do not fit", x.dims(), y.dims(), gamma.dims());
     }
-    if cpu_f32(x) && cpu_f32(y) && cpu_f32(gamma) {
+    if fast_route(x) && fast_route(y) && fast_route(gamma) {
         return x.contiguous()?.apply_op3_no_bwd(&y.contiguous()?, &gamma.contiguous()?, &GatedResidual);
     }
     x + y.broadcast_mul(gamma)?
@@ -113,10 +117,7 @@ impl CustomOp3 for GatedResidual {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        genbench_runtime::kernels::record_fast(self.name());
-        let x = f32_slice(s1, l1, "gated_residual")?;
-        let y = f32_slice(s2, l2, "gated_residual")?;
-        let g = f32_slice(s3, l3, "gated_residual")?;
+        let [x, y, g] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let (n, t, c) = l1.shape().dims3()?;
         let mut out = uninit_f32(n * t * c);
         out.par_chunks_mut(c).zip(x.par_chunks(c).zip(y.par_chunks(c))).enumerate().for_each(|(row, (o, (xr, yr)))| {
@@ -137,7 +138,7 @@ pub fn split_qkv_heads(qkv: &Tensor, heads: usize, head_dim: usize, l2_q_scale: 
     if w != 3 * heads * head_dim || l2_q_scale.is_some_and(|s| s.len() != heads) {
         candle_core::bail!("split_qkv_heads: width {w} is not 3 x {heads} x {head_dim}");
     }
-    if cpu_f32(qkv) {
+    if fast_route(qkv) {
         let op = SplitQkv { heads, head_dim, q_scale: l2_q_scale.map(|s| s.to_vec()) };
         return qkv.contiguous()?.apply_op1_no_bwd(&op);
     }
@@ -165,8 +166,7 @@ impl CustomOp1 for SplitQkv {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        genbench_runtime::kernels::record_fast(self.name());
-        let x = f32_slice(s, l, "split_qkv_heads")?;
+        let [x] = f32_inputs(self.name(), [(s, l)])?;
         let (b, t, w) = l.shape().dims3()?;
         let (h, d) = (self.heads, self.head_dim);
         let mut out = uninit_f32(3 * b * h * t * d);
@@ -197,7 +197,7 @@ impl CustomOp1 for SplitQkv {
 /// `(B, H, T, Dh)` -> `(B, T, H*Dh)` contiguous.
 pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     let (b, h, t, d) = x.dims4()?;
-    if cpu_f32(x) {
+    if fast_route(x) {
         return x.contiguous()?.apply_op1_no_bwd(&MergeHeads);
     }
     x.transpose(1, 2)?.reshape((b, t, h * d))
@@ -211,8 +211,7 @@ impl CustomOp1 for MergeHeads {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        genbench_runtime::kernels::record_fast(self.name());
-        let x = f32_slice(s, l, "merge_heads")?;
+        let [x] = f32_inputs(self.name(), [(s, l)])?;
         let (b, h, t, d) = l.shape().dims4()?;
         let mut out = uninit_f32(b * t * h * d);
         out.par_chunks_mut(h * d).enumerate().for_each(|(row, o)| {
@@ -243,9 +242,9 @@ pub fn attention_merged(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Op
         t.dims4().is_ok() && st[3] == 1 && st[2] == d
     };
     let mask_ok = mask.is_none_or(|m| m.elem_count() == tq * tk && m.dims().iter().rev().skip(2).all(|&x| x == 1));
-    if cpu_f32(q)
-        && cpu_f32(k)
-        && cpu_f32(v)
+    if fast_route(q)
+        && fast_route(k)
+        && fast_route(v)
         && k.dims() == v.dims()
         && k.dims()[..2] == [b, h]
         && k.dim(3)? == d
@@ -287,8 +286,7 @@ impl CustomOp3 for FusedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        genbench_runtime::kernels::record_fast(self.name());
-        let q = f32_slice(s1, l1, "fused attention")?;
+        let [q] = f32_inputs(self.name(), [(s1, l1)])?;
         let (CpuStorage::F32(kd), CpuStorage::F32(vd)) = (s2, s3) else {
             candle_core::bail!("fused attention: f32 only");
         };
@@ -400,7 +398,7 @@ impl CustomOp3 for FusedAttention {
 /// broadcast bias (`dst = dst + x w`), saving the separate pass and thread-pool dispatch of a
 /// broadcast add over the output; elsewhere matmul + broadcast add.
 pub fn linear_rows(x: &Tensor, w_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let fast = cpu_f32(x) && cpu_f32(w_t) && w_t.is_contiguous() && bias.is_none_or(cpu_f32);
+    let fast = fast_route(x) && fast_route(w_t) && w_t.is_contiguous() && bias.is_none_or(fast_route);
     if fast {
         let x = x.contiguous()?;
         return match bias {
@@ -508,8 +506,8 @@ impl candle_core::CustomOp2 for LinearRows {
         "linear-rows"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        genbench_runtime::kernels::record_fast("linear-rows");
-        Self::run(f32_slice(s1, l1, "linear")?, l1, f32_slice(s2, l2, "linear")?, l2, None)
+        let [x, w] = f32_inputs("linear-rows", [(s1, l1), (s2, l2)])?;
+        Self::run(x, l1, w, l2, None)
     }
 }
 
@@ -526,8 +524,8 @@ impl CustomOp3 for LinearRows {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        genbench_runtime::kernels::record_fast("linear-rows-bias");
-        Self::run(f32_slice(s1, l1, "linear")?, l1, f32_slice(s2, l2, "linear")?, l2, Some(f32_slice(s3, l3, "linear")?))
+        let [x, w, bias] = f32_inputs("linear-rows-bias", [(s1, l1), (s2, l2), (s3, l3)])?;
+        Self::run(x, l1, w, l2, Some(bias))
     }
 }
 
@@ -546,7 +544,7 @@ pub(crate) fn uninit_f32(n: usize) -> Vec<f32> {
 /// formed tile by tile (128 queries x V in a per-thread buffer, the cross term by gemm) and
 /// reduced at once, never materialising the `(N, V)` matrix; elsewhere the op sequence.
 pub fn nearest_code(z: &Tensor, e: &Tensor, e_sq: &Tensor) -> Result<Tensor> {
-    if cpu_f32(z) && cpu_f32(e) && cpu_f32(e_sq) {
+    if fast_route(z) && fast_route(e) && fast_route(e_sq) {
         return z.contiguous()?.apply_op3_no_bwd(&e.contiguous()?, &e_sq.contiguous()?, &NearestCode);
     }
     let z_sq = z.sqr()?.sum_keepdim(1)?;
@@ -570,10 +568,7 @@ impl CustomOp3 for NearestCode {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        genbench_runtime::kernels::record_fast(self.name());
-        let z = f32_slice(s1, l1, "nearest_code")?;
-        let e = f32_slice(s2, l2, "nearest_code")?;
-        let e_sq = f32_slice(s3, l3, "nearest_code")?;
+        let [z, e, e_sq] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let (n, d) = l1.shape().dims2()?;
         let (v, d2) = l2.shape().dims2()?;
         if d != d2 || e_sq.len() != v {
@@ -709,8 +704,8 @@ mod tests {
         let want = x.matmul(&w).unwrap().broadcast_add(&b).unwrap();
         assert!(max_diff(&linear_rows(&x, &w, Some(&b)).unwrap(), &want) < 1e-5);
         assert!(max_diff(&linear_rows(&x, &w, None).unwrap(), &x.matmul(&w).unwrap()) < 1e-5);
-        // wide enough for the column-split path (n >= 64 x threads), and a ragged last block
-        for (rows, n) in [(5, 300), (300, 300), (7, 1000)] {
+        // few rows, the column-split path (n >= 64 x threads), and a ragged last block
+        for (rows, n) in [(1, 37), (2, 5000), (3, 4099), (4, 16), (5, 300), (300, 300), (7, 1000)] {
             let x = Tensor::randn(0f32, 1.0, (rows, 19), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (19, n), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();

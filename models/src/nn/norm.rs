@@ -137,7 +137,7 @@ impl GroupNorm {
             _ => return Ok(None),
         };
         let data = &data[layout.start_offset()..layout.start_offset() + x.elem_count()];
-        let mut out = vec![0f32; data.len()];
+        let mut out = crate::nn::fused::uninit_f32(data.len()); // every group writes all its values
         let cpg = self.channels / self.groups;
         let eps = self.eps;
         out.par_chunks_mut(per_group.max(1)).zip(data.par_chunks(per_group.max(1))).enumerate().for_each(|(i, (dst, src))| {
