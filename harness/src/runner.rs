@@ -650,11 +650,13 @@ fn run_generate(
                 let mut line: Option<Progress> = None;
                 let mut progress = |done: usize, total: usize| {
                     if opts.verbose {
-                        let label = format!("  {}: reference features", run.id);
-                        let every = (total as u64 / 32 / 50).max(1); // about 50 lines (batches of 32)
-                                                                     // Cached features arrive all at once: done before, not a rate.
-                        let before = if done >= total { total as u64 } else { 0 };
-                        line.get_or_insert_with(|| Progress::new(&label, "images", total as u64, before, every)).set_position(done as u64);
+                        let line = line.get_or_insert_with(|| {
+                            // Cached features arrive all at once: done before this process, not a rate.
+                            let before = if done >= total { total } else { 0 };
+                            let every = (total / 32 / 50).max(1) as u64; // about 50 lines (batches of 32)
+                            Progress::new(&format!("  {}: reference features", run.id), "images", total as u64, before as u64, every)
+                        });
+                        line.set_position(done as u64);
                     }
                 };
                 let summary = reference.summarize(extractor, Some(&s.cache), &image_metrics, 32, &mut progress);

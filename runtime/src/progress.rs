@@ -77,13 +77,13 @@ impl Progress {
 
     /// The plain progress line: position, percentage, rate over this process's work, ETA.
     pub fn line(&self) -> String {
-        let elapsed = self.started.elapsed();
         let done_here = self.position - self.start_position;
-        let rate = done_here as f64 / elapsed.as_secs_f64().max(1e-9);
-        let pct = 100.0 * self.position as f64 / self.total.max(1) as f64;
         if done_here == 0 && self.position >= self.total {
             return format!("{}: {}/{} {}, all done before this process", self.label, self.position, self.total, self.unit);
         }
+        let elapsed = self.started.elapsed();
+        let rate = done_here as f64 / elapsed.as_secs_f64().max(1e-9);
+        let pct = 100.0 * self.position as f64 / self.total.max(1) as f64;
         let eta = if done_here > 0 {
             format_duration(Duration::from_secs_f64(self.total.saturating_sub(self.position) as f64 / rate))
         } else {
