@@ -5,7 +5,7 @@
 //!    kernels: about 190 GFLOP/s on 2 cores here, against 80 for faer's);
 //! 2. band -> tridiagonal by bulge chasing: short Householder reflectors on `BAND x BAND` blocks
 //!    that stay in L1;
-//! 3. implicit QL on the tridiagonal matrix.
+//! 3. eigenvalues of the tridiagonal matrix ([`crate::tridiagonal`]).
 //!
 //! A one-stage tridiagonalisation (LAPACK `dsytrd`, faer's solver) streams the whole trailing
 //! matrix through a matrix-vector product once per column: memory-bound, about 0.5 s at 2048-d.
@@ -13,21 +13,32 @@
 //! `dsytrd_sy2sb` / `dsytrd_sb2st` (Haidar, Ltaief, Dongarra 2011), written here for the
 //! eigenvalue-only case.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, Result};
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Mat, MatMut, MatRef, Par};
 use pulp::Simd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::numeric::gemm_f64;
+use crate::tridiagonal::tridiagonal_eigenvalues;
 
 /// Half-bandwidth after stage 1. Wider bands make the stage-1 products more efficient (inner
 /// dimension 2 x BAND) and stage 2 slower (its cost grows as BAND n^2).
 pub const BAND: usize = 32;
 
+/// Width of stage 1's column blocks: wide enough for the products to run near GEMM speed, narrow
+/// enough that the whole diagonal blocks (computed twice over) stay a small share.
+const SYMM_BLOCK: usize = 256;
+
 /// Eigenvalues (ascending) of the symmetric matrix whose lower triangle is `a`; the whole of
 /// `a` is used as workspace and overwritten.
-pub fn symmetric_eigenvalues_in_place(mut a: MatMut<'_, f64>, par: Par) -> Result<Vec<f64>> {
+pub fn symmetric_eigenvalues_in_place(a: MatMut<'_, f64>, par: Par) -> Result<Vec<f64>> {
+    eigenvalues_in_blocks(a, SYMM_BLOCK, par)
+}
+
+/// [`symmetric_eigenvalues_in_place`] with stage 1's column blocks `block` wide (tests use
+/// narrow ones to cover many blocks on small matrices).
+fn eigenvalues_in_blocks(mut a: MatMut<'_, f64>, block: usize, par: Par) -> Result<Vec<f64>> {
     let n = a.nrows();
     assert_eq!(n, a.ncols(), "symmetric_eigenvalues_in_place needs a square matrix");
     if n == 0 {
@@ -50,33 +61,29 @@ pub fn symmetric_eigenvalues_in_place(mut a: MatMut<'_, f64>, par: Par) -> Resul
         return Ok(vec![0.0; n]);
     }
     let scale = 2f64.powi(-(largest.log2().round() as i32));
-    scale_and_mirror_lower(a.rb_mut(), scale);
+    scale_lower_and_fill_diagonal_blocks(a.rb_mut(), scale, block);
     let band = BAND.min(n - 1).max(1);
-    reduce_to_band(a.rb_mut(), band, par);
+    reduce_to_band(a.rb_mut(), band, block, par);
     let (mut diag, mut offdiag) = band_to_tridiagonal(a.rb(), band, par);
-    tridiagonal_eigenvalues(&mut diag, &mut offdiag)?;
+    tridiagonal_eigenvalues(&mut diag, &mut offdiag, par)?;
     diag.iter_mut().for_each(|v| *v /= scale);
     diag.sort_by(f64::total_cmp);
     Ok(diag)
 }
 
-/// Scales the lower triangle by `scale` and copies it onto the upper one (stage 1 works on the
-/// full matrix, so its products are plain GEMMs). Tiled, so both sides are read and written in
-/// cache-sized blocks.
-fn scale_and_mirror_lower(a: MatMut<'_, f64>, scale: f64) {
-    const TILE: usize = 64;
+/// Scales the lower triangle by `scale` and fills the upper triangles of the diagonal blocks
+/// (see [`column_blocks`]) from it: the state stage 1 starts from.
+fn scale_lower_and_fill_diagonal_blocks(a: MatMut<'_, f64>, scale: f64, block: usize) {
     let (n, ld) = (a.nrows(), a.col_stride() as usize);
     // SAFETY: `a` is a unique, column-major view: entry (i, j) is at i + j * ld.
     let data = unsafe { std::slice::from_raw_parts_mut(a.as_ptr_mut(), (n - 1) * ld + n) };
-    for j0 in (0..n).step_by(TILE) {
-        for j in j0..(j0 + TILE).min(n) {
-            data[j * ld + j..j * ld + n].iter_mut().for_each(|v| *v *= scale);
-        }
-        for i0 in (j0..n).step_by(TILE) {
-            for j in j0..(j0 + TILE).min(n) {
-                for i in i0.max(j + 1)..(i0 + TILE).min(n) {
-                    data[i * ld + j] = data[j * ld + i];
-                }
+    for j in 0..n {
+        data[j * ld + j..j * ld + n].iter_mut().for_each(|v| *v *= scale);
+    }
+    for (c0, c1) in column_blocks(0, n, block) {
+        for j in c0..c1 {
+            for i in c0..j {
+                data[j * ld + i] = data[i * ld + j];
             }
         }
     }
@@ -98,29 +105,47 @@ fn householder(x: &mut [f64]) -> (f64, f64) {
     ((beta - alpha) / beta, beta)
 }
 
-/// Stage 1: `Q^T A Q` is band with half-width `band`; `a` full symmetric on entry and exit.
+/// Stage 1: `Q^T A Q` is band with half-width `band`. Only the lower triangle of `a` and its
+/// diagonal blocks (see [`column_blocks`]) are read and kept up to date.
 ///
 /// Panel `A[p0.., k..k+band]` (p0 = k + band) is factored `Q R` by Householder QR, with
 /// `Q = I - V T V^T` (compact WY). The trailing matrix becomes `Q^T A22 Q = A22 - V Y^T - Y V^T`
-/// with `X = A22 V T` and `Y = X - V (T^T (V^T X)) / 2`.
-fn reduce_to_band(mut a: MatMut<'_, f64>, band: usize, par: Par) {
+/// with `X = A22 V T` and `Y = X - V (T^T (V^T X)) / 2`. `A22 V` and the rank-2r update run as
+/// products over column blocks of the lower triangle: `4 r m^2` flops per panel instead of the
+/// `6 r m^2` of full-matrix products.
+fn reduce_to_band(mut a: MatMut<'_, f64>, band: usize, block: usize, par: Par) {
     let n = a.nrows();
+    // Workspaces for the largest panel, reused (sub-views) by the smaller ones.
+    let rows = n.saturating_sub(band);
+    let mut v_full = Mat::<f64>::zeros(rows, band);
+    let mut x_t_full = Mat::<f64>::zeros(band, rows);
+    // U = [V Y] and W = [Y V] for the rank-2r update A22 -= U W^T.
+    let mut u_full = Mat::<f64>::zeros(rows, 2 * band);
+    let mut w_full = Mat::<f64>::zeros(rows, 2 * band);
+    let mut taus = vec![0.0; band];
+    let (mut gram, mut t, mut vtx, mut c) =
+        (Mat::<f64>::zeros(band, band), Mat::<f64>::zeros(band, band), Mat::<f64>::zeros(band, band), Mat::<f64>::zeros(band, band));
     let mut k = 0;
     while k + band + 1 < n {
-        let (p0, width) = (k + band, band);
+        let p0 = k + band;
         let m = n - p0;
-        let r = width.min(m);
-        // Householder QR of the panel; V holds the reflectors with their unit diagonal.
-        let mut panel = a.rb().submatrix(p0, k, m, width).to_owned();
-        let mut v = Mat::<f64>::zeros(m, r);
-        let mut taus = vec![0.0; r];
-        pulp::Arch::new().dispatch(PanelQr { panel: panel.as_mut(), v: v.as_mut(), taus: &mut taus });
-        // R back into the lower triangle (its mirror above the diagonal is never read again).
-        a.rb_mut().submatrix_mut(p0, k, m, width).copy_from(panel.as_ref());
+        let r = band.min(m);
+        let (mut gram, t, vtx, c) = (
+            gram.as_mut().submatrix_mut(0, 0, r, r),
+            t.as_mut().submatrix_mut(0, 0, r, r),
+            vtx.as_mut().submatrix_mut(0, 0, r, r),
+            c.as_mut().submatrix_mut(0, 0, r, r),
+        );
+        // Householder QR of the panel in place (R in its upper triangle, zeros below); V holds
+        // the reflectors with their unit diagonal.
+        let mut v = v_full.as_mut().submatrix_mut(0, 0, m, r);
+        v.fill(0.0);
+        pulp::Arch::new().dispatch(PanelQr { panel: a.rb_mut().submatrix_mut(p0, k, m, band), v: v.rb_mut(), taus: &mut taus[..r] });
+        let v = v.rb();
         // T upper triangular with H_0 H_1 ... H_{r-1} = I - V T V^T (LAPACK's dlarft, forward).
-        let mut gram = Mat::<f64>::zeros(r, r);
-        gemm_f64(gram.as_mut(), false, v.transpose(), v.as_ref(), 1.0, Par::Seq);
-        let mut t = Mat::<f64>::zeros(r, r);
+        gemm_f64(gram.rb_mut(), false, v.transpose(), v, 1.0, Par::Seq);
+        let mut t = t;
+        t.fill(0.0);
         for i in 0..r {
             t[(i, i)] = taus[i];
             if taus[i] == 0.0 {
@@ -131,29 +156,86 @@ fn reduce_to_band(mut a: MatMut<'_, f64>, band: usize, par: Par) {
                 t[(row, i)] = -taus[i] * tz;
             }
         }
-        let mut a22 = a.rb_mut().submatrix_mut(p0, p0, m, m);
-        // Transposed products (A22 is symmetric): a wide r x m output runs at square-GEMM speed,
-        // a tall m x r one at a third of it.
-        let mut x_t = Mat::<f64>::zeros(r, m);
-        gemm_f64(x_t.as_mut(), false, v.transpose(), a22.rb(), 1.0, par);
-        // (X T)^T = T^T X^T, then V^T (X T) and C = T^T V^T X T.
-        let mut xt_t = Mat::<f64>::zeros(r, m);
-        gemm_f64(xt_t.as_mut(), false, t.transpose(), x_t.as_ref(), 1.0, par);
-        let mut vtx = Mat::<f64>::zeros(r, r);
-        gemm_f64(vtx.as_mut(), false, v.transpose(), xt_t.transpose(), 1.0, Par::Seq);
-        let mut c = Mat::<f64>::zeros(r, r);
-        gemm_f64(c.as_mut(), false, t.transpose(), vtx.as_ref(), 1.0, Par::Seq);
-        // Y^T = (X T)^T - C^T V^T / 2.
-        gemm_f64(xt_t.as_mut(), true, c.transpose(), v.transpose(), -0.5, par);
-        // U = [V Y], W = [Y V]: one rank-2r product A22 -= U W^T.
-        let mut u = Mat::<f64>::zeros(m, 2 * r);
-        u.as_mut().submatrix_mut(0, 0, m, r).copy_from(v.as_ref());
-        u.as_mut().submatrix_mut(0, r, m, r).copy_from(xt_t.transpose());
-        let mut w = Mat::<f64>::zeros(m, 2 * r);
-        w.as_mut().submatrix_mut(0, 0, m, r).copy_from(xt_t.transpose());
-        w.as_mut().submatrix_mut(0, r, m, r).copy_from(v.as_ref());
-        gemm_f64(a22.rb_mut(), true, u.as_ref(), w.transpose(), -1.0, par);
+        let blocks = column_blocks(p0, n, block);
+        // X^T = V^T A22 (transposed, so that each block's product has a wide r x w output). Columns C of A22 are stored from their diagonal block down;
+        // above it they are the transpose of row block C left of the diagonal block. Every block
+        // costs 2 r w m flops.
+        let mut x_t = x_t_full.as_mut().submatrix_mut(0, 0, r, m);
+        {
+            let a22 = a.rb().submatrix(p0, p0, m, m);
+            let outputs = split_columns(x_t.rb_mut(), &blocks);
+            for_each_block(par, outputs.into_iter().zip(&blocks).collect(), |(mut out, &(c0, c1))| {
+                let (c, w) = (c0 - p0, c1 - c0);
+                gemm_f64(out.rb_mut(), false, v.submatrix(c, 0, m - c, r).transpose(), a22.submatrix(c, c, m - c, w), 1.0, Par::Seq);
+                if c > 0 {
+                    gemm_f64(out.rb_mut(), true, v.submatrix(0, 0, c, r).transpose(), a22.submatrix(c, 0, w, c).transpose(), 1.0, Par::Seq);
+                }
+            });
+        }
+        // Y = X T - V C / 2 with C = T^T V^T X T, written into U's right half.
+        let mut u = u_full.as_mut().submatrix_mut(0, 0, m, 2 * r);
+        u.rb_mut().submatrix_mut(0, 0, m, r).copy_from(v);
+        let (_, mut y) = u.rb_mut().split_at_col_mut(r);
+        gemm_f64(y.rb_mut(), false, x_t.rb().transpose(), t.rb(), 1.0, Par::Seq);
+        let mut vtx = vtx;
+        gemm_f64(vtx.rb_mut(), false, v.transpose(), y.rb(), 1.0, Par::Seq);
+        let mut c = c;
+        gemm_f64(c.rb_mut(), false, t.rb().transpose(), vtx.rb(), 1.0, Par::Seq);
+        gemm_f64(y.rb_mut(), true, v, c.rb(), -0.5, Par::Seq);
+        let mut w = w_full.as_mut().submatrix_mut(0, 0, m, 2 * r);
+        w.rb_mut().submatrix_mut(0, 0, m, r).copy_from(y.rb());
+        w.rb_mut().submatrix_mut(0, r, m, r).copy_from(v);
+        // A22 -= U W^T on each block's columns from its diagonal block down (the diagonal block
+        // whole, so it stays symmetric).
+        let (u, w) = (u.rb(), w.rb());
+        let outputs = split_columns(a.rb_mut().submatrix_mut(p0, p0, m, m), &blocks);
+        for_each_block(par, outputs.into_iter().zip(&blocks).collect(), |(out, &(c0, c1))| {
+            let (c, cols) = (c0 - p0, c1 - c0);
+            gemm_f64(
+                out.subrows_mut(c, m - c),
+                true,
+                u.submatrix(c, 0, m - c, 2 * r),
+                w.submatrix(c, 0, cols, 2 * r).transpose(),
+                -1.0,
+                Par::Seq,
+            );
+        });
         k += band;
+    }
+}
+
+/// Column blocks `[c0, c1)` of `from..n` for stage 1's products. Their boundaries are fixed
+/// multiples of `block`, so a diagonal block is the same square from panel to panel and can be
+/// kept whole (both triangles) while the rest of the matrix keeps only its lower triangle.
+fn column_blocks(from: usize, n: usize, block: usize) -> Vec<(usize, usize)> {
+    let mut blocks = Vec::new();
+    let mut c0 = from;
+    while c0 < n {
+        let c1 = ((c0 / block + 1) * block).min(n);
+        blocks.push((c0, c1));
+        c0 = c1;
+    }
+    blocks
+}
+
+/// Consecutive column ranges of `m` with the widths of `blocks`, as disjoint views.
+fn split_columns<'a>(mut m: MatMut<'a, f64>, blocks: &[(usize, usize)]) -> Vec<MatMut<'a, f64>> {
+    let mut views = Vec::with_capacity(blocks.len());
+    for &(c0, c1) in blocks {
+        let (left, right) = m.split_at_col_mut(c1 - c0);
+        views.push(left);
+        m = right;
+    }
+    views
+}
+
+/// Runs `f` on each item, on rayon's threads when `par` allows (largest blocks first: they come
+/// first in `items`, and rayon hands out single items, so the tail stays balanced).
+fn for_each_block<T: Send>(par: Par, items: Vec<T>, f: impl Fn(T) + Sync + Send) {
+    use rayon::prelude::*;
+    match par {
+        Par::Seq => items.into_iter().for_each(f),
+        Par::Rayon(_) => items.into_par_iter().with_max_len(1).for_each(f),
     }
 }
 
@@ -204,9 +286,9 @@ impl pulp::WithSimd for PanelQr<'_> {
 /// blocks (they are one row further down), so after the last sweep the matrix is tridiagonal.
 ///
 /// Step `j` of sweep `st` works on the columns of its diagonal block only, and those of step `j`
-/// of sweep `st + 1` overlap steps `j` and `j + 1` of sweep `st`. So with one sweep per thread in
-/// turn, sweep `st + 1` may run step `j` as soon as sweep `st` has finished step `j + 1`: the
-/// sweeps run as a pipeline, two blocks apart.
+/// of sweep `st + 1` overlap steps `j` and `j + 1` of sweep `st`. So sweep `st + 1` may run step
+/// `j` as soon as sweep `st` has finished step `j + 1`: the sweeps run as a pipeline, two blocks
+/// apart, the threads taking groups of [`SWEEP_GROUP`] consecutive sweeps in turn.
 fn band_to_tridiagonal(a: MatRef<'_, f64>, band: usize, par: Par) -> (Vec<f64>, Vec<f64>) {
     let n = a.nrows();
     let sweeps = n.saturating_sub(2);
@@ -214,7 +296,7 @@ fn band_to_tridiagonal(a: MatRef<'_, f64>, band: usize, par: Par) -> (Vec<f64>, 
         Par::Seq => 1,
         Par::Rayon(t) => t.get(),
     }
-    .min(sweeps.div_ceil(2 * band).max(1));
+    .min(sweeps.div_ceil(SWEEP_GROUP).max(1));
     // Compact band storage (LAPACK's layout): column j holds rows j..j+2*band, the band and the
     // room its bulge needs. Columns of the dense matrix are 16 KB apart at 2048-d, so their
     // segments would all fall in the same few cache sets; here a sweep walks contiguous memory.
@@ -272,8 +354,15 @@ impl SharedColumns {
     }
 }
 
-/// Runs sweeps `first, first + stride, ...`, each step after the previous sweep has finished
-/// the step after it.
+/// Sweeps per group: a thread runs a group of consecutive sweeps as a wavefront (below), so the
+/// blocks they share stay in its cache and move to the other thread's core once per group, and
+/// only a group's first sweep waits on the other thread. With one sweep per thread in turn (every
+/// step waiting on the other core and pulling its block across) stage 2 took 57 ms at 2048-d on
+/// 2 threads; with groups of 8, 43 ms (4: 45, 16: 55, where the wavefronts' ramps leave threads
+/// waiting).
+const SWEEP_GROUP: usize = 8;
+
+/// Runs the sweep groups `first, first + stride, ...` (of [`SWEEP_GROUP`] sweeps each).
 struct SweepWorker<'a> {
     a: &'a SharedColumns,
     band: usize,
@@ -282,14 +371,26 @@ struct SweepWorker<'a> {
     progress: &'a [AtomicUsize],
 }
 
+/// Where one sweep stands: its current reflector on rows `r0..=r1` and the steps done.
+struct Sweep {
+    st: usize,
+    r0: usize,
+    r1: usize,
+    v: Vec<f64>,
+    tau: f64,
+    step: usize,
+    done: bool,
+}
+
 impl pulp::WithSimd for SweepWorker<'_> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let Self { a, band, first, stride, progress } = self;
-        let n = a.n;
-        let (mut v, mut v_next, mut y) = (vec![0.0; band], vec![0.0; band], vec![0.0; band]);
+        let sweeps = progress.len();
+        let (mut v_next, mut y) = (vec![0.0; band], vec![0.0; band]);
+        // Step `step` of sweep `st` may run once sweep `st - 1` has finished step `step + 1`.
         let wait_for = |st: usize, step: usize| {
             if st == 0 {
                 return;
@@ -304,65 +405,102 @@ impl pulp::WithSimd for SweepWorker<'_> {
                 }
             }
         };
-        // SAFETY (every `a.column` below): the entries lie in the columns of the current step's
-        // diagonal block, which no other sweep touches until this step is published.
-        for st in (first..progress.len()).step_by(stride) {
-            wait_for(st, 0);
-            let (mut r0, mut r1) = (st + 1, (st + band).min(n - 1));
-            let len = r1 - r0 + 1;
-            let x = unsafe { a.column(st, r0, len) };
-            let (mut tau, beta) = householder(x);
-            v[..len].copy_from_slice(x);
-            x[0] = beta;
-            x[1..].fill(0.0);
-            let mut step = 0;
-            loop {
-                if step > 0 {
-                    wait_for(st, step);
-                }
-                let len = r1 - r0 + 1;
-                if tau != 0.0 {
-                    two_sided_lower(simd, a, r0, &v[..len], tau, &mut y[..len]);
-                }
-                let n0 = r1 + 1;
-                if n0 >= n {
-                    break;
-                }
-                let n1 = (r1 + band).min(n - 1);
-                let rows = n1 - n0 + 1;
-                // Bulge block B = A[n0..=n1, r0..=r1] <- B H.
-                if tau != 0.0 {
-                    let z = &mut v_next[..rows];
-                    z.fill(0.0);
-                    for (c, &vc) in v[..len].iter().enumerate() {
-                        axpy(simd, z, vc, unsafe { a.column(r0 + c, n0, rows) });
+        let mut group: Vec<Sweep> = Vec::with_capacity(SWEEP_GROUP);
+        for g0 in (first * SWEEP_GROUP..sweeps).step_by(stride * SWEEP_GROUP) {
+            group.clear();
+            group.extend((g0..(g0 + SWEEP_GROUP).min(sweeps)).map(|st| Sweep {
+                st,
+                r0: 0,
+                r1: 0,
+                v: vec![0.0; band],
+                tau: 0.0,
+                step: 0,
+                done: false,
+            }));
+            // Wavefront: at time t, sweep g0 + i runs its step t - 2i. That step needs step
+            // t - 2i + 1 of the sweep before, which ran at time t - 1 (in this thread, or for the
+            // group's first sweep in the other one: waited for).
+            let mut t = 0;
+            while !group.last().unwrap().done {
+                for (i, sweep) in group.iter_mut().enumerate() {
+                    if sweep.done || t < 2 * i || t - 2 * i != sweep.step {
+                        continue;
                     }
-                    for (c, &vc) in v[..len].iter().enumerate() {
-                        axpy(simd, unsafe { a.column(r0 + c, n0, rows) }, -tau * vc, z);
+                    if i == 0 {
+                        wait_for(sweep.st, sweep.step);
                     }
+                    // SAFETY: the wavefront order and `wait_for` give this step its block alone.
+                    unsafe { sweep_step(simd, a, band, sweep, &mut v_next, &mut y) };
+                    progress[sweep.st].store(if sweep.done { usize::MAX } else { sweep.step }, Ordering::Release);
                 }
-                // Reflector from B's first column, applied to the rest of B from the left.
-                let first_col = unsafe { a.column(r0, n0, rows) };
-                let (tau_next, beta) = householder(first_col);
-                v_next[..rows].copy_from_slice(first_col);
-                first_col[0] = beta;
-                first_col[1..].fill(0.0);
-                if tau_next != 0.0 {
-                    for c in 1..len {
-                        let bc = unsafe { a.column(r0 + c, n0, rows) };
-                        let s = dot(simd, &v_next[..rows], bc);
-                        axpy(simd, bc, -tau_next * s, &v_next[..rows]);
-                    }
-                }
-                std::mem::swap(&mut v, &mut v_next);
-                tau = tau_next;
-                (r0, r1) = (n0, n1);
-                step += 1;
-                progress[st].store(step, Ordering::Release);
+                t += 1;
             }
-            progress[st].store(usize::MAX, Ordering::Release);
         }
     }
+}
+
+/// One step of a sweep: its first step makes the reflector that zeroes column `st` below the
+/// sub-diagonal; every step applies the current reflector to its diagonal block from both sides
+/// and to the block below from the right, which fills that block (the bulge), and makes the
+/// next reflector from the bulge's first column, applied to the rest of it from the left.
+///
+/// # Safety
+/// No other thread may touch the columns of the step's diagonal block and of the block below.
+#[inline(always)]
+unsafe fn sweep_step<S: Simd>(simd: S, a: &SharedColumns, band: usize, sweep: &mut Sweep, v_next: &mut [f64], y: &mut [f64]) {
+    let n = a.n;
+    if sweep.step == 0 {
+        let st = sweep.st;
+        (sweep.r0, sweep.r1) = (st + 1, (st + band).min(n - 1));
+        let len = sweep.r1 - sweep.r0 + 1;
+        let x = a.column(st, sweep.r0, len);
+        let (tau, beta) = householder(x);
+        sweep.v[..len].copy_from_slice(x);
+        x[0] = beta;
+        x[1..].fill(0.0);
+        sweep.tau = tau;
+    }
+    let (r0, r1, tau) = (sweep.r0, sweep.r1, sweep.tau);
+    let len = r1 - r0 + 1;
+    let v = &sweep.v[..len];
+    if tau != 0.0 {
+        two_sided_lower(simd, a, r0, v, tau, &mut y[..len]);
+    }
+    let n0 = r1 + 1;
+    if n0 >= n {
+        sweep.done = true;
+        return;
+    }
+    let n1 = (r1 + band).min(n - 1);
+    let rows = n1 - n0 + 1;
+    // Bulge block B = A[n0..=n1, r0..=r1] <- B H.
+    if tau != 0.0 {
+        let z = &mut v_next[..rows];
+        z.fill(0.0);
+        for (c, &vc) in v.iter().enumerate() {
+            axpy(simd, z, vc, a.column(r0 + c, n0, rows));
+        }
+        for (c, &vc) in v.iter().enumerate() {
+            axpy(simd, a.column(r0 + c, n0, rows), -tau * vc, z);
+        }
+    }
+    // Reflector from B's first column, applied to the rest of B from the left.
+    let first_col = a.column(r0, n0, rows);
+    let (tau_next, beta) = householder(first_col);
+    v_next[..rows].copy_from_slice(first_col);
+    first_col[0] = beta;
+    first_col[1..].fill(0.0);
+    if tau_next != 0.0 {
+        for c in 1..len {
+            let bc = a.column(r0 + c, n0, rows);
+            let s = dot(simd, &v_next[..rows], bc);
+            axpy(simd, bc, -tau_next * s, &v_next[..rows]);
+        }
+    }
+    sweep.v[..rows].copy_from_slice(&v_next[..rows]);
+    sweep.tau = tau_next;
+    (sweep.r0, sweep.r1) = (n0, n1);
+    sweep.step += 1;
 }
 
 /// `D <- H D H` for the symmetric block `D = A[r0.., r0..]` of size `v.len()`, lower triangle
@@ -419,87 +557,6 @@ fn axpy<S: Simd>(simd: S, y: &mut [f64], alpha: f64, x: &[f64]) {
     }
 }
 
-/// Eigenvalues of the symmetric tridiagonal matrix with diagonal `d` and sub-diagonal `e`
-/// (`e[i]` couples rows i and i+1; `e[n-1]` is ignored), left in `d`, unsorted. Implicit QL with
-/// Wilkinson shifts, eigenvalues only: O(n^2).
-pub(crate) fn tridiagonal_eigenvalues(d: &mut [f64], e: &mut [f64]) -> Result<()> {
-    // Scaled by a power of two (exact) so that ||T|| is about 1: the rotations can then use
-    // sqrt(f^2 + g^2) without overflow instead of the much slower `hypot`; squares that
-    // underflow belong to entries far below eps ||T||.
-    let norm = d.iter().chain(e.iter()).fold(0.0f64, |m, v| m.max(v.abs()));
-    if norm == 0.0 || !norm.is_finite() {
-        ensure!(norm == 0.0, "tridiagonal matrix has a non-finite entry");
-        return Ok(());
-    }
-    let scale = 2f64.powi(-(norm.log2().round() as i32));
-    d.iter_mut().chain(e.iter_mut()).for_each(|v| *v *= scale);
-    ql_implicit(d, e)?;
-    d.iter_mut().for_each(|v| *v /= scale);
-    Ok(())
-}
-
-fn ql_implicit(d: &mut [f64], e: &mut [f64]) -> Result<()> {
-    let n = d.len();
-    const MAX_SWEEPS: usize = 60;
-    // An entry below eps ||T|| is negligible in absolute terms too (the same backward error the
-    // tridiagonalisation already made); without it, clusters of zero eigenvalues (rank-deficient
-    // covariances) never satisfy the relative test.
-    let norm = (0..n).map(|i| d[i].abs() + if i + 1 < n { e[i].abs() } else { 0.0 }).fold(0.0, f64::max);
-    let negligible = |e: f64, d0: f64, d1: f64| e.abs() <= f64::EPSILON * (d0.abs() + d1.abs()) || e.abs() <= f64::EPSILON * norm;
-    for l in 0..n {
-        let mut sweeps = 0;
-        loop {
-            // First negligible sub-diagonal entry at or after l splits off the block l..=m.
-            let mut m = l;
-            while m + 1 < n && !negligible(e[m], d[m], d[m + 1]) {
-                m += 1;
-            }
-            if m == l {
-                break;
-            }
-            sweeps += 1;
-            if sweeps > MAX_SWEEPS {
-                bail!("tridiagonal QL iteration did not converge for eigenvalue {l} after {MAX_SWEEPS} sweeps");
-            }
-            // Wilkinson shift from the leading 2x2 block.
-            let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
-            let r = g.hypot(1.0);
-            g = d[m] - d[l] + e[l] / (g + r.copysign(g));
-            let (mut s, mut c, mut p) = (1.0f64, 1.0f64, 0.0f64);
-            let mut deflated = false;
-            for i in (l..m).rev() {
-                let f = s * e[i];
-                let b = c * e[i];
-                let r = (f * f + g * g).sqrt();
-                e[i + 1] = r;
-                if r == 0.0 {
-                    // Underflow: the block splits here; retry from l.
-                    d[i + 1] -= p;
-                    e[m] = 0.0;
-                    deflated = true;
-                    break;
-                }
-                // One division instead of two: it sits on the loop's critical path.
-                let inv = 1.0 / r;
-                s = f * inv;
-                c = g * inv;
-                g = d[i + 1] - p;
-                let t = (d[i] - g) * s + 2.0 * c * b;
-                p = s * t;
-                d[i + 1] = g + p;
-                g = c * t - b;
-            }
-            if deflated {
-                continue;
-            }
-            d[l] -= p;
-            e[l] = g;
-            e[m] = 0.0;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,6 +594,29 @@ mod tests {
             // Both are backward-stable f64 solvers: eigenvalues agree to a few ulps of ||A||.
             for (g, e) in got.iter().zip(&expected) {
                 assert!((g - e).abs() <= 1e-12 * scale, "n = {n}: {g} vs {e} (scale {scale})");
+            }
+        }
+    }
+
+    #[test]
+    fn stage_one_column_blocks_of_any_width_give_the_same_eigenvalues() {
+        // Many column blocks, block edges on and off the panel edges (multiples of BAND or not),
+        // a first block cut short by the panel start; one thread and two.
+        for (n, block, par) in
+            [(150, 40, Par::Seq), (150, 64, Par::rayon(2)), (257, 33, Par::rayon(2)), (200, BAND, Par::Seq), (90, 1000, Par::Seq)]
+        {
+            let a = random_symmetric(n, 11 + n as u64);
+            let mut input = a.clone();
+            for j in 1..n {
+                for i in 0..j {
+                    input[(i, j)] = f64::NAN;
+                }
+            }
+            let expected = a.self_adjoint_eigenvalues(faer::Side::Lower).unwrap();
+            let got = eigenvalues_in_blocks(input.as_mut(), block, par).unwrap();
+            let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (g, e) in got.iter().zip(&expected) {
+                assert!((g - e).abs() <= 1e-12 * scale, "n = {n}, block {block}: {g} vs {e} (scale {scale})");
             }
         }
     }

@@ -31,6 +31,7 @@ use faer::linalg::cholesky::llt_pivoting::factor::{
 use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
+use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatRef, Par};
 
 use crate::eigenvalues::symmetric_eigenvalues_in_place;
@@ -206,29 +207,37 @@ pub fn trace_sqrt_product_eigen(s1: &[f64], s2: &[f64], d: usize, par: Par) -> R
 
 /// `sum sqrt(eig(L^T S L))` using the triangular structure of `L`.
 fn congruence_trace(l: MatRef<'_, f64>, s: MatRef<'_, f64>, par: Par, route: TraceRoute) -> Result<TraceSqrt> {
-    let congruent = if l.nrows() >= TWO_STAGE_MIN_DIM { congruence_lower(l, s, par) } else { congruence_lower_faer(l, s, par) };
-    sum_sqrt_eigenvalues(congruent, par, route)
+    let values = if l.nrows() >= TWO_STAGE_MIN_DIM {
+        symmetric_eigenvalues_in_place(congruence_lower(l, s, par).as_mut(), par)?
+    } else {
+        faer_symmetric_eigenvalues(congruence_lower_faer(l, s, par).as_ref(), par)?
+    };
+    Ok(sum_sqrt_clipped(&values, route))
 }
 
 /// The lower triangle of `L^T S L` (entries above the diagonal are workspace), in column and row
-/// blocks that skip the zero upper triangle of `L`: `d^3 + d^3/3` flops instead of `4 d^3`.
+/// blocks that skip the zero upper triangle of `L`: `d^3 + d^3/3` flops instead of `4 d^3`. One
+/// `d x d` matrix holds `S L` and then, row block by row block, the result.
 fn congruence_lower(l: MatRef<'_, f64>, s: MatRef<'_, f64>, par: Par) -> Mat<f64> {
     const BLOCK: usize = 256;
     let d = l.nrows();
+    let mut out = Mat::<f64>::zeros(d, d);
     // (S L)[:, J] = S[:, j0..] L[j0.., J] for the column block J = j0..j1.
-    let mut s_l = Mat::<f64>::zeros(d, d);
     for j0 in (0..d).step_by(BLOCK) {
         let w = BLOCK.min(d - j0);
-        gemm_f64(s_l.as_mut().submatrix_mut(0, j0, d, w), false, s.submatrix(0, j0, d, d - j0), l.submatrix(j0, j0, d - j0, w), 1.0, par);
+        gemm_f64(out.as_mut().submatrix_mut(0, j0, d, w), false, s.submatrix(0, j0, d, d - j0), l.submatrix(j0, j0, d - j0, w), 1.0, par);
     }
-    // (L^T S L)[I, ..i1] = L[i0.., I]^T (S L)[i0.., ..i1] for the row block I = i0..i1.
-    let mut congruent = Mat::<f64>::zeros(d, d);
+    // (L^T S L)[I, ..i1] = L[i0.., I]^T (S L)[i0.., ..i1] for the row block I = i0..i1. It reads
+    // rows i0.. of S L only, so it replaces rows I once computed.
+    let mut rows = Mat::<f64>::zeros(BLOCK.min(d), d);
     for i0 in (0..d).step_by(BLOCK) {
         let h = BLOCK.min(d - i0);
         let lhs = l.submatrix(i0, i0, d - i0, h).transpose();
-        gemm_f64(congruent.as_mut().submatrix_mut(i0, 0, h, i0 + h), false, lhs, s_l.as_ref().submatrix(i0, 0, d - i0, i0 + h), 1.0, par);
+        let mut block = rows.as_mut().submatrix_mut(0, 0, h, i0 + h);
+        gemm_f64(block.rb_mut(), false, lhs, out.as_ref().submatrix(i0, 0, d - i0, i0 + h), 1.0, par);
+        out.as_mut().submatrix_mut(i0, 0, h, i0 + h).copy_from(block.rb());
     }
-    congruent
+    out
 }
 
 /// The same with faer's triangular products: the route below [`TWO_STAGE_MIN_DIM`] (where a
@@ -321,18 +330,18 @@ fn symmetrize(m: &mut Mat<f64>) {
 /// Lower Cholesky factor, or `None` if the matrix is not numerically positive definite.
 fn cholesky_lower(a: MatRef<'_, f64>, par: Par) -> Option<Mat<f64>> {
     let d = a.nrows();
-    // The lower triangle, copied in tiles: `a` is a row-major view, so a column of `l` is a
-    // strided read; tiles keep both sides in cache.
-    const TILE: usize = 64;
+    // `a` is symmetric and row-major, so its entries in column-major order are the same matrix:
+    // one contiguous copy instead of a transposing one. (Our covariances are mirrored exactly; a
+    // reference batch's may differ from its transpose by rounding, which moves FID by ~1e-15.)
     let mut l = Mat::<f64>::zeros(d, d);
-    for j0 in (0..d).step_by(TILE) {
-        for i0 in (j0..d).step_by(TILE) {
-            for i in i0..(i0 + TILE).min(d) {
-                for j in j0..(j0 + TILE).min(i + 1) {
-                    l[(i, j)] = a[(i, j)];
-                }
-            }
-        }
+    let source = a.transpose().try_as_col_major().expect("a row-major covariance view");
+    for j in 0..d {
+        l.col_mut(j)
+            .subrows_mut(j, d - j)
+            .try_as_col_major_mut()
+            .unwrap()
+            .as_slice_mut()
+            .copy_from_slice(&source.col(j).try_as_col_major().unwrap().as_slice()[j..]);
     }
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(d, par, Default::default()));
     let stack = MemStack::new(&mut mem);

@@ -48,6 +48,7 @@ pub mod numpy_rng;
 pub mod precision_recall;
 pub mod reference_batches;
 pub mod stats;
+mod tridiagonal;
 
 // FID Inception network, preprocessing and batched feature extraction.
 pub mod features;
