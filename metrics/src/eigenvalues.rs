@@ -115,8 +115,11 @@ fn householder(x: &mut [f64]) -> (f64, f64) {
 /// `6 r m^2` of full-matrix products.
 fn reduce_to_band(mut a: MatMut<'_, f64>, band: usize, block: usize, par: Par) {
     let n = a.nrows();
+    if band + 1 >= n {
+        return;
+    }
     // Workspaces for the largest panel, reused (sub-views) by the smaller ones.
-    let rows = n.saturating_sub(band);
+    let rows = n - band;
     let mut v_full = Mat::<f64>::zeros(rows, band);
     let mut x_t_full = Mat::<f64>::zeros(band, rows);
     // U = [V Y] and W = [Y V] for the rank-2r update A22 -= U W^T.
@@ -125,41 +128,25 @@ fn reduce_to_band(mut a: MatMut<'_, f64>, band: usize, block: usize, par: Par) {
     let mut taus = vec![0.0; band];
     let (mut gram, mut t, mut vtx, mut c) =
         (Mat::<f64>::zeros(band, band), Mat::<f64>::zeros(band, band), Mat::<f64>::zeros(band, band), Mat::<f64>::zeros(band, band));
+    let first_r = band.min(rows);
+    factor_panel(
+        a.rb_mut().submatrix_mut(band, 0, rows, band),
+        v_full.as_mut().submatrix_mut(0, 0, rows, first_r),
+        &mut taus,
+        gram.as_mut(),
+        t.as_mut(),
+    );
     let mut k = 0;
     while k + band + 1 < n {
+        // Panel k..k+band is factored: V (m x r) and T (r x r).
         let p0 = k + band;
         let m = n - p0;
         let r = band.min(m);
-        let (mut gram, t, vtx, c) = (
-            gram.as_mut().submatrix_mut(0, 0, r, r),
-            t.as_mut().submatrix_mut(0, 0, r, r),
-            vtx.as_mut().submatrix_mut(0, 0, r, r),
-            c.as_mut().submatrix_mut(0, 0, r, r),
-        );
-        // Householder QR of the panel in place (R in its upper triangle, zeros below); V holds
-        // the reflectors with their unit diagonal.
-        let mut v = v_full.as_mut().submatrix_mut(0, 0, m, r);
-        v.fill(0.0);
-        pulp::Arch::new().dispatch(PanelQr { panel: a.rb_mut().submatrix_mut(p0, k, m, band), v: v.rb_mut(), taus: &mut taus[..r] });
-        let v = v.rb();
-        // T upper triangular with H_0 H_1 ... H_{r-1} = I - V T V^T (LAPACK's dlarft, forward).
-        gemm_f64(gram.rb_mut(), false, v.transpose(), v, 1.0, Par::Seq);
-        let mut t = t;
-        t.fill(0.0);
-        for i in 0..r {
-            t[(i, i)] = taus[i];
-            if taus[i] == 0.0 {
-                continue;
-            }
-            for row in 0..i {
-                let tz: f64 = (row..i).map(|q| t[(row, q)] * gram[(q, i)]).sum();
-                t[(row, i)] = -taus[i] * tz;
-            }
-        }
+        let (v, t_r) = (v_full.as_ref().submatrix(0, 0, m, r), t.as_ref().submatrix(0, 0, r, r));
         let blocks = column_blocks(p0, n, block);
-        // X^T = V^T A22 (transposed, so that each block's product has a wide r x w output). Columns C of A22 are stored from their diagonal block down;
-        // above it they are the transpose of row block C left of the diagonal block. Every block
-        // costs 2 r w m flops.
+        // X^T = V^T A22 (transposed, so that each block's product has a wide r x w output).
+        // Columns C of A22 are stored from their diagonal block down; above it they are the
+        // transpose of row block C left of the diagonal block. Every block costs 2 r w m flops.
         let mut x_t = x_t_full.as_mut().submatrix_mut(0, 0, r, m);
         {
             let a22 = a.rb().submatrix(p0, p0, m, m);
@@ -176,11 +163,11 @@ fn reduce_to_band(mut a: MatMut<'_, f64>, band: usize, block: usize, par: Par) {
         let mut u = u_full.as_mut().submatrix_mut(0, 0, m, 2 * r);
         u.rb_mut().submatrix_mut(0, 0, m, r).copy_from(v);
         let (_, mut y) = u.rb_mut().split_at_col_mut(r);
-        gemm_f64(y.rb_mut(), false, x_t.rb().transpose(), t.rb(), 1.0, Par::Seq);
-        let mut vtx = vtx;
+        gemm_f64(y.rb_mut(), false, x_t.rb().transpose(), t_r, 1.0, Par::Seq);
+        let mut vtx = vtx.as_mut().submatrix_mut(0, 0, r, r);
         gemm_f64(vtx.rb_mut(), false, v.transpose(), y.rb(), 1.0, Par::Seq);
-        let mut c = c;
-        gemm_f64(c.rb_mut(), false, t.rb().transpose(), vtx.rb(), 1.0, Par::Seq);
+        let mut c = c.as_mut().submatrix_mut(0, 0, r, r);
+        gemm_f64(c.rb_mut(), false, t_r.transpose(), vtx.rb(), 1.0, Par::Seq);
         gemm_f64(y.rb_mut(), true, v, c.rb(), -0.5, Par::Seq);
         let mut w = w_full.as_mut().submatrix_mut(0, 0, m, 2 * r);
         w.rb_mut().submatrix_mut(0, 0, m, r).copy_from(y.rb());
@@ -188,19 +175,79 @@ fn reduce_to_band(mut a: MatMut<'_, f64>, band: usize, block: usize, par: Par) {
         // A22 -= U W^T on each block's columns from its diagonal block down (the diagonal block
         // whole, so it stays symmetric).
         let (u, w) = (u.rb(), w.rb());
-        let outputs = split_columns(a.rb_mut().submatrix_mut(p0, p0, m, m), &blocks);
-        for_each_block(par, outputs.into_iter().zip(&blocks).collect(), |(out, &(c0, c1))| {
-            let (c, cols) = (c0 - p0, c1 - c0);
-            gemm_f64(
-                out.subrows_mut(c, m - c),
-                true,
-                u.submatrix(c, 0, m - c, 2 * r),
-                w.submatrix(c, 0, cols, 2 * r).transpose(),
-                -1.0,
-                Par::Seq,
-            );
-        });
+        let update = |a22: MatMut<'_, f64>, blocks: &[(usize, usize)]| {
+            // `a22` holds rows p0.. of the blocks' columns.
+            let outputs = split_columns(a22, blocks);
+            for_each_block(par, outputs.into_iter().zip(blocks).collect(), |(out, &(c0, c1))| {
+                let (c, cols) = (c0 - p0, c1 - c0);
+                gemm_f64(
+                    out.subrows_mut(c, m - c),
+                    true,
+                    u.submatrix(c, 0, m - c, 2 * r),
+                    w.submatrix(c, 0, cols, 2 * r).transpose(),
+                    -1.0,
+                    Par::Seq,
+                );
+            });
+        };
+        let a22 = a.rb_mut().submatrix_mut(p0, p0, m, m);
+        if p0 + band + 1 < n {
+            // Look-ahead: the next panel (A22's first `band` columns) is updated first and
+            // factored on one thread while the other updates the rest of A22.
+            let (mut next, rest) = a22.split_at_col_mut(band);
+            gemm_f64(next.rb_mut(), true, u, w.submatrix(0, 0, band, 2 * r).transpose(), -1.0, par);
+            let factor_next = || {
+                let m_next = m - band;
+                let r_next = band.min(m_next);
+                factor_panel(
+                    next.subrows_mut(band, m_next),
+                    v_full.as_mut().submatrix_mut(0, 0, m_next, r_next),
+                    &mut taus,
+                    gram.as_mut(),
+                    t.as_mut(),
+                );
+            };
+            let rest_blocks = column_blocks(p0 + band, n, block);
+            join(par, factor_next, || update(rest, &rest_blocks));
+        } else {
+            update(a22, &blocks);
+        }
         k += band;
+    }
+}
+
+/// Householder QR of a stage-1 panel in place (R in its upper triangle, zeros below), its
+/// reflectors in `v` (unit diagonal, zeros above) and `T` (upper triangular, `r x r` corner of
+/// `t`) with `H_0 H_1 ... H_{r-1} = I - V T V^T` (LAPACK's `dlarft`, forward).
+fn factor_panel(panel: MatMut<'_, f64>, mut v: MatMut<'_, f64>, taus: &mut [f64], mut gram: MatMut<'_, f64>, mut t: MatMut<'_, f64>) {
+    let r = v.ncols();
+    v.fill(0.0);
+    pulp::Arch::new().dispatch(PanelQr { panel, v: v.rb_mut(), taus: &mut taus[..r] });
+    let (mut gram, mut t) = (gram.rb_mut().submatrix_mut(0, 0, r, r), t.rb_mut().submatrix_mut(0, 0, r, r));
+    gemm_f64(gram.rb_mut(), false, v.rb().transpose(), v.rb(), 1.0, Par::Seq);
+    t.fill(0.0);
+    for i in 0..r {
+        t[(i, i)] = taus[i];
+        if taus[i] == 0.0 {
+            continue;
+        }
+        for row in 0..i {
+            let tz: f64 = (row..i).map(|q| t[(row, q)] * gram[(q, i)]).sum();
+            t[(row, i)] = -taus[i] * tz;
+        }
+    }
+}
+
+/// `(a(), b())`, side by side when `par` allows.
+fn join<A: FnOnce() + Send, B: FnOnce() + Send>(par: Par, a: A, b: B) {
+    match par {
+        Par::Seq => {
+            a();
+            b();
+        }
+        Par::Rayon(_) => {
+            rayon::join(a, b);
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigen
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
 use faer::reborrow::{Reborrow, ReborrowMut};
-use faer::{Accum, Mat, MatRef, Par};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
 
 use crate::eigenvalues::symmetric_eigenvalues_in_place;
 use crate::numeric::{default_par, gemm_f64};
@@ -156,7 +156,7 @@ pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], d: usize, par: Par) -> Result<
 
 /// The lower Cholesky factor of S1, else of S2 (`S1 S2` and `S2 S1` share eigenvalues), with the
 /// other covariance and the route; `None` when neither is positive definite.
-fn cholesky_of_either<'a>(m1: MatRef<'a, f64>, m2: MatRef<'a, f64>, par: Par) -> Option<(Mat<f64>, MatRef<'a, f64>, TraceRoute)> {
+fn cholesky_of_either<'a>(m1: MatRef<'a, f64>, m2: MatRef<'a, f64>, par: Par) -> Option<(Square, MatRef<'a, f64>, TraceRoute)> {
     if let Some(l) = cholesky_lower(m1, par) {
         return Some((l, m2, TraceRoute::CholeskySample));
     }
@@ -218,10 +218,10 @@ fn congruence_trace(l: MatRef<'_, f64>, s: MatRef<'_, f64>, par: Par, route: Tra
 /// The lower triangle of `L^T S L` (entries above the diagonal are workspace), in column and row
 /// blocks that skip the zero upper triangle of `L`: `d^3 + d^3/3` flops instead of `4 d^3`. One
 /// `d x d` matrix holds `S L` and then, row block by row block, the result.
-fn congruence_lower(l: MatRef<'_, f64>, s: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+fn congruence_lower(l: MatRef<'_, f64>, s: MatRef<'_, f64>, par: Par) -> Square {
     const BLOCK: usize = 256;
     let d = l.nrows();
-    let mut out = Mat::<f64>::zeros(d, d);
+    let mut out = Square::zeroed(d);
     // (S L)[:, J] = S[:, j0..] L[j0.., J] for the column block J = j0..j1.
     for j0 in (0..d).step_by(BLOCK) {
         let w = BLOCK.min(d - j0);
@@ -328,31 +328,55 @@ fn symmetrize(m: &mut Mat<f64>) {
 }
 
 /// Lower Cholesky factor, or `None` if the matrix is not numerically positive definite.
-fn cholesky_lower(a: MatRef<'_, f64>, par: Par) -> Option<Mat<f64>> {
+fn cholesky_lower(a: MatRef<'_, f64>, par: Par) -> Option<Square> {
+    use rayon::prelude::*;
     let d = a.nrows();
     // `a` is symmetric and row-major, so its entries in column-major order are the same matrix:
-    // one contiguous copy instead of a transposing one. (Our covariances are mirrored exactly; a
-    // reference batch's may differ from its transpose by rounding, which moves FID by ~1e-15.)
-    let mut l = Mat::<f64>::zeros(d, d);
+    // contiguous column copies instead of a transposing one. (Our covariances are mirrored
+    // exactly; a reference batch's may differ from its transpose by rounding, which moves FID by
+    // ~1e-15.) In parallel, so that the buffer's page faults are taken on both threads.
+    let mut buffer = Square::zeroed(d);
     let source = a.transpose().try_as_col_major().expect("a row-major covariance view");
-    for j in 0..d {
-        l.col_mut(j)
-            .subrows_mut(j, d - j)
-            .try_as_col_major_mut()
-            .unwrap()
-            .as_slice_mut()
-            .copy_from_slice(&source.col(j).try_as_col_major().unwrap().as_slice()[j..]);
+    let copy_column =
+        |(j, column): (usize, &mut [f64])| column[j..].copy_from_slice(&source.col(j).try_as_col_major().unwrap().as_slice()[j..]);
+    match par {
+        Par::Seq => buffer.data.chunks_mut(d).enumerate().for_each(copy_column),
+        Par::Rayon(_) => buffer.data.par_chunks_mut(d).enumerate().for_each(copy_column),
     }
+    let mut l = buffer.as_mut();
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(d, par, Default::default()));
     let stack = MemStack::new(&mut mem);
-    cholesky_in_place(l.as_mut(), Default::default(), par, stack, Default::default()).ok()?;
+    cholesky_in_place(l.rb_mut(), Default::default(), par, stack, Default::default()).ok()?;
     // faer's blocked factorisation uses the strict upper triangle as workspace; the block
     // products read `l` densely, so it must be zero there.
     for j in 1..d {
-        l.as_mut().col_mut(j).subrows_mut(0, j).fill(0.0);
+        l.rb_mut().col_mut(j).subrows_mut(0, j).fill(0.0);
     }
     let diagonal_ok = (0..d).all(|i| l[(i, i)].is_finite() && l[(i, i)] > 0.0);
-    diagonal_ok.then_some(l)
+    diagonal_ok.then_some(buffer)
+}
+
+/// A zero-filled column-major `d x d` matrix whose pages are first touched by whatever fills it.
+/// `Mat::zeros` writes every zero on one thread: at 2048-d, 8192 page faults and about 12 ms
+/// per matrix here. This buffer comes zeroed from the allocator (`calloc`), and the parallel
+/// products or copies that fill it take those faults on both threads.
+struct Square {
+    data: Vec<f64>,
+    d: usize,
+}
+
+impl Square {
+    fn zeroed(d: usize) -> Self {
+        Self { data: vec![0.0; d * d], d }
+    }
+
+    fn as_ref(&self) -> MatRef<'_, f64> {
+        MatRef::from_column_major_slice(&self.data, self.d, self.d)
+    }
+
+    fn as_mut(&mut self) -> MatMut<'_, f64> {
+        MatMut::from_column_major_slice_mut(&mut self.data, self.d, self.d)
+    }
 }
 
 fn faer_symmetric_eigenvalues(a: MatRef<'_, f64>, par: Par) -> Result<Vec<f64>> {
