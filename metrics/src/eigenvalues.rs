@@ -19,7 +19,7 @@ use faer::{Mat, MatMut, MatRef, Par};
 use pulp::Simd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::numeric::gemm_f64;
+use crate::numeric::{gemm_f64, largest_magnitude};
 use crate::tridiagonal::tridiagonal_eigenvalues;
 
 /// Half-bandwidth after stage 1. Wider bands make the stage-1 products more efficient (inner
@@ -50,11 +50,9 @@ fn eigenvalues_in_blocks(mut a: MatMut<'_, f64>, block: usize, par: Par) -> Resu
     let mut largest = 0.0f64;
     for j in 0..n {
         let col = a.rb().col(j).subrows(j, n - j).try_as_col_major().unwrap().as_slice();
-        // max(|v|) ignores NaN, so non-finite entries are counted separately.
-        let (top, bad) = col.iter().fold((0.0f64, false), |(m, bad), v| (m.max(v.abs()), bad | !v.is_finite()));
-        if bad {
+        let Some(top) = largest_magnitude(col) else {
             bail!("symmetric eigenvalues: the matrix has a non-finite entry");
-        }
+        };
         largest = largest.max(top);
     }
     if largest == 0.0 {

@@ -48,7 +48,9 @@ impl FeatureStats {
         if let Some(i) = self.mu.iter().position(|v| !v.is_finite()) {
             bail!("{what}: mean contains a non-finite value ({}) at index {i}", self.mu[i]);
         }
-        if let Some(i) = self.sigma.iter().position(|v| !v.is_finite()) {
+        // The vectorised check first; the position only for the error message.
+        if !crate::numeric::all_finite(&self.sigma) {
+            let i = self.sigma.iter().position(|v| !v.is_finite()).unwrap_or(0);
             bail!("{what}: covariance contains a non-finite value ({}) at [{}, {}]", self.sigma[i], i / d, i % d);
         }
         Ok(())
