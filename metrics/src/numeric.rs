@@ -143,6 +143,42 @@ pub fn default_par() -> Par {
     Par::rayon(0)
 }
 
+/// Largest `|v|`, or `None` if a value is infinite or NaN; in SIMD registers (a scalar scan of
+/// a 2048-d covariance took 4 ms).
+pub fn largest_magnitude(values: &[f64]) -> Option<f64> {
+    pulp::Arch::new().dispatch(LargestMagnitude(values))
+}
+
+struct LargestMagnitude<'a>(&'a [f64]);
+
+impl pulp::WithSimd for LargestMagnitude<'_> {
+    type Output = Option<f64>;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> Option<f64> {
+        let (head, tail) = S::as_simd_f64s(self.0);
+        let (mut top, mut poison) = (simd.splat_f64s(0.0), simd.splat_f64s(0.0));
+        for &v in head {
+            let magnitude = simd.abs_f64s(v);
+            top = simd.max_f64s(top, magnitude);
+            // |v| - |v| is 0 for a finite value and NaN for an infinite or NaN one.
+            poison = simd.add_f64s(poison, simd.sub_f64s(magnitude, magnitude));
+        }
+        let (mut top, mut poison) = (simd.reduce_max_f64s(top), simd.reduce_sum_f64s(poison));
+        for &v in tail {
+            top = top.max(v.abs());
+            poison += v.abs() - v.abs();
+        }
+        (!poison.is_nan()).then_some(top)
+    }
+}
+
+/// Whether every value is finite; large slices are checked on rayon's threads.
+pub fn all_finite(values: &[f64]) -> bool {
+    use rayon::prelude::*;
+    values.par_chunks(1 << 18).all(|chunk| largest_magnitude(chunk).is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,40 +259,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Largest `|v|`, or `None` if a value is infinite or NaN; in SIMD registers (a scalar scan of
-/// a 2048-d covariance took 4 ms).
-pub fn largest_magnitude(values: &[f64]) -> Option<f64> {
-    pulp::Arch::new().dispatch(LargestMagnitude(values))
-}
-
-struct LargestMagnitude<'a>(&'a [f64]);
-
-impl pulp::WithSimd for LargestMagnitude<'_> {
-    type Output = Option<f64>;
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, simd: S) -> Option<f64> {
-        let (head, tail) = S::as_simd_f64s(self.0);
-        let (mut top, mut poison) = (simd.splat_f64s(0.0), simd.splat_f64s(0.0));
-        for &v in head {
-            let magnitude = simd.abs_f64s(v);
-            top = simd.max_f64s(top, magnitude);
-            // |v| - |v| is 0 for a finite value and NaN for an infinite or NaN one.
-            poison = simd.add_f64s(poison, simd.sub_f64s(magnitude, magnitude));
-        }
-        let (mut top, mut poison) = (simd.reduce_max_f64s(top), simd.reduce_sum_f64s(poison));
-        for &v in tail {
-            top = top.max(v.abs());
-            poison += v.abs() - v.abs();
-        }
-        (!poison.is_nan()).then_some(top)
-    }
-}
-
-/// Whether every value is finite; large slices are checked on rayon's threads.
-pub fn all_finite(values: &[f64]) -> bool {
-    use rayon::prelude::*;
-    values.par_chunks(1 << 18).all(|chunk| largest_magnitude(chunk).is_some())
 }
