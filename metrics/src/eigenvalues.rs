@@ -525,7 +525,18 @@ unsafe fn sweep_step<S: Simd>(simd: S, a: &SharedColumns, band: usize, sweep: &m
     let n1 = (r1 + band).min(n - 1);
     let rows = n1 - n0 + 1;
     // Bulge block B = A[n0..=n1, r0..=r1] <- B H.
-    if tau != 0.0 {
+    if tau != 0.0 && rows == FULL && len == FULL {
+        // The common full-size block, with lengths known at compile time: the compiler unrolls
+        // the vector loops and drops the tails (stage 2: 42 -> 35 ms at 2048-d).
+        let z: &mut [f64; FULL] = (&mut v_next[..FULL]).try_into().unwrap();
+        z.fill(0.0);
+        for (c, &vc) in v.iter().enumerate() {
+            axpy_full(simd, z, vc, (&*a.column(r0 + c, n0, FULL)).try_into().unwrap());
+        }
+        for (c, &vc) in v.iter().enumerate() {
+            axpy_full(simd, a.column(r0 + c, n0, FULL).try_into().unwrap(), -tau * vc, z);
+        }
+    } else if tau != 0.0 {
         let z = &mut v_next[..rows];
         z.fill(0.0);
         for (c, &vc) in v.iter().enumerate() {
@@ -541,7 +552,15 @@ unsafe fn sweep_step<S: Simd>(simd: S, a: &SharedColumns, band: usize, sweep: &m
     v_next[..rows].copy_from_slice(first_col);
     first_col[0] = beta;
     first_col[1..].fill(0.0);
-    if tau_next != 0.0 {
+    if tau_next != 0.0 && rows == FULL {
+        // As above.
+        let vn: &[f64; FULL] = (&v_next[..FULL]).try_into().unwrap();
+        for c in 1..len {
+            let bc: &mut [f64; FULL] = a.column(r0 + c, n0, FULL).try_into().unwrap();
+            let s = dot_full(simd, vn, bc);
+            axpy_full(simd, bc, -tau_next * s, vn);
+        }
+    } else if tau_next != 0.0 {
         for c in 1..len {
             let bc = a.column(r0 + c, n0, rows);
             let s = dot(simd, &v_next[..rows], bc);
@@ -592,6 +611,19 @@ fn dot<S: Simd>(simd: S, x: &[f64], y: &[f64]) -> f64 {
         sum += a * b;
     }
     sum
+}
+
+/// Length of a full stage-2 block column ([`BAND`]), for the fixed-size kernels.
+const FULL: usize = BAND;
+
+#[inline(always)]
+fn dot_full<S: Simd>(simd: S, x: &[f64; FULL], y: &[f64; FULL]) -> f64 {
+    dot(simd, x, y)
+}
+
+#[inline(always)]
+fn axpy_full<S: Simd>(simd: S, y: &mut [f64; FULL], alpha: f64, x: &[f64; FULL]) {
+    axpy(simd, y, alpha, x)
 }
 
 /// `y += alpha x`.
