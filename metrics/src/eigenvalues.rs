@@ -394,6 +394,17 @@ struct SharedColumns {
 unsafe impl Sync for SharedColumns {}
 
 impl SharedColumns {
+    /// The `FULL` storage slots of column `j` from its diagonal down: rows `j..j+FULL`, the
+    /// rows past the matrix's end included (slots that hold zeros).
+    ///
+    /// # Safety
+    /// No other thread may access these entries while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn column_from_diagonal(&self, j: usize) -> &mut [f64; FULL] {
+        debug_assert!(j < self.n && FULL <= self.ld);
+        &mut *self.ptr.add(j * self.ld).cast::<[f64; FULL]>()
+    }
+
     /// Rows `first..first+len` of column `j`.
     ///
     /// # Safety
@@ -514,7 +525,9 @@ unsafe fn sweep_step<S: Simd>(simd: S, a: &SharedColumns, band: usize, sweep: &m
     let (r0, r1, tau) = (sweep.r0, sweep.r1, sweep.tau);
     let len = r1 - r0 + 1;
     let v = &sweep.v[..len];
-    if tau != 0.0 {
+    if tau != 0.0 && len == FULL {
+        two_sided_full(simd, a, r0, v.try_into().unwrap(), tau);
+    } else if tau != 0.0 {
         two_sided_lower(simd, a, r0, v, tau, &mut y[..len]);
     }
     let n0 = r1 + 1;
@@ -571,6 +584,37 @@ unsafe fn sweep_step<S: Simd>(simd: S, a: &SharedColumns, band: usize, sweep: &m
     sweep.tau = tau_next;
     (sweep.r0, sweep.r1) = (n0, n1);
     sweep.step += 1;
+}
+
+/// [`two_sided_lower`] for a full `FULL x FULL` block, with every vector `FULL` long: column `c`
+/// of the block is read from its diagonal `FULL` rows down, past the block into the bulge rows
+/// below it (this step's, finite), which meet zeros in the padded `v` and `y` and so neither
+/// contribute nor change.
+#[inline(always)]
+fn two_sided_full<S: Simd>(simd: S, a: &SharedColumns, r0: usize, v: &[f64; FULL], tau: f64) {
+    let (mut v_pad, mut y_pad) = ([0.0f64; 2 * FULL], [0.0f64; 2 * FULL]);
+    v_pad[..FULL].copy_from_slice(v);
+    for c in 0..FULL {
+        // SAFETY: the caller's block and the bulge rows below it (see `SweepWorker`).
+        let col = unsafe { a.column_from_diagonal(r0 + c) };
+        let v_seg: &[f64; FULL] = v_pad[c..c + FULL].try_into().unwrap();
+        // y[c] += col[1..] . v[c+1..]; y[c..] += v[c] col (its first term is col[0] v[c]).
+        let below = dot_full(simd, col, v_seg) - col[0] * v[c];
+        axpy_full(simd, (&mut y_pad[c..c + FULL]).try_into().unwrap(), v[c], col);
+        y_pad[c] += below;
+    }
+    y_pad[FULL..].fill(0.0);
+    let y: &mut [f64; FULL] = (&mut y_pad[..FULL]).try_into().unwrap();
+    y.iter_mut().for_each(|t| *t *= tau);
+    let alpha = -0.5 * tau * dot_full(simd, y, v);
+    axpy_full(simd, y, alpha, v);
+    for c in 0..FULL {
+        // SAFETY: as above.
+        let col = unsafe { a.column_from_diagonal(r0 + c) };
+        let (wc, vc) = (y_pad[c], v[c]);
+        axpy_full(simd, col, -wc, v_pad[c..c + FULL].try_into().unwrap());
+        axpy_full(simd, col, -vc, y_pad[c..c + FULL].try_into().unwrap());
+    }
 }
 
 /// `D <- H D H` for the symmetric block `D = A[r0.., r0..]` of size `v.len()`, lower triangle
