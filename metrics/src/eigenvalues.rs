@@ -16,8 +16,8 @@
 //! `dsytrd_sy2sb` / `dsytrd_sb2st` (Haidar, Ltaief, Dongarra 2011), written here for the
 //! eigenvalue-only case.
 //!
-//! At 2048-d on 2 threads (`examples/fid_timing.rs`, FID's whole route 0.33 s): stage 1 about
-//! 130 ms, stage 2 about 42 ms, the tridiagonal eigenvalues about 19 ms.
+//! At 2048-d on 2 threads (`examples/fid_timing.rs`, FID's whole route about 0.34 s): stage 1
+//! about 130 ms, stage 2 about 33 ms, the tridiagonal eigenvalues about 19 ms.
 
 use anyhow::{bail, Result};
 use faer::reborrow::{Reborrow, ReborrowMut};
@@ -421,7 +421,7 @@ impl SharedColumns {
 /// only a group's first sweep waits on the other thread. With one sweep per thread in turn (every
 /// step waiting on the other core and pulling its block across) stage 2 took 57 ms at 2048-d on
 /// 2 threads; with groups of 8, 43 ms (4: 45, 16: 55, where the wavefronts' ramps leave threads
-/// waiting).
+/// waiting), measured before the fixed-size kernels.
 const SWEEP_GROUP: usize = 8;
 
 /// Runs the sweep groups `first, first + stride, ...` (of [`SWEEP_GROUP`] sweeps each).
