@@ -537,19 +537,40 @@ unsafe fn sweep_step<S: Simd>(simd: S, a: &SharedColumns, band: usize, sweep: &m
     }
     let n1 = (r1 + band).min(n - 1);
     let rows = n1 - n0 + 1;
-    // Bulge block B = A[n0..=n1, r0..=r1] <- B H.
-    if tau != 0.0 && rows == FULL && len == FULL {
-        // The common full-size block, with lengths known at compile time: the compiler unrolls
-        // the vector loops and drops the tails (stage 2: 42 -> 35 ms at 2048-d).
-        let z: &mut [f64; FULL] = (&mut v_next[..FULL]).try_into().unwrap();
-        z.fill(0.0);
-        for (c, &vc) in v.iter().enumerate() {
-            axpy_full(simd, z, vc, (&*a.column(r0 + c, n0, FULL)).try_into().unwrap());
-        }
-        for (c, &vc) in v.iter().enumerate() {
-            axpy_full(simd, a.column(r0 + c, n0, FULL).try_into().unwrap(), -tau * vc, z);
-        }
-    } else if tau != 0.0 {
+    // Bulge block B = A[n0..=n1, r0..=r1] <- B H, then the reflector from B's first column,
+    // applied to the rest of B from the left. The common full-size block goes through the same
+    // code with its lengths as compile-time constants: the compiler unrolls the vector loops and
+    // drops the tails (stage 2: 42 -> 35 ms at 2048-d).
+    let tau_next = if rows == FULL && len == FULL {
+        bulge_step(simd, a, r0, n0, FULL, &sweep.v[..FULL], tau, &mut v_next[..FULL])
+    } else {
+        bulge_step(simd, a, r0, n0, rows, v, tau, &mut v_next[..rows])
+    };
+    sweep.v[..rows].copy_from_slice(&v_next[..rows]);
+    sweep.tau = tau_next;
+    (sweep.r0, sweep.r1) = (n0, n1);
+    sweep.step += 1;
+}
+
+/// The bulge block `B = A[n0..n0+rows, r0..r0+v.len()]` becomes `B H` (`H = I - tau v v^T`);
+/// the reflector that zeroes `B`'s first column below its first entry is made (written to
+/// `v_next`, tau returned) and applied to the rest of `B` from the left.
+///
+/// # Safety
+/// As [`sweep_step`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn bulge_step<S: Simd>(
+    simd: S,
+    a: &SharedColumns,
+    r0: usize,
+    n0: usize,
+    rows: usize,
+    v: &[f64],
+    tau: f64,
+    v_next: &mut [f64],
+) -> f64 {
+    if tau != 0.0 {
         let z = &mut v_next[..rows];
         z.fill(0.0);
         for (c, &vc) in v.iter().enumerate() {
@@ -559,31 +580,19 @@ unsafe fn sweep_step<S: Simd>(simd: S, a: &SharedColumns, band: usize, sweep: &m
             axpy(simd, a.column(r0 + c, n0, rows), -tau * vc, z);
         }
     }
-    // Reflector from B's first column, applied to the rest of B from the left.
     let first_col = a.column(r0, n0, rows);
     let (tau_next, beta) = householder(first_col);
     v_next[..rows].copy_from_slice(first_col);
     first_col[0] = beta;
     first_col[1..].fill(0.0);
-    if tau_next != 0.0 && rows == FULL {
-        // As above.
-        let vn: &[f64; FULL] = (&v_next[..FULL]).try_into().unwrap();
-        for c in 1..len {
-            let bc: &mut [f64; FULL] = a.column(r0 + c, n0, FULL).try_into().unwrap();
-            let s = dot_full(simd, vn, bc);
-            axpy_full(simd, bc, -tau_next * s, vn);
-        }
-    } else if tau_next != 0.0 {
-        for c in 1..len {
+    if tau_next != 0.0 {
+        for c in 1..v.len() {
             let bc = a.column(r0 + c, n0, rows);
             let s = dot(simd, &v_next[..rows], bc);
             axpy(simd, bc, -tau_next * s, &v_next[..rows]);
         }
     }
-    sweep.v[..rows].copy_from_slice(&v_next[..rows]);
-    sweep.tau = tau_next;
-    (sweep.r0, sweep.r1) = (n0, n1);
-    sweep.step += 1;
+    tau_next
 }
 
 /// [`two_sided_lower`] for a full `FULL x FULL` block, with every vector `FULL` long: column `c`
@@ -597,23 +606,22 @@ fn two_sided_full<S: Simd>(simd: S, a: &SharedColumns, r0: usize, v: &[f64; FULL
     for c in 0..FULL {
         // SAFETY: the caller's block and the bulge rows below it (see `SweepWorker`).
         let col = unsafe { a.column_from_diagonal(r0 + c) };
-        let v_seg: &[f64; FULL] = v_pad[c..c + FULL].try_into().unwrap();
         // y[c] += col[1..] . v[c+1..]; y[c..] += v[c] col (its first term is col[0] v[c]).
-        let below = dot_full(simd, col, v_seg) - col[0] * v[c];
-        axpy_full(simd, (&mut y_pad[c..c + FULL]).try_into().unwrap(), v[c], col);
+        let below = dot(simd, col, &v_pad[c..c + FULL]) - col[0] * v[c];
+        axpy(simd, &mut y_pad[c..c + FULL], v[c], col);
         y_pad[c] += below;
     }
     y_pad[FULL..].fill(0.0);
-    let y: &mut [f64; FULL] = (&mut y_pad[..FULL]).try_into().unwrap();
+    let y = &mut y_pad[..FULL];
     y.iter_mut().for_each(|t| *t *= tau);
-    let alpha = -0.5 * tau * dot_full(simd, y, v);
-    axpy_full(simd, y, alpha, v);
+    let alpha = -0.5 * tau * dot(simd, y, v);
+    axpy(simd, y, alpha, v);
     for c in 0..FULL {
         // SAFETY: as above.
         let col = unsafe { a.column_from_diagonal(r0 + c) };
         let (wc, vc) = (y_pad[c], v[c]);
-        axpy_full(simd, col, -wc, v_pad[c..c + FULL].try_into().unwrap());
-        axpy_full(simd, col, -vc, y_pad[c..c + FULL].try_into().unwrap());
+        axpy(simd, col, -wc, &v_pad[c..c + FULL]);
+        axpy(simd, col, -vc, &y_pad[c..c + FULL]);
     }
 }
 
@@ -659,16 +667,6 @@ fn dot<S: Simd>(simd: S, x: &[f64], y: &[f64]) -> f64 {
 
 /// Length of a full stage-2 block column ([`BAND`]), for the fixed-size kernels.
 const FULL: usize = BAND;
-
-#[inline(always)]
-fn dot_full<S: Simd>(simd: S, x: &[f64; FULL], y: &[f64; FULL]) -> f64 {
-    dot(simd, x, y)
-}
-
-#[inline(always)]
-fn axpy_full<S: Simd>(simd: S, y: &mut [f64; FULL], alpha: f64, x: &[f64; FULL]) {
-    axpy(simd, y, alpha, x)
-}
 
 /// `y += alpha x`.
 #[inline(always)]

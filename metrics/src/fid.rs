@@ -188,7 +188,7 @@ fn pivoted_cholesky_trace(s1: MatRef<'_, f64>, s2: MatRef<'_, f64>, par: Par) ->
     gemm_f64(product.as_mut(), false, s2_permuted.as_ref(), f.as_ref(), 1.0, par);
     let mut congruent = Mat::<f64>::zeros(rank, rank);
     gemm_f64(congruent.as_mut(), false, f.transpose(), product.as_ref(), 1.0, par);
-    sum_sqrt_eigenvalues(congruent, par, TraceRoute::PivotedCholesky)
+    sum_sqrt_eigenvalues(congruent.as_mut(), par, TraceRoute::PivotedCholesky)
 }
 
 /// The eigen route on its own: `S1 = U Lambda U^T`, `F = U sqrt(max(Lambda, 0))`, eigenvalues of
@@ -202,17 +202,16 @@ pub fn trace_sqrt_product_eigen(s1: &[f64], s2: &[f64], d: usize, par: Par) -> R
     let mut congruent = Mat::<f64>::zeros(d, d);
     matmul(congruent.as_mut(), Accum::Replace, factor.transpose(), product.as_ref(), 1.0, par);
     symmetrize(&mut congruent);
-    sum_sqrt_eigenvalues(congruent, par, TraceRoute::Eigen)
+    sum_sqrt_eigenvalues(congruent.as_mut(), par, TraceRoute::Eigen)
 }
 
 /// `sum sqrt(eig(L^T S L))` using the triangular structure of `L`.
 fn congruence_trace(l: MatRef<'_, f64>, s: MatRef<'_, f64>, par: Par, route: TraceRoute) -> Result<TraceSqrt> {
-    let values = if l.nrows() >= TWO_STAGE_MIN_DIM {
-        symmetric_eigenvalues_in_place(congruence_lower(l, s, par).as_mut(), par)?
+    if l.nrows() >= TWO_STAGE_MIN_DIM {
+        sum_sqrt_eigenvalues(congruence_lower(l, s, par).as_mut(), par, route)
     } else {
-        faer_symmetric_eigenvalues(congruence_lower_faer(l, s, par).as_ref(), par)?
-    };
-    Ok(sum_sqrt_clipped(&values, route))
+        sum_sqrt_eigenvalues(congruence_lower_faer(l, s, par).as_mut(), par, route)
+    }
 }
 
 /// The lower triangle of `L^T S L` (entries above the diagonal are workspace), in column and row
@@ -289,12 +288,9 @@ pub fn trace_sqrt_product_previous_route(s1: &[f64], s2: &[f64], d: usize, par: 
 
 /// Sum of square roots of the eigenvalues of a symmetric matrix (lower triangle read and used
 /// as workspace), clipping negative ones.
-fn sum_sqrt_eigenvalues(mut a: Mat<f64>, par: Par, route: TraceRoute) -> Result<TraceSqrt> {
-    let values = if a.nrows() >= TWO_STAGE_MIN_DIM {
-        symmetric_eigenvalues_in_place(a.as_mut(), par)?
-    } else {
-        faer_symmetric_eigenvalues(a.as_ref(), par)?
-    };
+fn sum_sqrt_eigenvalues(a: MatMut<'_, f64>, par: Par, route: TraceRoute) -> Result<TraceSqrt> {
+    let values =
+        if a.nrows() >= TWO_STAGE_MIN_DIM { symmetric_eigenvalues_in_place(a, par)? } else { faer_symmetric_eigenvalues(a.rb(), par)? };
     Ok(sum_sqrt_clipped(&values, route))
 }
 
