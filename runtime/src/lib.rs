@@ -39,6 +39,7 @@ pub mod progress;
 pub mod rng;
 pub mod threads;
 pub mod timer;
+pub mod winograd;
 
 pub use device::DeviceChoice;
 pub use dtype::DTypePolicy;

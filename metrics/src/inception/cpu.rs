@@ -18,6 +18,7 @@ use super::network::{
     SPATIAL_TAP_BLOCK,
 };
 use super::weights::FoldedWeights;
+use super::winograd;
 use anyhow::{anyhow, bail, Result};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -101,6 +102,8 @@ pub(crate) struct GemmConv {
     cout: usize,
     w_kn: Vec<f32>,
     bias: Vec<f32>,
+    /// The filters in Winograd F(2x2, 3x3) form, for the layers that can take that route.
+    winograd_u: Option<Vec<f32>>,
 }
 
 impl GemmConv {
@@ -134,7 +137,7 @@ impl GemmConv {
             col += p.cout;
         }
         let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
-        Ok(GemmConv { kh: 1, kw: 1, stride: 1, pad_h: 0, pad_w: 0, cin, cout, w_kn, bias })
+        Ok(GemmConv { kh: 1, kw: 1, stride: 1, pad_h: 0, pad_w: 0, cin, cout, w_kn, bias, winograd_u: None })
     }
 }
 
@@ -190,6 +193,12 @@ fn conv_into(layer: &GemmConv, x: View, dst: Dst, par: Parallelism) -> Result<()
     let n_out = layer.cout;
     if dst.data.len() < (m - 1) * dst.stride + dst.off + n_out {
         bail!("convolution output buffer too small");
+    }
+    if let Some(u) = layer.winograd_u.as_ref().filter(|_| winograd::map_large_enough(ho, wo)) {
+        let input = winograd::Input { data: x.data, stride: x.stride, off: x.off, n: x.n, h: x.h, w: x.w };
+        let output = winograd::Output { data: dst.data, stride: dst.stride, off: dst.off };
+        winograd::conv3x3_bias_relu(input, layer.pad_h, u, &layer.bias, layer.cin, n_out, output, par);
+        return Ok(());
     }
     let chunk_rows = if layer.is_pointwise() { m } else { (IM2COL_CHUNK_FLOATS / k).clamp(64, m.max(64)) };
     let mut cols: Vec<f32> = Vec::new();
@@ -388,8 +397,11 @@ impl GemmInception {
                     }
                 }
             }
-            convs
-                .insert(*name, GemmConv { kh: f.kh, kw: f.kw, stride, pad_h, pad_w, cin: f.cin, cout: f.cout, w_kn, bias: f.bias.clone() });
+            let winograd_u = winograd::layer_eligible(f.kh, f.kw, stride, (pad_h, pad_w), f.cin, f.cout)
+                .then(|| winograd::transform_weights(&w_kn, f.cin, f.cout));
+            let layer =
+                GemmConv { kh: f.kh, kw: f.kw, stride, pad_h, pad_w, cin: f.cin, cout: f.cout, w_kn, bias: f.bias.clone(), winograd_u };
+            convs.insert(*name, layer);
         }
         let mut fused = HashMap::new();
         for (block, kind) in BLOCKS {
@@ -771,6 +783,7 @@ mod tests {
                 cout,
                 w_kn: pseudo_random(kh * kw * 5 * cout, 7),
                 bias: pseudo_random(cout, 3),
+                winograd_u: None,
             };
             assert_eq!(l.out_size(x.h, x.w), expect, "{kh}x{kw}");
             let want = conv_ref(&l, &x);
@@ -796,6 +809,7 @@ mod tests {
             cout,
             w_kn: pseudo_random(6 * cout, seed),
             bias: pseudo_random(cout, seed + 1),
+            winograd_u: None,
         };
         let (a, b) = (mk(3, 20), mk(2, 30));
         let fused = GemmConv::concat_pointwise(&[&a, &b]).unwrap();
@@ -815,6 +829,37 @@ mod tests {
             }
             assert_eq!(wide.data[px * 4], 9.0);
             assert_eq!(wide.data[px * 4 + 3], 9.0);
+        }
+    }
+
+    #[test]
+    fn winograd_route_matches_the_definition() {
+        // 3x3 stride-1 layers with >= 16 channels and >= 32x32 outputs: padding 0 and 1, odd
+        // and even sizes (edge tiles), two images, written into a channel slice of a wider
+        // buffer, on one thread and with the parallel stages.
+        for (pad, h, w, cin, cout) in [(1, 35, 35, 16, 24), (0, 36, 41, 20, 16), (1, 32, 34, 32, 17), (0, 73, 40, 16, 32)] {
+            let x = Act { n: 2, h, w, c: cin, data: pseudo_random(2 * h * w * cin, 5) };
+            let w_kn = pseudo_random(9 * cin * cout, 9);
+            let winograd_u = Some(winograd::transform_weights(&w_kn, cin, cout));
+            let l = GemmConv { kh: 3, kw: 3, stride: 1, pad_h: pad, pad_w: pad, cin, cout, w_kn, bias: pseudo_random(cout, 4), winograd_u };
+            let (ho, wo) = l.out_size(h, w);
+            assert!(winograd::layer_eligible(3, 3, 1, (pad, pad), cin, cout) && winograd::map_large_enough(ho, wo));
+            let want = conv_ref(&l, &x);
+            for par in [Parallelism::None, Parallelism::Rayon(2)] {
+                let stride = cout + 3;
+                let mut got = Act { n: 2, h: ho, w: wo, c: stride, data: vec![7.0; 2 * ho * wo * stride] };
+                conv_into(&l, view(&x), Dst { data: &mut got.data, stride, off: 2 }, par).unwrap();
+                let mut err = 0f32;
+                for px in 0..2 * ho * wo {
+                    for c in 0..cout {
+                        err = err.max((got.data[px * stride + 2 + c] - want.data[px * cout + c]).abs());
+                    }
+                    // Channels outside the slice are left as they were.
+                    assert_eq!((got.data[px * stride], got.data[px * stride + 1], got.data[px * stride + 2 + cout]), (7.0, 7.0, 7.0));
+                }
+                // The same products summed in another order, as the im2col test allows.
+                assert!(err < 1e-5, "pad {pad} {h}x{w} {cin}->{cout} {par:?}: max err {err}");
+            }
         }
     }
 }

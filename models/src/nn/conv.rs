@@ -24,6 +24,18 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     config: Conv2dConfig,
+    /// The weights in Winograd form, computed on the first forward that takes that path.
+    winograd: WinogradWeights,
+}
+
+/// `winograd::transform_weights` of the layer's weights, once (shared by clones).
+#[derive(Clone, Default)]
+struct WinogradWeights(std::sync::Arc<std::sync::OnceLock<Vec<f32>>>);
+
+impl std::fmt::Debug for WinogradWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WinogradWeights({})", if self.0.get().is_some() { "computed" } else { "not computed" })
+    }
 }
 
 /// `<vb>.weight` and `<vb>.bias` (as `candle_nn::conv2d`).
@@ -45,7 +57,7 @@ const BAND_FLOATS: usize = 2 << 20;
 
 impl Conv2d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
-        Self { weight, bias, config }
+        Self { weight, bias, config, winograd: WinogradWeights::default() }
     }
     pub fn weight(&self) -> &Tensor {
         &self.weight
@@ -101,8 +113,18 @@ impl Conv2d {
         let xs = &xs[x_layout.start_offset()..x_layout.start_offset() + b * cin * h * w];
         let ws = &ws[w_layout.start_offset()..w_layout.start_offset() + cout * cin * kh * kw];
 
-        let k = cin * kh * kw;
         let plane_out = ho * wo;
+        if super::winograd::applies(cin, cout, (kh, kw), s, p, (ho, wo)) {
+            genbench_runtime::kernels::record_fast("conv2d-winograd");
+            let u = self.winograd.0.get_or_init(|| super::winograd::transform_weights(ws, cout, cin));
+            // Every value is written by the output transform.
+            let mut out = crate::nn::fused::uninit_f32(b * cout * plane_out);
+            super::winograd::conv3x3(xs, (b, cin, h, w), u, cout, bias.as_deref(), &mut out);
+            drop(x_guard);
+            drop(w_guard);
+            return Tensor::from_vec(out, (b, cout, ho, wo), &Device::Cpu);
+        }
+        let k = cin * kh * kw;
         // Every value is written: by the bias fill or, without a bias, by the bands' GEMMs.
         let mut out = crate::nn::fused::uninit_f32(b * cout * plane_out);
         let threads = rayon::current_num_threads().max(1);
@@ -312,6 +334,38 @@ mod tests {
         check(3, 8, 8, 3, 1, 1, (1, 1), false); // 1x1 image
                                                 // Several bands: 64 channels x 9 taps x 1024 columns exceeds one band.
         check(1, 64, 16, 3, 1, 1, (40, 1024), true);
+    }
+
+    #[test]
+    fn winograd_matches_candle_conv2d() {
+        // 3x3 / stride 1 / padding 1 with >= 16 channels and >= 32x32 outputs take the Winograd
+        // path; odd sizes drop a tile's second row / column. On one thread and two, so both
+        // the per-thread band shares and the parallel stages of single bands run.
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                assert!(super::super::winograd::applies(16, 24, (3, 3), 1, 1, (32, 32)));
+                check(1, 16, 24, 3, 1, 1, (32, 32), true); // one band
+                check(2, 20, 16, 3, 1, 1, (33, 35), false); // odd sizes, two images
+                check(1, 16, 17, 3, 1, 1, (9, 130), true); // odd tile count per row
+                check(1, 32, 16, 3, 1, 1, (70, 64), true); // several bands per image
+                check(3, 16, 16, 3, 1, 1, (48, 40), true);
+            });
+        }
+    }
+
+    #[test]
+    fn winograd_weights_are_computed_once_and_shared_by_clones() {
+        let dev = Device::Cpu;
+        let conv =
+            Conv2d::new(Tensor::randn(0f32, 1.0, (16, 16, 3, 3), &dev).unwrap(), None, Conv2dConfig { padding: 1, ..Default::default() });
+        let copy = conv.clone();
+        let x = Tensor::randn(0f32, 1.0, (1, 16, 32, 32), &dev).unwrap();
+        let a = conv.forward_cpu(&x).unwrap();
+        assert!(copy.winograd.0.get().is_some(), "a clone sees the transformed weights");
+        let b = copy.forward_cpu(&x).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! | [`block`] | pre-LayerNorm transformer block `x + attn(norm1 x)`, `x + mlp(norm2 x)` (timm `Block`) | MAR, AutoNAT; taming (assembled from the parts) |
 //! | [`mlp`] | 2-layer MLP (GELU-tanh, exact GELU, SiLU) and SwiGLU | VAR, MAR, AutoNAT, taming (MLP); LlamaGen (SwiGLU) |
 //! | [`norm`] | LayerNorm (affine or not), RMSNorm computed in f32, GroupNorm | all |
-//! | [`conv`] | 2-D convolution (`candle_nn::Conv2d` interface) with a fast NCHW im2col + GEMM CPU path | every conv autoencoder (through [`conv_ae`]), MAGE VQGAN |
+//! | [`conv`] | 2-D convolution (`candle_nn::Conv2d` interface) with a fast NCHW im2col + GEMM CPU path and Winograd F(2x2, 3x3) for 3x3 stride-1 layers | every conv autoencoder (through [`conv_ae`]), MAGE VQGAN |
 //! | [`elementwise`] | row-parallel CPU residual add and nearest x2 upsampling (candle runs them on one thread) | conv autoencoders, pre-LN blocks |
 //! | [`conv_ae`] | the taming/LDM conv autoencoder: ResnetBlock, AttnBlock, Up/Downsample, Encoder, Decoder with a naming/config struct | VAR VQVAE, taming VQGAN, LlamaGen VQ-16, LDM KL-16 (MAR) |
 //! | [`vq`] | nearest-codebook lookup (squared L2, optional L2-normalisation) and embedding gather | VAR, taming, LlamaGen, MAGE VQGAN |
@@ -39,3 +39,4 @@ pub mod norm;
 pub mod rope;
 pub mod sampling;
 pub mod vq;
+mod winograd;

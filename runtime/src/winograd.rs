@@ -1,0 +1,66 @@
+//! The filter side of Winograd F(2x2, 3x3), shared by the NCHW decoder convolutions (models)
+//! and the NHWC Inception engine (metrics), whose data layouts differ but whose math does not.
+//!
+//! A 2x2 output tile of a 3x3 convolution is `A^T [(G g G^T) . (B^T d B)] A` for its 4x4 input
+//! patch `d`, with
+//!
+//! ```text
+//! G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+//! B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+//! A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+//! ```
+//!
+//! All entries are 0, +-1 or +-1/2, so the transforms add no rounding beyond their sums'.
+
+/// `G g G^T` of one 3x3 filter `g` (row-major), as 16 values in row-major 4x4 order.
+pub fn filter_tile(g: [f32; 9]) -> [f32; 16] {
+    let through_g = |v: [f32; 3]| [v[0], 0.5 * (v[0] + v[1] + v[2]), 0.5 * (v[0] - v[1] + v[2]), v[2]];
+    // G g: each column of g through G; then each row of (G g) through G.
+    let cols: [[f32; 4]; 3] = std::array::from_fn(|j| through_g([g[j], g[3 + j], g[6 + j]]));
+    let mut tile = [0f32; 16];
+    for i in 0..4 {
+        let row = through_g([cols[0][i], cols[1][i], cols[2][i]]);
+        tile[i * 4..i * 4 + 4].copy_from_slice(&row);
+    }
+    tile
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The F(2, 3) identity in one dimension, composed in two: for any patch `d` and filter `g`,
+    /// `A^T [(G g G^T) . (B^T d B)] A` equals the 2x2 valid correlation of `d` with `g`.
+    #[test]
+    fn filter_tile_gives_the_direct_convolution() {
+        let g: [f32; 9] = [0.3, -1.2, 0.7, 2.0, 0.1, -0.4, 1.5, -0.9, 0.25];
+        let d: [f32; 16] = std::array::from_fn(|i| ((i * 7 + 3) % 11) as f32 * 0.37 - 1.6);
+        let u = filter_tile(g);
+        let bt = [[1., 0., -1., 0.], [0., 1., 1., 0.], [0., -1., 1., 0.], [0., 1., 0., -1.]];
+        let at = [[1., 1., 1., 0.], [0., 1., -1., -1.]];
+        // V = B^T d B
+        let mut v = [[0f32; 4]; 4];
+        for i in 0..4 {
+            for j in 0..4 {
+                for k in 0..4 {
+                    for l in 0..4 {
+                        v[i][j] += bt[i][k] * d[k * 4 + l] * bt[j][l];
+                    }
+                }
+            }
+        }
+        for a in 0..2 {
+            for b in 0..2 {
+                let mut y = 0f32;
+                for i in 0..4 {
+                    for j in 0..4 {
+                        y += at[a][i] * u[i * 4 + j] * v[i][j] * at[b][j];
+                    }
+                }
+                let direct: f32 =
+                    (0..3).flat_map(|ky| (0..3).map(move |kx| (ky, kx))).map(|(ky, kx)| g[ky * 3 + kx] * d[(a + ky) * 4 + b + kx]).sum();
+                assert!((y - direct).abs() < 1e-5, "({a}, {b}): {y} vs {direct}");
+            }
+        }
+    }
+}
