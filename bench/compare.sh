@@ -99,12 +99,13 @@ while read -r name url commit; do
     fi
 done <<< "$PINNED"
 export GENBENCH_REF_REPOS=$REPOS
-# ImprovedNAT's modules import these (its vendored taming package needs accelerate); the venv
-# script installs only the common stack.
-if ! "$PY" -c 'import accelerate, einops, loguru, omegaconf' 2>/dev/null; then
-    echo "compare: installing accelerate einops loguru omegaconf into the reference venv" >&2
-    "$PY" -m pip install -q accelerate einops loguru omegaconf >&2 \
-        || die "could not pip install accelerate einops loguru omegaconf into $PY (no network?): install them there, then rerun"
+# ImprovedNAT's modules import accelerate, einops, loguru, omegaconf and requests (its vendored taming
+# package needs accelerate) and MAR's import timm (the version its environment.yaml pins); the
+# venv script installs only the common stack.
+if ! "$PY" -c 'import accelerate, einops, loguru, omegaconf, requests, timm' 2>/dev/null; then
+    echo "compare: installing accelerate einops loguru omegaconf requests timm==0.9.12 into the reference venv" >&2
+    "$PY" -m pip install -q accelerate einops loguru omegaconf requests timm==0.9.12 >&2 \
+        || die "could not pip install accelerate einops loguru omegaconf requests timm==0.9.12 into $PY (no network?): install them there, then rerun"
 fi
 
 # --- ours --------------------------------------------------------------------------------------
