@@ -11,6 +11,12 @@
 //! ```
 //!
 //! All entries are 0, +-1 or +-1/2, so the transforms add no rounding beyond their sums'.
+//!
+//! Besides the filter transform: the 16 products of a band ([`tile_products`]) and the loop that
+//! runs a transform over channels or tiles with per-task scratch ([`for_each_index_with`]),
+//! used by the decoders' NCHW route (the Inception's NHWC route still has its own copies).
+
+use rayon::prelude::*;
 
 /// `G g G^T` of one 3x3 filter `g` (row-major), as 16 values in row-major 4x4 order.
 pub fn filter_tile(g: [f32; 9]) -> [f32; 16] {
@@ -23,6 +29,72 @@ pub fn filter_tile(g: [f32; 9]) -> [f32; 16] {
         tile[i * 4..i * 4 + 4].copy_from_slice(&row);
     }
     tile
+}
+
+/// `dst[xi] = a[xi] @ b[xi]` for the 16 patch positions `xi`, every matrix row-major and
+/// contiguous: `a[xi]` is `m x k`, `b[xi]` is `k x n`, `dst[xi]` is `m x n`. With `parallel`
+/// the 16 products are spread over rayon's pool (each a single-threaded GEMM).
+pub fn tile_products(a: &[f32], b: &[f32], dst: &mut [f32], (m, n, k): (usize, usize, usize), parallel: bool) {
+    assert!(a.len() >= 16 * m * k && b.len() >= 16 * k * n && dst.len() >= 16 * m * n, "Winograd products: buffers too small");
+    let dst = SendPtr(dst.as_mut_ptr());
+    for_each_index_with(
+        16,
+        parallel,
+        || (),
+        |_, xi| {
+            // SAFETY: the three matrices of `xi` are in bounds (asserted above); each `xi` writes only
+            // its own `dst[xi]`.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.add(xi * m * n),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr().add(xi * m * k),
+                    1,
+                    k as isize,
+                    b.as_ptr().add(xi * k * n),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            };
+        },
+    );
+}
+
+/// `f(&mut scratch, i)` for `i in 0..n`, on rayon's pool when `parallel`; each task makes its
+/// scratch once with `init` (not once per index), sequentially there is one.
+pub fn for_each_index_with<T>(n: usize, parallel: bool, init: impl Fn() -> T + Sync + Send, f: impl Fn(&mut T, usize) + Sync + Send) {
+    if parallel {
+        (0..n).into_par_iter().for_each_init(init, f);
+    } else {
+        let mut scratch = init();
+        (0..n).for_each(|i| f(&mut scratch, i));
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the products write disjoint matrices.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// `count` floats further (a method, so closures capture the whole `Sync` wrapper).
+    ///
+    /// SAFETY: as `pointer::add`.
+    unsafe fn add(self, count: usize) -> *mut f32 {
+        unsafe { self.0.add(count) }
+    }
 }
 
 #[cfg(test)]

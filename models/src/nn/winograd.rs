@@ -15,6 +15,7 @@
 //! otherwise (small feature maps) the stages of one band run in parallel over channels and over
 //! the 16 GEMMs.
 
+use genbench_runtime::winograd::for_each_index_with;
 use rayon::prelude::*;
 
 /// Input channels and output channels at least this many: below, the transforms' memory
@@ -56,8 +57,7 @@ struct Geometry {
     tw: usize,
 }
 
-/// Per-band scratch: transformed input `V[16][cin][tiles]`, products `M[16][cout][tiles]`, and
-/// the even / odd columns of one input row.
+/// Per-band scratch: transformed input `V[16][cin][tiles]` and products `M[16][cout][tiles]`.
 struct Scratch {
     v: Vec<f32>,
     m: Vec<f32>,
@@ -108,7 +108,7 @@ pub(crate) fn conv3x3(
         let tiles = rows * g.tw;
         let (v, m) = (&mut scratch.v[..16 * cin * tiles], &mut scratch.m[..16 * cout * tiles]);
         input_transform(&g, img, ty0, rows, v, par);
-        products(&g, u, v, m, tiles, par);
+        genbench_runtime::winograd::tile_products(u, v, m, (cout, tiles, cin), par);
         // SAFETY: bands are distinct (image, tile rows), so their output rows are disjoint.
         unsafe { output_transform(&g, m, bias, ty0, rows, SendPtr(dst.add(bi * cout * h * w)), par) };
     };
@@ -128,28 +128,17 @@ pub(crate) fn conv3x3(
     }
 }
 
-/// `f(i)` for `i in 0..n`, on the rayon pool when `par`.
-fn for_each_index(n: usize, par: bool, f: impl Fn(usize) + Sync + Send) {
-    if par {
-        (0..n).into_par_iter().for_each(f);
-    } else {
-        (0..n).for_each(f);
-    }
-}
-
 /// `V[xi][c][t] = (B^T d B)[xi]` for every channel and tile of the band, with
 /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
 fn input_transform(g: &Geometry, img: &[f32], ty0: usize, rows: usize, v: &mut [f32], par: bool) {
     let (cin, h, w, tw) = (g.cin, g.h, g.w, g.tw);
     let tiles = rows * tw;
     let vp = SendPtr(v.as_mut_ptr());
-    for_each_index(cin, par, |c| {
+    // Per task: even[k] = x[2k] and odd[k] = x[2k - 1] of one input row (zero outside [0, w)),
+    // and the column transform of the 4 input rows of a tile row, cols[i][j][tx].
+    let scratch = || (vec![0f32; tw + 1], vec![0f32; tw + 1], vec![0f32; 16 * tw]);
+    for_each_index_with(cin, par, scratch, |(even, odd, cols), c| {
         let plane = &img[c * h * w..(c + 1) * h * w];
-        // even[k] = x[2k], odd[k] = x[2k - 1] of one input row, zero outside [0, w).
-        let mut even = vec![0f32; tw + 1];
-        let mut odd = vec![0f32; tw + 1];
-        // Column transform of the 4 input rows of a tile row: cols[i][j][tx].
-        let mut cols = vec![0f32; 16 * tw];
         for r in 0..rows {
             let ty = ty0 + r;
             for i in 0..4 {
@@ -203,38 +192,6 @@ fn input_transform(g: &Geometry, img: &[f32], ty0: usize, rows: usize, v: &mut [
     });
 }
 
-/// `M[xi] = U[xi] @ V[xi]` for the 16 patch positions.
-fn products(g: &Geometry, u: &[f32], v: &[f32], m: &mut [f32], tiles: usize, par: bool) {
-    let (cin, cout) = (g.cin, g.cout);
-    let mp = SendPtr(m.as_mut_ptr());
-    for_each_index(16, par, |xi| {
-        // SAFETY: each xi writes its own M[xi]; U[xi] and V[xi] are in bounds by construction.
-        unsafe {
-            gemm::gemm(
-                cout,
-                tiles,
-                cin,
-                mp.add(xi * cout * tiles),
-                1,
-                tiles as isize,
-                false,
-                u.as_ptr().add(xi * cout * cin),
-                1,
-                cin as isize,
-                v.as_ptr().add(xi * cin * tiles),
-                1,
-                tiles as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        };
-    });
-}
-
 /// `out[o, 2ty + a, 2tx + b] = (A^T m A)[a][b] + bias[o]`, `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`;
 /// a tile's second row / column is dropped where it falls outside an odd-sized output.
 ///
@@ -243,48 +200,52 @@ fn products(g: &Geometry, u: &[f32], v: &[f32], m: &mut [f32], tiles: usize, par
 unsafe fn output_transform(g: &Geometry, m: &[f32], bias: Option<&[f32]>, ty0: usize, rows: usize, dst: SendPtr, par: bool) {
     let (cout, h, w, tw) = (g.cout, g.h, g.w, g.tw);
     let tiles = rows * tw;
-    for_each_index(cout, par, |o| {
-        let b = bias.map_or(0.0, |b| b[o]);
-        // y[a * 2 + j][tx]: output pixel (2ty + a, 2tx + j) of each tile in the tile row.
-        let mut y = vec![0f32; 4 * tw];
-        for r in 0..rows {
-            let ms: [&[f32]; 16] = std::array::from_fn(|xi| {
-                let at = (xi * cout + o) * tiles + r * tw;
-                &m[at..at + tw]
-            });
-            {
-                let (y00, rest) = y.split_at_mut(tw);
-                let (y01, rest) = rest.split_at_mut(tw);
-                let (y10, y11) = rest.split_at_mut(tw);
-                for tx in 0..tw {
-                    // Columns first (m_i0 + m_i1 + m_i2, m_i1 - m_i2 - m_i3), then rows alike.
-                    let col = |i: usize| {
-                        let (m0, m1, m2, m3) = (ms[4 * i][tx], ms[4 * i + 1][tx], ms[4 * i + 2][tx], ms[4 * i + 3][tx]);
-                        (m0 + m1 + m2, m1 - m2 - m3)
-                    };
-                    let ((s00, s01), (s10, s11), (s20, s21), (s30, s31)) = (col(0), col(1), col(2), col(3));
-                    y00[tx] = s00 + s10 + s20 + b;
-                    y01[tx] = s01 + s11 + s21 + b;
-                    y10[tx] = s10 - s20 - s30 + b;
-                    y11[tx] = s11 - s21 - s31 + b;
+    // Per task: y[a * 2 + j][tx], output pixel (2ty + a, 2tx + j) of each tile in a tile row.
+    for_each_index_with(
+        cout,
+        par,
+        || vec![0f32; 4 * tw],
+        |y, o| {
+            let b = bias.map_or(0.0, |b| b[o]);
+            for r in 0..rows {
+                let ms: [&[f32]; 16] = std::array::from_fn(|xi| {
+                    let at = (xi * cout + o) * tiles + r * tw;
+                    &m[at..at + tw]
+                });
+                {
+                    let (y00, rest) = y.split_at_mut(tw);
+                    let (y01, rest) = rest.split_at_mut(tw);
+                    let (y10, y11) = rest.split_at_mut(tw);
+                    for tx in 0..tw {
+                        // Columns first (m_i0 + m_i1 + m_i2, m_i1 - m_i2 - m_i3), then rows alike.
+                        let col = |i: usize| {
+                            let (m0, m1, m2, m3) = (ms[4 * i][tx], ms[4 * i + 1][tx], ms[4 * i + 2][tx], ms[4 * i + 3][tx]);
+                            (m0 + m1 + m2, m1 - m2 - m3)
+                        };
+                        let ((s00, s01), (s10, s11), (s20, s21), (s30, s31)) = (col(0), col(1), col(2), col(3));
+                        y00[tx] = s00 + s10 + s20 + b;
+                        y01[tx] = s01 + s11 + s21 + b;
+                        y10[tx] = s10 - s20 - s30 + b;
+                        y11[tx] = s11 - s21 - s31 + b;
+                    }
+                }
+                let oy = 2 * (ty0 + r);
+                for a in 0..2 {
+                    if oy + a >= h {
+                        break;
+                    }
+                    // SAFETY: row oy + a of plane o lies in this band's rows (see the function's contract).
+                    let out = unsafe { std::slice::from_raw_parts_mut(dst.add((o * h + oy + a) * w), w) };
+                    let (left, right) = (&y[2 * a * tw..(2 * a + 1) * tw], &y[(2 * a + 1) * tw..(2 * a + 2) * tw]);
+                    for ((px, l), r) in out.chunks_exact_mut(2).zip(left).zip(right) {
+                        px[0] = *l;
+                        px[1] = *r;
+                    }
+                    if w % 2 == 1 {
+                        out[w - 1] = left[w / 2];
+                    }
                 }
             }
-            let oy = 2 * (ty0 + r);
-            for a in 0..2 {
-                if oy + a >= h {
-                    break;
-                }
-                // SAFETY: row oy + a of plane o lies in this band's rows (see the function's contract).
-                let out = unsafe { std::slice::from_raw_parts_mut(dst.add((o * h + oy + a) * w), w) };
-                let (left, right) = (&y[2 * a * tw..(2 * a + 1) * tw], &y[(2 * a + 1) * tw..(2 * a + 2) * tw]);
-                for ((px, l), r) in out.chunks_exact_mut(2).zip(left).zip(right) {
-                    px[0] = *l;
-                    px[1] = *r;
-                }
-                if w % 2 == 1 {
-                    out[w - 1] = left[w / 2];
-                }
-            }
-        }
-    });
+        },
+    );
 }
