@@ -156,7 +156,7 @@ pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], d: usize, par: Par) -> Result<
 
 /// The lower Cholesky factor of S1, else of S2 (`S1 S2` and `S2 S1` share eigenvalues), with the
 /// other covariance and the route; `None` when neither is positive definite.
-fn cholesky_of_either<'a>(m1: MatRef<'a, f64>, m2: MatRef<'a, f64>, par: Par) -> Option<(Square, MatRef<'a, f64>, TraceRoute)> {
+fn cholesky_of_either<'a>(m1: MatRef<'a, f64>, m2: MatRef<'a, f64>, par: Par) -> Option<(Zeroed, MatRef<'a, f64>, TraceRoute)> {
     if let Some(l) = cholesky_lower(m1, par) {
         return Some((l, m2, TraceRoute::CholeskySample));
     }
@@ -184,6 +184,13 @@ fn pivoted_cholesky_trace(s1: MatRef<'_, f64>, s2: MatRef<'_, f64>, par: Par) ->
     let rank = info.rank;
     let f = Mat::<f64>::from_fn(d, rank, |i, j| if i >= j { factor[(i, j)] } else { 0.0 });
     let s2_permuted = Mat::<f64>::from_fn(d, d, |i, j| s2[(perm[i], perm[j])]);
+    if d >= TWO_STAGE_MIN_DIM {
+        // F is lower trapezoidal: the blocked congruence skips its zeros and the unread part of
+        // S2 F (about half the flops of the two full products at r = d/2). It takes a row-major
+        // view of S2; the permuted copy is symmetric, so its transpose is the same matrix.
+        let mut congruent = congruence_lower(f.as_ref(), s2_permuted.transpose(), par);
+        return sum_sqrt_eigenvalues(congruent.as_mut().submatrix_mut(0, 0, rank, rank), par, TraceRoute::PivotedCholesky);
+    }
     let mut product = Mat::<f64>::zeros(d, rank);
     gemm_f64(product.as_mut(), false, s2_permuted.as_ref(), f.as_ref(), 1.0, par);
     let mut congruent = Mat::<f64>::zeros(rank, rank);
@@ -214,22 +221,24 @@ fn congruence_trace(l: MatRef<'_, f64>, s: MatRef<'_, f64>, par: Par, route: Tra
     }
 }
 
-/// The lower triangle of `L^T S L` (entries above the diagonal are workspace), in column and row
-/// blocks that skip the zero upper triangle of `L` and the part of `S L` that the result never
-/// reads: `2 d^3 / 3 + d^3 / 3` flops instead of `4 d^3`. One `d x d` matrix holds the lower
-/// block triangle of `S L` and then, row block by row block, the result.
-fn congruence_lower(l: MatRef<'_, f64>, s: MatRef<'_, f64>, par: Par) -> Square {
+/// The lower triangle of `L^T S L` for a lower-trapezoidal `d x r` factor `L` (zero above its
+/// diagonal) and symmetric `S`, as the top `r x r` block of the returned `d x r` buffer (its
+/// entries above the diagonal are workspace). Column and row blocks skip the zeros of `L` and
+/// the part of `S L` that the result never reads: at `r = d`, `2 d^3 / 3 + d^3 / 3` flops
+/// instead of the `4 d^3` of two full products. The buffer holds the lower block triangle of
+/// `S L` and then, row block by row block, the result.
+fn congruence_lower(l: MatRef<'_, f64>, s: MatRef<'_, f64>, par: Par) -> Zeroed {
     const BLOCK: usize = 256;
-    let d = l.nrows();
-    let mut out = Square::zeroed(d);
+    let (d, r) = (l.nrows(), l.ncols());
+    let mut out = Zeroed::new(d, r);
     // (S L)[j0.., J] = S[j0.., j0..] L[j0.., J] for the column block J = j0..j1: the row blocks
     // below read column block J from row j0 down only, so rows above j0 are never formed (a
-    // third of the product's flops; -26 ms minimum, -45 ms median at 2048-d on 2 threads, same
-    // bits). `s` is a symmetric row-major view; read column-major (the same matrix) its columns
-    // are contiguous, which the products pack faster (-7 ms at 2048-d).
+    // third of the product's flops at r = d; -26 ms minimum, -45 ms median at 2048-d on 2
+    // threads, same bits). `s` is a symmetric row-major view; read column-major (the same
+    // matrix) its columns are contiguous, which the products pack faster (-7 ms at 2048-d).
     let s = s.transpose();
-    for j0 in (0..d).step_by(BLOCK) {
-        let w = BLOCK.min(d - j0);
+    for j0 in (0..r).step_by(BLOCK) {
+        let w = BLOCK.min(r - j0);
         gemm_f64(
             out.as_mut().submatrix_mut(j0, j0, d - j0, w),
             false,
@@ -241,9 +250,9 @@ fn congruence_lower(l: MatRef<'_, f64>, s: MatRef<'_, f64>, par: Par) -> Square 
     }
     // (L^T S L)[I, ..i1] = L[i0.., I]^T (S L)[i0.., ..i1] for the row block I = i0..i1. It reads
     // rows i0.. of S L only, so it replaces rows I once computed.
-    let mut rows = Mat::<f64>::zeros(BLOCK.min(d), d);
-    for i0 in (0..d).step_by(BLOCK) {
-        let h = BLOCK.min(d - i0);
+    let mut rows = Mat::<f64>::zeros(BLOCK.min(r), r);
+    for i0 in (0..r).step_by(BLOCK) {
+        let h = BLOCK.min(r - i0);
         let lhs = l.submatrix(i0, i0, d - i0, h).transpose();
         let mut block = rows.as_mut().submatrix_mut(0, 0, h, i0 + h);
         gemm_f64(block.rb_mut(), false, lhs, out.as_ref().submatrix(i0, 0, d - i0, i0 + h), 1.0, par);
@@ -337,14 +346,14 @@ fn symmetrize(m: &mut Mat<f64>) {
 }
 
 /// Lower Cholesky factor, or `None` if the matrix is not numerically positive definite.
-fn cholesky_lower(a: MatRef<'_, f64>, par: Par) -> Option<Square> {
+fn cholesky_lower(a: MatRef<'_, f64>, par: Par) -> Option<Zeroed> {
     use rayon::prelude::*;
     let d = a.nrows();
     // `a` is symmetric and row-major, so its entries in column-major order are the same matrix:
     // contiguous column copies instead of a transposing one. (Our covariances are mirrored
     // exactly; a reference batch's may differ from its transpose by rounding, which moves FID by
     // ~1e-15.) In parallel, so that the buffer's page faults are taken on both threads.
-    let mut buffer = Square::zeroed(d);
+    let mut buffer = Zeroed::square(d);
     let source = a.transpose().try_as_col_major().expect("a row-major covariance view");
     let copy_column =
         |(j, column): (usize, &mut [f64])| column[j..].copy_from_slice(&source.col(j).try_as_col_major().unwrap().as_slice()[j..]);
@@ -365,26 +374,31 @@ fn cholesky_lower(a: MatRef<'_, f64>, par: Par) -> Option<Square> {
     diagonal_ok.then_some(buffer)
 }
 
-/// A zero-filled column-major `d x d` matrix whose pages are first touched by whatever fills it.
+/// A zero-filled column-major matrix whose pages are first touched by whatever fills it.
 /// `Mat::zeros` writes every zero on one thread: at 2048-d, 8192 page faults and about 12 ms
 /// per matrix here. This buffer comes zeroed from the allocator (`calloc`), and the parallel
 /// products or copies that fill it take those faults on both threads.
-struct Square {
+struct Zeroed {
     data: Vec<f64>,
-    d: usize,
+    rows: usize,
+    cols: usize,
 }
 
-impl Square {
-    fn zeroed(d: usize) -> Self {
-        Self { data: vec![0.0; d * d], d }
+impl Zeroed {
+    fn new(rows: usize, cols: usize) -> Self {
+        Self { data: vec![0.0; rows * cols], rows, cols }
+    }
+
+    fn square(d: usize) -> Self {
+        Self::new(d, d)
     }
 
     fn as_ref(&self) -> MatRef<'_, f64> {
-        MatRef::from_column_major_slice(&self.data, self.d, self.d)
+        MatRef::from_column_major_slice(&self.data, self.rows, self.cols)
     }
 
     fn as_mut(&mut self) -> MatMut<'_, f64> {
-        MatMut::from_column_major_slice_mut(&mut self.data, self.d, self.d)
+        MatMut::from_column_major_slice_mut(&mut self.data, self.rows, self.cols)
     }
 }
 
@@ -491,22 +505,43 @@ mod tests {
 
     #[test]
     fn blocked_congruence_matches_dense_product_on_the_lower_triangle() {
-        // 600 = two 256-wide blocks and a ragged one: every block skips the rows of S L above it.
+        // d = 600: two 256-wide blocks and a ragged one, each skipping the rows of S L above it;
+        // r = 600 is the Cholesky route's square factor, r = 300 the pivoted route's trapezoid.
         let d = 600;
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let l = Mat::<f64>::from_fn(d, d, |i, j| if i >= j { rng.random::<f64>() - 0.5 } else { 0.0 });
         let g = Mat::<f64>::from_fn(d, d, |_, _| rng.random::<f64>() - 0.5);
         let s = &g + g.transpose();
-        let dense = l.transpose() * &s * &l;
-        let blocked = congruence_lower(l.as_ref(), s.as_ref(), Par::rayon(2));
-        let scale = dense.norm_max();
-        for j in 0..d {
-            for i in j..d {
-                // Sums of ~d products of O(1) terms in another order: rounding is ~1e-13 of the scale.
-                let diff = (blocked.as_ref()[(i, j)] - dense[(i, j)]).abs();
-                assert!(diff <= 1e-12 * scale, "({i}, {j}): {} vs {}", blocked.as_ref()[(i, j)], dense[(i, j)]);
+        for r in [d, 300] {
+            let l = Mat::<f64>::from_fn(d, r, |i, j| if i >= j { rng.random::<f64>() - 0.5 } else { 0.0 });
+            let dense = l.transpose() * &s * &l;
+            let blocked = congruence_lower(l.as_ref(), s.as_ref(), Par::rayon(2));
+            assert_eq!((blocked.rows, blocked.cols), (d, r));
+            let scale = dense.norm_max();
+            for j in 0..r {
+                for i in j..r {
+                    // Sums of ~d products of O(1) terms in another order: rounding is ~1e-13 of
+                    // the scale.
+                    let diff = (blocked.as_ref()[(i, j)] - dense[(i, j)]).abs();
+                    assert!(diff <= 1e-12 * scale, "r = {r}, ({i}, {j}): {} vs {}", blocked.as_ref()[(i, j)], dense[(i, j)]);
+                }
             }
         }
+    }
+
+    #[test]
+    fn blocked_pivoted_route_matches_eigen_route() {
+        // From TWO_STAGE_MIN_DIM up the fallback runs the blocked congruence on the d x r factor,
+        // and with r = 659 the two-stage solver on its r x r corner (column stride d, not r).
+        let d = TWO_STAGE_MIN_DIM + 60;
+        let (a, b) = (spread_stats(660, d, 16), spread_stats(680, d, 17));
+        let par = Par::rayon(2);
+        let fast = trace_sqrt_product(&a.sigma, &b.sigma, d, par).unwrap();
+        let eigen = trace_sqrt_product_eigen(&a.sigma, &b.sigma, d, par).unwrap();
+        assert_eq!(fast.route, TraceRoute::PivotedCholesky);
+        // As in the test above: the routes differ by the d - r noise directions of S1 only.
+        let noise_bound = (d - 659) as f64 * (f64::EPSILON * a.trace() * b.trace()).sqrt();
+        assert!((fast.value - eigen.value).abs() <= noise_bound, "{fast:?} vs {eigen:?}, bound {noise_bound:e}");
+        assert!((fast.value - eigen.value).abs() <= 1e-7 * eigen.value, "{fast:?} vs {eigen:?}");
     }
 
     #[test]
