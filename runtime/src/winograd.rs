@@ -34,11 +34,16 @@ pub fn filter_tile(g: [f32; 9]) -> [f32; 16] {
 /// `dst[xi] = a[xi] @ b[xi]` for the 16 patch positions `xi`, every matrix row-major and
 /// contiguous: `a[xi]` is `m x k`, `b[xi]` is `k x n`, `dst[xi]` is `m x n`. With `parallel`
 /// the 16 products are spread over rayon's pool (each a single-threaded GEMM).
-pub fn tile_products(a: &[f32], b: &[f32], dst: &mut [f32], (m, n, k): (usize, usize, usize), parallel: bool) {
-    assert!(a.len() >= 16 * m * k && b.len() >= 16 * k * n && dst.len() >= 16 * m * n, "Winograd products: buffers too small");
+pub fn tile_products(a: &[f32], b: &[f32], dst: &mut [f32], shape: (usize, usize, usize), parallel: bool) {
+    batched_products(16, a, b, dst, shape, parallel);
+}
+
+/// [`tile_products`] for `count` positions (the one-dimensional F(m, r) has `m + r - 1`).
+pub fn batched_products(count: usize, a: &[f32], b: &[f32], dst: &mut [f32], (m, n, k): (usize, usize, usize), parallel: bool) {
+    assert!(a.len() >= count * m * k && b.len() >= count * k * n && dst.len() >= count * m * n, "Winograd products: buffers too small");
     let dst = SendPtr(dst.as_mut_ptr());
     for_each_index_with(
-        16,
+        count,
         parallel,
         || (),
         |_, xi| {

@@ -19,6 +19,7 @@ use super::network::{
 };
 use super::weights::FoldedWeights;
 use super::winograd;
+use super::winograd_1d::{self, Winograd1d};
 use anyhow::{anyhow, bail, Result};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -104,6 +105,8 @@ pub(crate) struct GemmConv {
     bias: Vec<f32>,
     /// The filters in Winograd F(2x2, 3x3) form, for the layers that can take that route.
     winograd_u: Option<Vec<f32>>,
+    /// The layer in one-dimensional Winograd F(m, r) form, for the 1xr / rx1 layers.
+    winograd_1d: Option<Winograd1d>,
 }
 
 impl GemmConv {
@@ -137,7 +140,7 @@ impl GemmConv {
             col += p.cout;
         }
         let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
-        Ok(GemmConv { kh: 1, kw: 1, stride: 1, pad_h: 0, pad_w: 0, cin, cout, w_kn, bias, winograd_u: None })
+        Ok(GemmConv { kh: 1, kw: 1, stride: 1, pad_h: 0, pad_w: 0, cin, cout, w_kn, bias, winograd_u: None, winograd_1d: None })
     }
 }
 
@@ -198,6 +201,12 @@ fn conv_into(layer: &GemmConv, x: View, dst: Dst, par: Parallelism) -> Result<()
         let input = winograd::Input { data: x.data, stride: x.stride, off: x.off, n: x.n, h: x.h, w: x.w };
         let output = winograd::Output { data: dst.data, stride: dst.stride, off: dst.off };
         winograd::conv3x3_bias_relu(input, layer.pad_h, u, &layer.bias, layer.cin, n_out, output, par);
+        return Ok(());
+    }
+    if let Some(line) = layer.winograd_1d.as_ref() {
+        let input = winograd::Input { data: x.data, stride: x.stride, off: x.off, n: x.n, h: x.h, w: x.w };
+        let output = winograd::Output { data: dst.data, stride: dst.stride, off: dst.off };
+        winograd_1d::conv_bias_relu(line, input, &layer.bias, layer.cin, n_out, output, par);
         return Ok(());
     }
     let chunk_rows = if layer.is_pointwise() { m } else { (IM2COL_CHUNK_FLOATS / k).clamp(64, m.max(64)) };
@@ -399,8 +408,21 @@ impl GemmInception {
             }
             let winograd_u = winograd::layer_eligible(f.kh, f.kw, stride, (pad_h, pad_w), f.cin, f.cout)
                 .then(|| winograd::transform_weights(&w_kn, f.cin, f.cout));
-            let layer =
-                GemmConv { kh: f.kh, kw: f.kw, stride, pad_h, pad_w, cin: f.cin, cout: f.cout, w_kn, bias: f.bias.clone(), winograd_u };
+            let winograd_1d = winograd_1d::eligible_axis(f.kh, f.kw, stride, (pad_h, pad_w), f.cin, f.cout)
+                .map(|axis| Winograd1d::new(axis, f.kh.max(f.kw), &w_kn, f.cin, f.cout));
+            let layer = GemmConv {
+                kh: f.kh,
+                kw: f.kw,
+                stride,
+                pad_h,
+                pad_w,
+                cin: f.cin,
+                cout: f.cout,
+                w_kn,
+                bias: f.bias.clone(),
+                winograd_u,
+                winograd_1d,
+            };
             convs.insert(*name, layer);
         }
         let mut fused = HashMap::new();
@@ -784,6 +806,7 @@ mod tests {
                 w_kn: pseudo_random(kh * kw * 5 * cout, 7),
                 bias: pseudo_random(cout, 3),
                 winograd_u: None,
+                winograd_1d: None,
             };
             assert_eq!(l.out_size(x.h, x.w), expect, "{kh}x{kw}");
             let want = conv_ref(&l, &x);
@@ -810,6 +833,7 @@ mod tests {
             w_kn: pseudo_random(6 * cout, seed),
             bias: pseudo_random(cout, seed + 1),
             winograd_u: None,
+            winograd_1d: None,
         };
         let (a, b) = (mk(3, 20), mk(2, 30));
         let fused = GemmConv::concat_pointwise(&[&a, &b]).unwrap();
@@ -833,6 +857,43 @@ mod tests {
     }
 
     #[test]
+    fn one_dimensional_winograd_route_matches_the_definition() {
+        // 1x7 / 7x1 (Mixed_6*) and 1x3 / 3x1 (Mixed_7*): odd and even line lengths (a last
+        // tile with one output), tiles crossing band and image boundaries, written into a channel
+        // slice of a wider buffer, on one thread and with the parallel stages.
+        for (kh, kw, h, w, cin, cout) in
+            [(1, 7, 17, 17, 16, 24), (7, 1, 17, 16, 20, 16), (1, 3, 8, 9, 32, 17), (3, 1, 9, 8, 16, 32), (7, 1, 40, 33, 16, 16)]
+        {
+            let (pad_h, pad_w) = ((kh - 1) / 2, (kw - 1) / 2);
+            let x = Act { n: 2, h, w, c: cin, data: pseudo_random(2 * h * w * cin, 5) };
+            let w_kn = pseudo_random(kh * kw * cin * cout, 9);
+            let axis = winograd_1d::eligible_axis(kh, kw, 1, (pad_h, pad_w), cin, cout).expect("eligible");
+            let winograd_1d = Some(Winograd1d::new(axis, kh.max(kw), &w_kn, cin, cout));
+            let l =
+                GemmConv { kh, kw, stride: 1, pad_h, pad_w, cin, cout, w_kn, bias: pseudo_random(cout, 4), winograd_u: None, winograd_1d };
+            let (ho, wo) = l.out_size(h, w);
+            assert_eq!((ho, wo), (h, w));
+            let want = conv_ref(&l, &x);
+            let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for par in [Parallelism::None, Parallelism::Rayon(2)] {
+                let stride = cout + 3;
+                let mut got = Act { n: 2, h: ho, w: wo, c: stride, data: vec![7.0; 2 * ho * wo * stride] };
+                conv_into(&l, view(&x), Dst { data: &mut got.data, stride, off: 2 }, par).unwrap();
+                let mut err = 0f32;
+                for px in 0..2 * ho * wo {
+                    for c in 0..cout {
+                        err = err.max((got.data[px * stride + 2 + c] - want.data[px * cout + c]).abs());
+                    }
+                    assert_eq!((got.data[px * stride], got.data[px * stride + 1], got.data[px * stride + 2 + cout]), (7.0, 7.0, 7.0));
+                }
+                // f32 transforms with entries up to a few units at r = 7: a few ulps of the
+                // output scale more than the direct sum.
+                assert!(err < 1e-5 * scale.max(1.0), "{kh}x{kw} {h}x{w} {cin}->{cout} {par:?}: max err {err} (scale {scale})");
+            }
+        }
+    }
+
+    #[test]
     fn winograd_route_matches_the_definition() {
         // 3x3 stride-1 layers with >= 16 channels and >= 32x32 outputs: padding 0 and 1, odd
         // and even sizes (edge tiles), two images, written into a channel slice of a wider
@@ -841,7 +902,19 @@ mod tests {
             let x = Act { n: 2, h, w, c: cin, data: pseudo_random(2 * h * w * cin, 5) };
             let w_kn = pseudo_random(9 * cin * cout, 9);
             let winograd_u = Some(winograd::transform_weights(&w_kn, cin, cout));
-            let l = GemmConv { kh: 3, kw: 3, stride: 1, pad_h: pad, pad_w: pad, cin, cout, w_kn, bias: pseudo_random(cout, 4), winograd_u };
+            let l = GemmConv {
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad_h: pad,
+                pad_w: pad,
+                cin,
+                cout,
+                w_kn,
+                bias: pseudo_random(cout, 4),
+                winograd_u,
+                winograd_1d: None,
+            };
             let (ho, wo) = l.out_size(h, w);
             assert!(winograd::layer_eligible(3, 3, 1, (pad, pad), cin, cout) && winograd::map_large_enough(ho, wo));
             let want = conv_ref(&l, &x);
