@@ -21,3 +21,30 @@ pub fn configure(threads: Option<usize>) -> usize {
 pub fn num_threads() -> usize {
     rayon::current_num_threads()
 }
+
+/// A raw `f32` pointer that rayon tasks may share: for kernels whose tasks each write their own
+/// disjoint region of one output buffer. The pointer is private, so closures reach it through
+/// [`SendPtr::add`] and capture the whole `Sync` wrapper (a closure naming the field would
+/// capture the bare `*mut` alone, which is not `Sync`).
+#[derive(Clone, Copy, Debug)]
+pub struct SendPtr(*mut f32);
+
+// SAFETY: the wrapper only carries the address between threads; each kernel that dereferences it
+// writes regions no other task touches at the same time (every call site says which).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    pub fn new(ptr: *mut f32) -> Self {
+        Self(ptr)
+    }
+
+    /// The pointer `count` floats further.
+    ///
+    /// # Safety
+    /// As `pointer::add`: the result must stay inside the buffer the pointer came from.
+    #[inline(always)]
+    pub unsafe fn add(self, count: usize) -> *mut f32 {
+        unsafe { self.0.add(count) }
+    }
+}

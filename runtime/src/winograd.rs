@@ -16,6 +16,7 @@
 //! runs a transform over channels or tiles with per-task scratch ([`for_each_index_with`]),
 //! used by the decoders' NCHW route (the Inception's NHWC route still has its own copies).
 
+use crate::threads::SendPtr;
 use rayon::prelude::*;
 
 /// `G g G^T` of one 3x3 filter `g` (row-major), as 16 values in row-major 4x4 order.
@@ -41,7 +42,7 @@ pub fn tile_products(a: &[f32], b: &[f32], dst: &mut [f32], shape: (usize, usize
 /// [`tile_products`] for `count` positions (the one-dimensional F(m, r) has `m + r - 1`).
 pub fn batched_products(count: usize, a: &[f32], b: &[f32], dst: &mut [f32], (m, n, k): (usize, usize, usize), parallel: bool) {
     assert!(a.len() >= count * m * k && b.len() >= count * k * n && dst.len() >= count * m * n, "Winograd products: buffers too small");
-    let dst = SendPtr(dst.as_mut_ptr());
+    let dst = SendPtr::new(dst.as_mut_ptr());
     for_each_index_with(
         count,
         parallel,
@@ -84,21 +85,6 @@ pub fn for_each_index_with<T>(n: usize, parallel: bool, init: impl Fn() -> T + S
     } else {
         let mut scratch = init();
         (0..n).for_each(|i| f(&mut scratch, i));
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the products write disjoint matrices.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// `count` floats further (a method, so closures capture the whole `Sync` wrapper).
-    ///
-    /// SAFETY: as `pointer::add`.
-    unsafe fn add(self, count: usize) -> *mut f32 {
-        unsafe { self.0.add(count) }
     }
 }
 

@@ -8,6 +8,7 @@
 //! tile's 2x2 pixels with bias and ReLU. 16 multiplies per tile and channel pair instead of 36.
 
 use gemm::Parallelism;
+use genbench_runtime::threads::SendPtr;
 use rayon::prelude::*;
 
 /// Output tiles per band, rounded to whole tile rows: the band's `V` and `M` (`16 * tiles *
@@ -57,21 +58,6 @@ pub(super) struct Output<'a> {
     pub off: usize,
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint regions (their own tiles' pixels, their own scratch rows).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// `count` floats further (a method, so closures capture the whole `Sync` wrapper).
-    ///
-    /// SAFETY: as `pointer::add`.
-    unsafe fn add(self, count: usize) -> *mut f32 {
-        unsafe { self.0.add(count) }
-    }
-}
-
 /// `relu(conv3x3(x) + bias)` into `y`, padding `pad` (0 or 1); `u` from [`transform_weights`].
 /// With `par`, the transforms run in parallel over tiles and the 16 GEMMs over threads.
 #[allow(clippy::too_many_arguments)]
@@ -83,13 +69,13 @@ pub(super) fn conv3x3_bias_relu(x: Input, pad: usize, u: &[f32], bias: &[f32], c
     let mut v = vec![0f32; 16 * band_rows * tw * cin];
     let mut m = vec![0f32; 16 * band_rows * tw * cout];
     assert!(y.data.len() >= (x.n * ho * wo - 1) * y.stride + y.off + cout, "Winograd output buffer too small");
-    let dst = SendPtr(y.data.as_mut_ptr());
+    let dst = SendPtr::new(y.data.as_mut_ptr());
     for img in 0..x.n {
         for ty0 in (0..th).step_by(band_rows) {
             let tiles = band_rows.min(th - ty0) * tw;
             let (v, m) = (&mut v[..16 * tiles * cin], &mut m[..16 * tiles * cout]);
             input_transform(&x, img, pad, (ty0, tw), cin, tiles, v, parallel);
-            let mp = SendPtr(m.as_mut_ptr());
+            let mp = SendPtr::new(m.as_mut_ptr());
             for_each_index(16, parallel, |xi| {
                 // SAFETY: M[xi] (tiles x cout), V[xi] (tiles x cin) and U[xi] (cin x cout) are in
                 // bounds by construction; each xi writes only its own M[xi].
@@ -183,7 +169,7 @@ fn for_each_index(n: usize, par: bool, f: impl Fn(usize) + Sync + Send) {
 #[allow(clippy::too_many_arguments)]
 fn input_transform(x: &Input, img: usize, pad: usize, (ty0, tw): (usize, usize), cin: usize, tiles: usize, v: &mut [f32], par: bool) {
     let zeros = vec![0f32; cin];
-    let vp = SendPtr(v.as_mut_ptr());
+    let vp = SendPtr::new(v.as_mut_ptr());
     for_each_index(tiles, par, |t| {
         let (ty, tx) = (ty0 + t / tw, t % tw);
         // The channel vector of input pixel (iy, ix), or zeros in the padding.

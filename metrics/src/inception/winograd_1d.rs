@@ -16,6 +16,7 @@
 //! transform writes each tile's m pixels with bias and ReLU.
 
 use gemm::Parallelism;
+use genbench_runtime::threads::SendPtr;
 use genbench_runtime::winograd::{batched_products, for_each_index_with};
 
 /// Tiles per band at n = 8 (scaled by 8 / n): the band's `V` and `M` (`n * tiles * (cin +
@@ -182,7 +183,7 @@ pub(super) fn conv_bias_relu(
     let mut v = vec![0f32; n * band * cin];
     let mut m = vec![0f32; n * band * cout];
     assert!(y.data.len() >= (x.n * h * w - 1) * y.stride + y.off + cout, "Winograd output buffer too small");
-    let (vp, dst) = (SendPtr(v.as_mut_ptr()), SendPtr(y.data.as_mut_ptr()));
+    let (vp, dst) = (SendPtr::new(v.as_mut_ptr()), SendPtr::new(y.data.as_mut_ptr()));
     let zeros = vec![0f32; cin];
     for t0 in (0..total).step_by(band) {
         let tiles = band.min(total - t0);
@@ -241,21 +242,6 @@ pub(super) fn conv_bias_relu(
                 }
             },
         );
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint regions (their own tiles' rows and pixels).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// `count` floats further (a method, so closures capture the whole `Sync` wrapper).
-    ///
-    /// SAFETY: as `pointer::add`.
-    unsafe fn add(self, count: usize) -> *mut f32 {
-        unsafe { self.0.add(count) }
     }
 }
 

@@ -16,6 +16,7 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
+use genbench_runtime::threads::SendPtr;
 use rayon::prelude::*;
 
 /// A convolution layer: weight `(cout, cin / groups, k, k)`, optional bias `(cout,)`.
@@ -136,7 +137,7 @@ impl Conv2d {
         // Every (image, band of output rows): independent GEMMs writing disjoint output rows.
         let bands: Vec<(usize, usize, usize)> =
             (0..b).flat_map(|bi| (0..ho).step_by(band_rows).map(move |oy0| (bi, oy0, band_rows.min(ho - oy0)))).collect();
-        let dst = SendPtr(out.as_mut_ptr());
+        let dst = SendPtr::new(out.as_mut_ptr());
         let geometry = BandGeometry { cin, h, w, kh, kw, s, p, wo, cout, k, plane_out, pointwise, accumulate: bias.is_some() };
         if threads > 1 && bands.len() >= 2 * threads {
             // Enough bands: one contiguous share per thread, each with its own im2col buffer and a
@@ -163,13 +164,6 @@ impl Conv2d {
         Tensor::from_vec(out, (b, cout, ho, wo), &Device::Cpu)
     }
 }
-
-/// The output buffer's base pointer, shared by the band tasks (each writes its own rows).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the tasks write disjoint regions (distinct (image, output row) bands).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 /// Shapes of one convolution, for the per-band work.
 struct BandGeometry {
@@ -217,7 +211,7 @@ impl BandGeometry {
             self.cout,
             n,
             self.k,
-            dst.0.add(bi * self.cout * self.plane_out + oy0 * self.wo),
+            dst.add(bi * self.cout * self.plane_out + oy0 * self.wo),
             1,
             self.plane_out as isize,
             self.accumulate,

@@ -13,6 +13,7 @@
 //! * [`merge_heads`]: `(B, H, T, Dh)` to `(B, T, H*Dh)` before the output projection.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use genbench_runtime::threads::SendPtr;
 use rayon::prelude::*;
 
 /// The fast route applies: CPU, f32, and `GENBENCH_KERNELS` / `--kernels` is not `generic`.
@@ -266,12 +267,6 @@ struct FusedAttention {
     mask: Option<Vec<f32>>,
 }
 
-/// A raw pointer that may cross rayon tasks (each task writes disjoint rows).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -305,7 +300,7 @@ impl CustomOp3 for FusedAttention {
         const TILE: usize = 64;
         let tiles = tq.div_ceil(TILE);
         let mut out = uninit_f32(b * tq * h * d);
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr::new(out.as_mut_ptr());
         let (k_base, v_base) = (kd.as_ptr() as usize, vd.as_ptr() as usize);
         let (k_off, v_off) = (l2.start_offset(), l3.start_offset());
         thread_local! {
@@ -365,7 +360,7 @@ impl CustomOp3 for FusedAttention {
                 crate::nn::fast_math::softmax_rows_inplace(s, tk);
                 unsafe {
                     // out rows (m x d, row stride h*d) = probs (m x tk) @ v (tk x d)
-                    let op = out_ptr.0.add((bi * tq + t0) * h * d + hi * d);
+                    let op = out_ptr.add((bi * tq + t0) * h * d + hi * d);
                     gemm::gemm(
                         m,
                         d,
@@ -421,15 +416,6 @@ const SMALL_M: usize = 256;
 /// Up to this many rows (a decode step with guidance and a few images) the streaming kernel
 /// [`few_rows`] runs instead of gemm.
 const FEW_ROWS: usize = 4;
-
-impl SendPtr {
-    /// `count` floats further (a method, so closures capture the whole `Sync` wrapper).
-    ///
-    /// SAFETY: as `pointer::add`.
-    unsafe fn add(self, count: usize) -> *mut f32 {
-        unsafe { self.0.add(count) }
-    }
-}
 
 /// `out[r, c0..c1] (+)= x[r, :] @ w[:, c0..c1]` for `rows <= FEW_ROWS`, `w` `(k, n)` row-major.
 ///
@@ -540,7 +526,7 @@ impl LinearRows {
             // (see `few_rows`); each thread takes a contiguous block of columns.
             let parts = if n >= 64 * threads { threads } else { 1 };
             let block = n.div_ceil(parts).div_ceil(16) * 16;
-            let op = SendPtr(out.as_mut_ptr());
+            let op = SendPtr::new(out.as_mut_ptr());
             let accumulate = bias.is_some();
             (0..parts).into_par_iter().for_each(|t| {
                 let c0 = t * block;

@@ -15,6 +15,7 @@
 //! otherwise (small feature maps) the stages of one band run in parallel over channels and over
 //! the 16 GEMMs.
 
+use genbench_runtime::threads::SendPtr;
 use genbench_runtime::winograd::for_each_index_with;
 use rayon::prelude::*;
 
@@ -69,21 +70,6 @@ impl Scratch {
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: every task writes a distinct region (own output rows / own scratch rows).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer `count` floats further (a method, so closures capture the whole `Sync` wrapper).
-    ///
-    /// SAFETY: as `pointer::add`.
-    unsafe fn add(self, count: usize) -> *mut f32 {
-        unsafe { self.0.add(count) }
-    }
-}
-
 /// `out[b, cout, h, w] = conv3x3(x[b, cin, h, w], weight) + bias` (stride 1, padding 1) with the
 /// weights already transformed by [`transform_weights`]. Writes every element of `out`.
 pub(crate) fn conv3x3(
@@ -100,7 +86,7 @@ pub(crate) fn conv3x3(
     let bands: Vec<(usize, usize, usize)> =
         (0..b).flat_map(|bi| (0..th).step_by(band_rows).map(move |ty0| (bi, ty0, band_rows.min(th - ty0)))).collect();
     let threads = rayon::current_num_threads().max(1);
-    let dst = SendPtr(out.as_mut_ptr());
+    let dst = SendPtr::new(out.as_mut_ptr());
     let max_tiles = band_rows * g.tw;
     let run = |band: (usize, usize, usize), scratch: &mut Scratch, par: bool| {
         let (bi, ty0, rows) = band;
@@ -110,7 +96,7 @@ pub(crate) fn conv3x3(
         input_transform(&g, img, ty0, rows, v, par);
         genbench_runtime::winograd::tile_products(u, v, m, (cout, tiles, cin), par);
         // SAFETY: bands are distinct (image, tile rows), so their output rows are disjoint.
-        unsafe { output_transform(&g, m, bias, ty0, rows, SendPtr(dst.add(bi * cout * h * w)), par) };
+        unsafe { output_transform(&g, m, bias, ty0, rows, SendPtr::new(dst.add(bi * cout * h * w)), par) };
     };
     if threads > 1 && bands.len() >= 2 * threads {
         let per = bands.len().div_ceil(threads);
@@ -133,7 +119,7 @@ pub(crate) fn conv3x3(
 fn input_transform(g: &Geometry, img: &[f32], ty0: usize, rows: usize, v: &mut [f32], par: bool) {
     let (cin, h, w, tw) = (g.cin, g.h, g.w, g.tw);
     let tiles = rows * tw;
-    let vp = SendPtr(v.as_mut_ptr());
+    let vp = SendPtr::new(v.as_mut_ptr());
     // Per task: even[k] = x[2k] and odd[k] = x[2k - 1] of one input row (zero outside [0, w)),
     // and the column transform of the 4 input rows of a tile row, cols[i][j][tx].
     let scratch = || (vec![0f32; tw + 1], vec![0f32; tw + 1], vec![0f32; 16 * tw]);
