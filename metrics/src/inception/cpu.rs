@@ -856,6 +856,24 @@ mod tests {
         }
     }
 
+    /// Runs `l` on `x` into channels 2.. of a buffer 3 channels wider than the output and returns
+    /// the largest difference from `want`; the channels outside the slice must be left as they
+    /// were.
+    fn max_error_in_channel_slice(l: &GemmConv, x: &Act, want: &Act, par: Parallelism) -> f32 {
+        let (ho, wo) = l.out_size(x.h, x.w);
+        let (cout, stride) = (l.cout, l.cout + 3);
+        let mut got = Act { n: x.n, h: ho, w: wo, c: stride, data: vec![7.0; x.n * ho * wo * stride] };
+        conv_into(l, view(x), Dst { data: &mut got.data, stride, off: 2 }, par).unwrap();
+        let mut err = 0f32;
+        for px in 0..x.n * ho * wo {
+            for c in 0..cout {
+                err = err.max((got.data[px * stride + 2 + c] - want.data[px * cout + c]).abs());
+            }
+            assert_eq!((got.data[px * stride], got.data[px * stride + 1], got.data[px * stride + 2 + cout]), (7.0, 7.0, 7.0));
+        }
+        err
+    }
+
     #[test]
     fn one_dimensional_winograd_route_matches_the_definition() {
         // 1x7 / 7x1 (Mixed_6*) and 1x3 / 3x1 (Mixed_7*): odd and even line lengths (a last
@@ -876,16 +894,7 @@ mod tests {
             let want = conv_ref(&l, &x);
             let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
             for par in [Parallelism::None, Parallelism::Rayon(2)] {
-                let stride = cout + 3;
-                let mut got = Act { n: 2, h: ho, w: wo, c: stride, data: vec![7.0; 2 * ho * wo * stride] };
-                conv_into(&l, view(&x), Dst { data: &mut got.data, stride, off: 2 }, par).unwrap();
-                let mut err = 0f32;
-                for px in 0..2 * ho * wo {
-                    for c in 0..cout {
-                        err = err.max((got.data[px * stride + 2 + c] - want.data[px * cout + c]).abs());
-                    }
-                    assert_eq!((got.data[px * stride], got.data[px * stride + 1], got.data[px * stride + 2 + cout]), (7.0, 7.0, 7.0));
-                }
+                let err = max_error_in_channel_slice(&l, &x, &want, par);
                 // f32 transforms with entries up to a few units at r = 7: a few ulps of the
                 // output scale more than the direct sum.
                 assert!(err < 1e-5 * scale.max(1.0), "{kh}x{kw} {h}x{w} {cin}->{cout} {par:?}: max err {err} (scale {scale})");
@@ -919,17 +928,7 @@ mod tests {
             assert!(winograd::layer_eligible(3, 3, 1, (pad, pad), cin, cout) && winograd::map_large_enough(ho, wo));
             let want = conv_ref(&l, &x);
             for par in [Parallelism::None, Parallelism::Rayon(2)] {
-                let stride = cout + 3;
-                let mut got = Act { n: 2, h: ho, w: wo, c: stride, data: vec![7.0; 2 * ho * wo * stride] };
-                conv_into(&l, view(&x), Dst { data: &mut got.data, stride, off: 2 }, par).unwrap();
-                let mut err = 0f32;
-                for px in 0..2 * ho * wo {
-                    for c in 0..cout {
-                        err = err.max((got.data[px * stride + 2 + c] - want.data[px * cout + c]).abs());
-                    }
-                    // Channels outside the slice are left as they were.
-                    assert_eq!((got.data[px * stride], got.data[px * stride + 1], got.data[px * stride + 2 + cout]), (7.0, 7.0, 7.0));
-                }
+                let err = max_error_in_channel_slice(&l, &x, &want, par);
                 // The same products summed in another order, as the im2col test allows.
                 assert!(err < 1e-5, "pad {pad} {h}x{w} {cin}->{cout} {par:?}: max err {err}");
             }
