@@ -307,9 +307,6 @@ impl CustomOp3 for FusedAttention {
             static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         (0..b * h * tiles).into_par_iter().for_each(|task| {
-            // Captures the whole `SendPtr` (edition 2021 closures would capture only its `*mut` field).
-            #[allow(clippy::redundant_locals)]
-            let out_ptr = out_ptr;
             let (bh, tile) = (task / tiles, task % tiles);
             let (bi, hi) = (bh / h, bh % h);
             let t0 = tile * TILE;
