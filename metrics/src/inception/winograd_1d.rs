@@ -15,6 +15,8 @@
 //! `M[xi] = V[xi] @ U[xi]` with `U[xi] = sum_k G[xi][k] W_k` computed at load, and the output
 //! transform writes each tile's m pixels with bias and ReLU.
 
+use faer::linalg::solvers::DenseSolveCore;
+use faer::Mat;
 use gemm::Parallelism;
 use genbench_runtime::threads::SendPtr;
 use genbench_runtime::winograd::{batched_products, for_each_index_with};
@@ -86,12 +88,12 @@ fn transforms(m: usize, r: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
             (0..count).map(|i| POINTS[j].powi(i as i32)).collect()
         }
     };
-    let v: Vec<f64> = (0..n).flat_map(|j| powers(j, n)).collect();
-    let v_inv = invert(&v, n);
+    let v = Mat::<f64>::from_fn(n, n, |j, i| powers(j, n)[i]);
+    let v_inv = v.partial_piv_lu().inverse();
     let a_t: Vec<f64> = (0..m).flat_map(|i| (0..n).map(move |j| (j, i))).map(|(j, i)| powers(j, m)[i]).collect();
     let mut g: Vec<f64> = (0..n).flat_map(|j| powers(j, r)).collect();
     // B^T = V^-T: row xi of B^T is column xi of V^-1.
-    let mut b_t: Vec<f64> = (0..n).flat_map(|xi| (0..n).map(move |j| (xi, j))).map(|(xi, j)| v_inv[j * n + xi]).collect();
+    let mut b_t: Vec<f64> = (0..n).flat_map(|xi| (0..n).map(move |j| (xi, j))).map(|(xi, j)| v_inv[(j, xi)]).collect();
     for xi in 0..n {
         let largest = |row: &[f64]| row.iter().fold(0f64, |m, x| m.max(x.abs()));
         let scale = (largest(&g[xi * r..(xi + 1) * r]) / largest(&b_t[xi * n..(xi + 1) * n])).sqrt();
@@ -99,34 +101,6 @@ fn transforms(m: usize, r: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         b_t[xi * n..(xi + 1) * n].iter_mut().for_each(|x| *x *= scale);
     }
     (a_t, g, b_t)
-}
-
-/// Inverse of the row-major `n x n` matrix `m` by Gauss-Jordan elimination with partial pivoting
-/// (the Vandermonde matrices here are at most 8 x 8 and well conditioned).
-fn invert(m: &[f64], n: usize) -> Vec<f64> {
-    let mut a = m.to_vec();
-    let mut inv: Vec<f64> = (0..n * n).map(|k| if k / n == k % n { 1.0 } else { 0.0 }).collect();
-    for col in 0..n {
-        let pivot = (col..n).max_by(|&x, &y| a[x * n + col].abs().total_cmp(&a[y * n + col].abs())).unwrap();
-        for k in 0..n {
-            a.swap(col * n + k, pivot * n + k);
-            inv.swap(col * n + k, pivot * n + k);
-        }
-        let p = a[col * n + col];
-        assert!(p != 0.0, "singular Vandermonde matrix: repeated interpolation points");
-        for k in 0..n {
-            a[col * n + k] /= p;
-            inv[col * n + k] /= p;
-        }
-        for row in (0..n).filter(|&row| row != col) {
-            let f = a[row * n + col];
-            for k in 0..n {
-                a[row * n + k] -= f * a[col * n + k];
-                inv[row * n + k] -= f * inv[col * n + k];
-            }
-        }
-    }
-    inv
 }
 
 impl Winograd1d {
@@ -177,6 +151,8 @@ pub(super) fn conv_bias_relu(
         }
     };
     let per_line = len.div_ceil(m_out);
+    // Tile `t` (counted over all lines) covers positions `first..first + m_out` of its line.
+    let tile_start = |t: usize| (t / per_line, m_out * (t % per_line));
     let total = lines * per_line;
     let parallel = matches!(par, Parallelism::Rayon(t) if t > 1);
     let band = (BAND_TILES * 8 / n).min(total);
@@ -193,7 +169,7 @@ pub(super) fn conv_bias_relu(
             parallel,
             || (),
             |_, t| {
-                let (line, first) = ((t0 + t) / per_line, m_out * ((t0 + t) % per_line));
+                let (line, first) = tile_start(t0 + t);
                 let mut d: [&[f32]; POINTS.len() + 1] = [&zeros[..]; POINTS.len() + 1];
                 for (j, dj) in d[..n].iter_mut().enumerate() {
                     if let Some(pos) = (first + j).checked_sub(pad).filter(|&pos| pos < len) {
@@ -221,7 +197,7 @@ pub(super) fn conv_bias_relu(
             parallel,
             || (),
             |_, t| {
-                let (line, first) = ((t0 + t) / per_line, m_out * ((t0 + t) % per_line));
+                let (line, first) = tile_start(t0 + t);
                 for o in 0..m_out {
                     let pos = first + o;
                     if pos >= len {
