@@ -184,18 +184,11 @@ fn pivoted_cholesky_trace(s1: MatRef<'_, f64>, s2: MatRef<'_, f64>, par: Par) ->
     let rank = info.rank;
     let f = Mat::<f64>::from_fn(d, rank, |i, j| if i >= j { factor[(i, j)] } else { 0.0 });
     let s2_permuted = Mat::<f64>::from_fn(d, d, |i, j| s2[(perm[i], perm[j])]);
-    if d >= TWO_STAGE_MIN_DIM {
-        // F is lower trapezoidal: the blocked congruence skips its zeros and the unread part of
-        // S2 F (about half the flops of the two full products at r = d/2). It takes a row-major
-        // view of S2; the permuted copy is symmetric, so its transpose is the same matrix.
-        let mut congruent = congruence_lower(f.as_ref(), s2_permuted.transpose(), par);
-        return sum_sqrt_eigenvalues(congruent.as_mut().submatrix_mut(0, 0, rank, rank), par, TraceRoute::PivotedCholesky);
-    }
-    let mut product = Mat::<f64>::zeros(d, rank);
-    gemm_f64(product.as_mut(), false, s2_permuted.as_ref(), f.as_ref(), 1.0, par);
-    let mut congruent = Mat::<f64>::zeros(rank, rank);
-    gemm_f64(congruent.as_mut(), false, f.transpose(), product.as_ref(), 1.0, par);
-    sum_sqrt_eigenvalues(congruent.as_mut(), par, TraceRoute::PivotedCholesky)
+    // F is lower trapezoidal: the blocked congruence skips its zeros and the unread part of S2 F
+    // (about half the flops of two full products at r = d/2). It takes a row-major view of S2;
+    // the permuted copy is symmetric, so its transpose is the same matrix.
+    let mut congruent = congruence_lower(f.as_ref(), s2_permuted.transpose(), par);
+    sum_sqrt_eigenvalues(congruent.as_mut().submatrix_mut(0, 0, rank, rank), par, TraceRoute::PivotedCholesky)
 }
 
 /// The eigen route on its own: `S1 = U Lambda U^T`, `F = U sqrt(max(Lambda, 0))`, eigenvalues of
