@@ -14,7 +14,7 @@
 //!
 //! Besides the filter transform: the 16 products of a band ([`tile_products`]) and the loop that
 //! runs a transform over channels or tiles with per-task scratch ([`for_each_index_with`]),
-//! used by the decoders' NCHW route (the Inception's NHWC route still has its own copies).
+//! used by both the decoders' NCHW route and the Inception's NHWC route.
 
 use crate::threads::SendPtr;
 use rayon::prelude::*;
