@@ -1,5 +1,6 @@
-//! The filter side of Winograd F(2x2, 3x3), shared by the NCHW decoder convolutions (models)
-//! and the NHWC Inception engine (metrics), whose data layouts differ but whose math does not.
+//! Winograd pieces shared by the NCHW decoder convolutions (models) and the NHWC Inception
+//! engine (metrics), whose data layouts differ: the filter side of F(2x2, 3x3) (the decoders';
+//! the Inception's F(4x4, 3x3) keeps its own), the batched products and the per-task loop.
 //!
 //! A 2x2 output tile of a 3x3 convolution is `A^T [(G g G^T) . (B^T d B)] A` for its 4x4 input
 //! patch `d`, with
@@ -12,9 +13,9 @@
 //!
 //! All entries are 0, +-1 or +-1/2, so the transforms add no rounding beyond their sums'.
 //!
-//! Besides the filter transform: the 16 products of a band ([`tile_products`]) and the loop that
-//! runs a transform over channels or tiles with per-task scratch ([`for_each_index_with`]),
-//! used by both the decoders' NCHW route and the Inception's NHWC route.
+//! Besides the filter transform: the products of a band ([`tile_products`] for 16 positions,
+//! [`batched_products`] for any count) and the loop that runs a transform over channels or
+//! tiles with per-task scratch ([`for_each_index_with`]).
 
 use crate::threads::SendPtr;
 use rayon::prelude::*;

@@ -1,7 +1,8 @@
 //! The FID Inception network (`inception-2015-12-05`, the TF graph every FID anchor uses),
 //! ported to Rust: weights ([`weights`]), the graph and its device-generic candle forward
-//! ([`network`]), and the fast NHWC CPU engine ([`cpu`], with Winograd F(2x2, 3x3) for its
-//! larger 3x3 layers and F(m, r) along one axis for its 1x7, 7x1, 1x3 and 3x1 layers).
+//! ([`network`]), and the fast NHWC CPU engine ([`cpu`], with Winograd F(4x4, 3x3) and
+//! F(2x2, 5x5) for its larger 3x3 and 5x5 layers and F(m, r) along one axis for its 1x7, 7x1,
+//! 1x3 and 3x1 layers).
 //!
 //! Outputs per image: pool_3 (2048, FID/KID/P-R), the sFID tap (`mixed_6/conv`, 7 channels,
 //! H,W,C order, 2023) and, when the weights carry the classifier, the 1008 logits without bias

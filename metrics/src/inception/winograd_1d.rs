@@ -21,6 +21,8 @@ use gemm::Parallelism;
 use genbench_runtime::threads::SendPtr;
 use genbench_runtime::winograd::{batched_products, for_each_index_with};
 
+use super::winograd::{load_lanes, run_lanes, store_lanes, Input, LaneKernel, Output, LANES};
+
 /// Tiles per band at n = 8 (scaled by 8 / n): the band's `V` and `M` (`n * tiles * (cin +
 /// cout)` floats, about 2 MiB at the Inception's widths) stay in the outer caches.
 const BAND_TILES: usize = 256;
@@ -126,18 +128,27 @@ impl Winograd1d {
 
 /// `relu(conv(x) + bias)` into `y` for a layer in F(m, r) form (output size = input size).
 /// With `par`, the transforms run in parallel over tiles and the GEMMs over threads.
-pub(super) fn conv_bias_relu(
+pub(super) fn conv_bias_relu(layer: &Winograd1d, x: Input, bias: &[f32], cin: usize, cout: usize, y: Output, par: Parallelism) {
+    match (layer.m, layer.m + layer.r - 1) {
+        (3, 9) => conv_lines::<3, 9>(layer, x, bias, (cin, cout), y, par),
+        (2, 4) => conv_lines::<2, 4>(layer, x, bias, (cin, cout), y, par),
+        (m, n) => unreachable!("F({m}, {}) is not built", n + 1 - m),
+    }
+}
+
+/// [`conv_bias_relu`] with the tile's outputs `M` and inputs `N` fixed at compile time, so that
+/// the transforms run on lane vectors in registers.
+fn conv_lines<const M: usize, const N: usize>(
     layer: &Winograd1d,
-    x: super::winograd::Input,
+    x: Input,
     bias: &[f32],
-    cin: usize,
-    cout: usize,
-    y: super::winograd::Output,
+    (cin, cout): (usize, usize),
+    y: Output,
     par: Parallelism,
 ) {
-    let (m_out, r) = (layer.m, layer.r);
-    let n = m_out + r - 1;
-    let pad = (r - 1) / 2;
+    let b_t: [[f32; N]; N] = std::array::from_fn(|i| std::array::from_fn(|j| layer.b_t[i * N + j]));
+    let a_t: [[f32; N]; M] = std::array::from_fn(|i| std::array::from_fn(|j| layer.a_t[i * N + j]));
+    let pad = (layer.r - 1) / 2;
     // Lines along the axis, each `len` pixels long; `pixel(line, pos)` is their pixel index.
     let (lines, len) = match layer.axis {
         Axis::Horizontal => (x.n * x.h, x.w),
@@ -150,74 +161,97 @@ pub(super) fn conv_bias_relu(
             Axis::Vertical => ((line / w) * h + pos) * w + line % w,
         }
     };
-    let per_line = len.div_ceil(m_out);
-    // Tile `t` (counted over all lines) covers positions `first..first + m_out` of its line.
-    let tile_start = |t: usize| (t / per_line, m_out * (t % per_line));
+    let per_line = len.div_ceil(M);
+    // Tile `t` (counted over all lines) covers positions `first..first + M` of its line.
+    let tile_start = |t: usize| (t / per_line, M * (t % per_line));
     let total = lines * per_line;
     let parallel = matches!(par, Parallelism::Rayon(t) if t > 1);
-    let band = (BAND_TILES * 8 / n).min(total);
-    let mut v = vec![0f32; n * band * cin];
-    let mut m = vec![0f32; n * band * cout];
+    let band = (BAND_TILES * 8 / N).min(total);
+    let mut v = vec![0f32; N * band * cin];
+    let mut m = vec![0f32; N * band * cout];
     assert!(y.data.len() >= (x.n * h * w - 1) * y.stride + y.off + cout, "Winograd output buffer too small");
     let (vp, dst) = (SendPtr::new(v.as_mut_ptr()), SendPtr::new(y.data.as_mut_ptr()));
     let zeros = vec![0f32; cin];
     for t0 in (0..total).step_by(band) {
         let tiles = band.min(total - t0);
-        // V[xi][t] = sum_j B^T[xi][j] d_j over the tile's n input pixels (zeros in the padding).
+        // V[xi][t] = sum_j B^T[xi][j] d_j over the tile's N input pixels (zeros in the padding).
         for_each_index_with(
             tiles,
             parallel,
             || (),
             |_, t| {
                 let (line, first) = tile_start(t0 + t);
-                let mut d: [&[f32]; POINTS.len() + 1] = [&zeros[..]; POINTS.len() + 1];
-                for (j, dj) in d[..n].iter_mut().enumerate() {
+                let mut inputs = [&zeros[..]; N];
+                for (j, input) in inputs.iter_mut().enumerate() {
                     if let Some(pos) = (first + j).checked_sub(pad).filter(|&pos| pos < len) {
                         let p = pixel(line, pos) * x.stride + x.off;
-                        *dj = &x.data[p..p + cin];
+                        *input = &x.data[p..p + cin];
                     }
                 }
-                for xi in 0..n {
-                    // SAFETY: tile t writes only its own rows V[xi][t] (xi < n, t < tiles <= band).
-                    let row = unsafe { std::slice::from_raw_parts_mut(vp.add((xi * tiles + t) * cin), cin) };
-                    row.fill(0.0);
-                    for (j, dj) in d[..n].iter().enumerate() {
-                        let b = layer.b_t[xi * n + j];
-                        if b != 0.0 {
-                            row.iter_mut().zip(dj.iter()).for_each(|(acc, &value)| *acc += b * value);
-                        }
-                    }
-                }
+                // SAFETY: tile t writes only its own rows V[xi][t] (xi < N, t < tiles <= band).
+                let rows = std::array::from_fn(|xi| unsafe { std::slice::from_raw_parts_mut(vp.add((xi * tiles + t) * cin), cin) });
+                run_lanes(LineTransform { coef: &b_t, inputs, outputs: rows.map(Some), bias: None, channels: cin });
             },
         );
-        batched_products(n, &v[..n * tiles * cin], &layer.u, &mut m[..n * tiles * cout], (tiles, cout, cin), parallel);
-        let m = &m[..n * tiles * cout];
+        batched_products(N, &v[..N * tiles * cin], &layer.u, &mut m[..N * tiles * cout], (tiles, cout, cin), parallel);
+        let m = &m[..N * tiles * cout];
         for_each_index_with(
             tiles,
             parallel,
             || (),
             |_, t| {
                 let (line, first) = tile_start(t0 + t);
-                for o in 0..m_out {
-                    let pos = first + o;
-                    if pos >= len {
-                        continue;
-                    }
-                    // SAFETY: output pixel (line, pos) belongs to this tile only; its channel range
-                    // lies inside `y.data` (checked above).
-                    let px = unsafe { std::slice::from_raw_parts_mut(dst.add(pixel(line, pos) * y.stride + y.off), cout) };
-                    px.copy_from_slice(bias);
-                    for xi in 0..n {
-                        let a = layer.a_t[o * n + xi];
-                        if a != 0.0 {
-                            let mrow = &m[(xi * tiles + t) * cout..(xi * tiles + t + 1) * cout];
-                            px.iter_mut().zip(mrow).for_each(|(acc, &value)| *acc += a * value);
-                        }
-                    }
-                    px.iter_mut().for_each(|value| *value = value.max(0.0));
-                }
+                let products = std::array::from_fn(|xi| &m[(xi * tiles + t) * cout..][..cout]);
+                // SAFETY: output pixel (line, pos) belongs to this tile only; its channel range lies
+                // inside `y.data` (checked above). Positions past the line's end get no slice.
+                let pixels = std::array::from_fn(|o| {
+                    (first + o < len)
+                        .then(|| unsafe { std::slice::from_raw_parts_mut(dst.add(pixel(line, first + o) * y.stride + y.off), cout) })
+                });
+                run_lanes(LineTransform { coef: &a_t, inputs: products, outputs: pixels, bias: Some(bias), channels: cout });
             },
         );
+    }
+}
+
+/// `outputs[k] = sum_j coef[k][j] inputs[j]` over channel vectors (`None` outputs skipped); with
+/// `bias`, `relu(.. + bias)`.
+struct LineTransform<'a, const K: usize, const N: usize> {
+    coef: &'a [[f32; N]; K],
+    inputs: [&'a [f32]; N],
+    outputs: [Option<&'a mut [f32]>; K],
+    bias: Option<&'a [f32]>,
+    channels: usize,
+}
+
+impl<const K: usize, const N: usize> LaneKernel for LineTransform<'_, K, N> {
+    /// [`LANES`] channels at a time, the N inputs held in registers.
+    #[inline(always)]
+    fn run(self) {
+        let LineTransform { coef, inputs, mut outputs, bias, channels } = self;
+        for c0 in (0..channels).step_by(LANES) {
+            let lanes = LANES.min(channels - c0);
+            let mut d = [[0f32; LANES]; N];
+            for (d_j, input) in d.iter_mut().zip(&inputs) {
+                *d_j = load_lanes(input, c0, lanes);
+            }
+            for (coef_k, output) in coef.iter().zip(&mut outputs) {
+                let Some(output) = output.as_deref_mut() else { continue };
+                let mut acc = [0f32; LANES];
+                for (&c, d_j) in coef_k.iter().zip(&d) {
+                    for l in 0..LANES {
+                        acc[l] += c * d_j[l];
+                    }
+                }
+                if let Some(bias) = bias {
+                    let bias = load_lanes(bias, c0, lanes);
+                    for l in 0..LANES {
+                        acc[l] = (acc[l] + bias[l]).max(0.0);
+                    }
+                }
+                store_lanes(output, c0, lanes, &acc);
+            }
+        }
     }
 }
 
