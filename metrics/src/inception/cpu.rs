@@ -905,10 +905,11 @@ mod tests {
 
     #[test]
     fn winograd_route_matches_the_definition() {
-        // 3x3 (F(4x4)) and 5x5 (F(2x2)) stride-1 layers with >= 16 channels and >= 32x32
+        // 3x3 (F(4x4)) and 5x5 (F(2x2)) stride-1 layers with >= 16 channels and >= 8x8
         // outputs: every padding up to (r - 1) / 2, sizes that leave partial edge tiles of every
-        // width, channel counts that are not multiples of the 8-lane step, two images, written
-        // into a channel slice of a wider buffer, on one thread and with the parallel stages.
+        // width, channel counts that are not multiples of the 8-lane step, two images (bands of
+        // tiles that span both), written into a channel slice of a wider buffer, on one thread
+        // and with the parallel stages.
         let cases = [
             (3, 1, 35, 35, 16, 24),
             (3, 0, 36, 41, 20, 16),
@@ -918,6 +919,9 @@ mod tests {
             (5, 2, 35, 35, 24, 16),
             (5, 0, 37, 38, 16, 19),
             (5, 1, 33, 36, 17, 24),
+            (3, 1, 8, 8, 24, 16),
+            (3, 1, 9, 11, 16, 16),
+            (5, 2, 8, 10, 16, 20),
         ];
         for (r, pad, h, w, cin, cout) in cases {
             let x = Act { n: 2, h, w, c: cin, data: pseudo_random(2 * h * w * cin, 5) };

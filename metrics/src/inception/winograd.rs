@@ -37,8 +37,8 @@ const N: usize = 6;
 const POINTS: [f64; N - 1] = [0.0, 1.0, -1.0, 2.0, -2.0];
 const G_DIVISORS: [f64; N] = [4.0, -6.0, -6.0, 24.0, 24.0, 1.0];
 
-/// Output tiles per band, rounded to whole tile rows: the band's `V` and `M` (`36 * tiles *
-/// (cin + cout)` floats, about 2 MiB at the Inception's widths) stay in the outer caches.
+/// Output tiles per band: the band's `V` and `M` (`36 * tiles * (cin + cout)` floats, about
+/// 2 MiB at the Inception's widths) stay in the outer caches.
 const BAND_TILES: usize = 56;
 
 /// Channels per step of the transforms: one AVX register of f32 (two SSE registers). 16 lanes
@@ -62,10 +62,11 @@ pub(super) fn layer_eligible(kh: usize, kw: usize, stride: usize, (pad_h, pad_w)
     (kh == 3 || kh == 5) && kw == kh && stride == 1 && pad_h == pad_w && pad_h <= (kh - 1) / 2 && cin >= 16 && cout >= 16
 }
 
-/// Whether an output map is large enough: from 32x32 pixels (the 35x35 `Mixed_5*` maps); the
-/// 8x8 maps of `Mixed_7*` give the GEMMs too few tiles to beat one im2col GEMM.
+/// Whether an output map is large enough: from 8x8 pixels (`Mixed_7*`'s 3x3 layers, four 4x4
+/// tiles per image, bands spanning images: 30 -> 8-16 ms each at batch 16 against im2col);
+/// on smaller maps most of a tile would be padding.
 pub(super) fn map_large_enough(ho: usize, wo: usize) -> bool {
-    ho * wo >= 32 * 32
+    ho.min(wo) >= 8
 }
 
 /// `U[xi][cin][cout] = (G g G^T)[xi]` (xi = py * 6 + px over the 6x6 transformed positions)
@@ -151,63 +152,67 @@ fn conv_tiles<const M: usize>(
     let r = N + 1 - M;
     let (ho, wo) = (x.h + 2 * pad + 1 - r, x.w + 2 * pad + 1 - r);
     let (th, tw) = (ho.div_ceil(M), wo.div_ceil(M));
-    let band_rows = BAND_TILES.div_ceil(tw).clamp(1, th);
+    // Tiles are numbered over the whole batch (image, tile row, tile column), so that a band
+    // may span images: the 8x8 maps of `Mixed_7*` have 4 tiles each.
+    let total = x.n * th * tw;
+    let band = BAND_TILES.min(total);
+    let tile_origin = |g: usize| (g / (th * tw), (g % (th * tw)) / tw * M, g % tw * M);
     let parallel = matches!(par, Parallelism::Rayon(t) if t > 1);
-    let mut v = vec![0f32; N * N * band_rows * tw * cin];
-    let mut m = vec![0f32; N * N * band_rows * tw * cout];
+    let mut v = vec![0f32; N * N * band * cin];
+    let mut m = vec![0f32; N * N * band * cout];
     assert!(y.data.len() >= (x.n * ho * wo - 1) * y.stride + y.off + cout, "Winograd output buffer too small");
     let (vp, dst) = (SendPtr::new(v.as_mut_ptr()), SendPtr::new(y.data.as_mut_ptr()));
     let zeros = vec![0f32; cin];
-    for img in 0..x.n {
-        for ty0 in (0..th).step_by(band_rows) {
-            let tiles = band_rows.min(th - ty0) * tw;
-            // V[xi][t] = (B^T d B)[xi] over the tile's n x n input pixels (zeros in the padding).
-            for_each_index_with(
-                tiles,
-                parallel,
-                || (),
-                |_, t| {
-                    let (iy0, ix0) = (((ty0 + t / tw) * M) as isize - pad as isize, ((t % tw) * M) as isize - pad as isize);
-                    let patch: [[&[f32]; N]; N] = std::array::from_fn(|i| {
-                        std::array::from_fn(|j| {
-                            let (iy, ix) = (iy0 + i as isize, ix0 + j as isize);
-                            if iy < 0 || ix < 0 || iy >= x.h as isize || ix >= x.w as isize {
-                                &zeros[..]
-                            } else {
-                                let p = ((img * x.h + iy as usize) * x.w + ix as usize) * x.stride + x.off;
-                                &x.data[p..p + cin]
-                            }
-                        })
-                    });
-                    // SAFETY: tile t writes only its own rows V[xi][t] (xi < n^2, t < tiles).
-                    let row = |xi: usize| unsafe { std::slice::from_raw_parts_mut(vp.add((xi * tiles + t) * cin), cin) };
-                    let rows: [[&mut [f32]; N]; N] = std::array::from_fn(|i| std::array::from_fn(|j| row(i * N + j)));
-                    run_lanes(InputTile { patch: &patch, rows, cin });
-                },
-            );
-            batched_products(N * N, &v[..N * N * tiles * cin], u, &mut m[..N * N * tiles * cout], (tiles, cout, cin), parallel);
-            let (m, base) = (&m[..N * N * tiles * cout], img * ho * wo);
-            for_each_index_with(
-                tiles,
-                parallel,
-                || (),
-                |_, t| {
-                    let (oy0, ox0) = ((ty0 + t / tw) * M, (t % tw) * M);
-                    let products: [[&[f32]; N]; N] =
-                        std::array::from_fn(|i| std::array::from_fn(|j| &m[((i * N + j) * tiles + t) * cout..][..cout]));
-                    // SAFETY: pixel (img, oy, ox) belongs to this tile only; its channel range lies
-                    // inside `y.data` (checked above). Pixels past the map's edge get no slice.
-                    let pixels: [[Option<&mut [f32]>; M]; M] = std::array::from_fn(|a| {
-                        std::array::from_fn(|b| {
-                            let (oy, ox) = (oy0 + a, ox0 + b);
-                            (oy < ho && ox < wo)
-                                .then(|| unsafe { std::slice::from_raw_parts_mut(dst.add((base + oy * wo + ox) * y.stride + y.off), cout) })
-                        })
-                    });
-                    run_lanes(OutputTile { a_t, products: &products, bias, pixels, cout });
-                },
-            );
-        }
+    for t0 in (0..total).step_by(band) {
+        let tiles = band.min(total - t0);
+        // V[xi][t] = (B^T d B)[xi] over the tile's n x n input pixels (zeros in the padding).
+        for_each_index_with(
+            tiles,
+            parallel,
+            || (),
+            |_, t| {
+                let (img, oy0, ox0) = tile_origin(t0 + t);
+                let (iy0, ix0) = (oy0 as isize - pad as isize, ox0 as isize - pad as isize);
+                let patch: [[&[f32]; N]; N] = std::array::from_fn(|i| {
+                    std::array::from_fn(|j| {
+                        let (iy, ix) = (iy0 + i as isize, ix0 + j as isize);
+                        if iy < 0 || ix < 0 || iy >= x.h as isize || ix >= x.w as isize {
+                            &zeros[..]
+                        } else {
+                            let p = ((img * x.h + iy as usize) * x.w + ix as usize) * x.stride + x.off;
+                            &x.data[p..p + cin]
+                        }
+                    })
+                });
+                // SAFETY: tile t writes only its own rows V[xi][t] (xi < n^2, t < tiles).
+                let row = |xi: usize| unsafe { std::slice::from_raw_parts_mut(vp.add((xi * tiles + t) * cin), cin) };
+                let rows: [[&mut [f32]; N]; N] = std::array::from_fn(|i| std::array::from_fn(|j| row(i * N + j)));
+                run_lanes(InputTile { patch: &patch, rows, cin });
+            },
+        );
+        batched_products(N * N, &v[..N * N * tiles * cin], u, &mut m[..N * N * tiles * cout], (tiles, cout, cin), parallel);
+        let m = &m[..N * N * tiles * cout];
+        for_each_index_with(
+            tiles,
+            parallel,
+            || (),
+            |_, t| {
+                let (img, oy0, ox0) = tile_origin(t0 + t);
+                let base = img * ho * wo;
+                let products: [[&[f32]; N]; N] =
+                    std::array::from_fn(|i| std::array::from_fn(|j| &m[((i * N + j) * tiles + t) * cout..][..cout]));
+                // SAFETY: pixel (img, oy, ox) belongs to this tile only; its channel range lies
+                // inside `y.data` (checked above). Pixels past the map's edge get no slice.
+                let pixels: [[Option<&mut [f32]>; M]; M] = std::array::from_fn(|a| {
+                    std::array::from_fn(|b| {
+                        let (oy, ox) = (oy0 + a, ox0 + b);
+                        (oy < ho && ox < wo)
+                            .then(|| unsafe { std::slice::from_raw_parts_mut(dst.add((base + oy * wo + ox) * y.stride + y.off), cout) })
+                    })
+                });
+                run_lanes(OutputTile { a_t, products: &products, bias, pixels, cout });
+            },
+        );
     }
 }
 
